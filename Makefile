@@ -1,0 +1,37 @@
+# The two commands the README promises: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: quickstart test lint typecheck venv system-deps bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+## The main job on the embedded default.
+quickstart: system-deps venv
+	$(VENV)/bin/pacsinfra validate examples/quickstart.yaml
+	$(VENV)/bin/pacsinfra plan examples/quickstart.yaml
+
+## The whole test suite, installing what it needs.
+test: system-deps venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check pacsinfra tests bench
+	$(VENV)/bin/mypy pacsinfra
+
+bench: venv
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

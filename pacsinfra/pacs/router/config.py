@@ -1,0 +1,180 @@
+"""The router's configuration: what ``services.router`` in a blueprint renders to.
+
+Rules are data, not code: a match is a tree of ``all`` / ``any`` / ``not`` nodes over
+conditions on tags and AE titles; actions forward, drop, morph tags and stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pacsinfra.pacs.config_common import AETitle, DicomListener, Port, Strict, TlsConfig
+
+
+class Condition(Strict):
+    """One test, or a boolean combination of tests.
+
+    Exactly one of: ``all``, ``any``, ``not`` (combinations), or a leaf naming what
+    it looks at (``tag`` — keyword like ``Modality`` or ``(0009,0010)`` —,
+    ``calling_ae`` or ``called_ae``) with one operator (``equals``, ``in``,
+    ``wildcard``, ``regex``, ``range`` [low, high], ``present``).
+    """
+
+    all: list[Condition] | None = None
+    any: list[Condition] | None = None
+    not_: Condition | None = Field(None, alias="not")
+    tag: str | None = None
+    calling_ae: bool = False
+    called_ae: bool = False
+    equals: Any = None
+    in_: list[Any] | None = Field(None, alias="in")
+    wildcard: str | None = None
+    regex: str | None = None
+    range: tuple[Any, Any] | None = None
+    present: bool | None = None
+
+    model_config = Strict.model_config | {"populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _shape(self) -> Condition:
+        combos = [k for k in ("all", "any", "not_") if getattr(self, k) is not None]
+        subjects = int(self.tag is not None) + int(self.calling_ae) + int(self.called_ae)
+        ops = [
+            k
+            for k in ("equals", "in_", "wildcard", "regex", "range", "present")
+            if getattr(self, k) is not None
+        ]
+        if combos:
+            if len(combos) > 1 or subjects or ops:
+                raise ValueError("a condition is either one of all/any/not, or one test")
+            return self
+        if subjects != 1:
+            raise ValueError("a test names exactly one of tag, calling_ae or called_ae")
+        if len(ops) != 1:
+            raise ValueError("a test has exactly one of equals, in, wildcard, regex, range, present")
+        if self.regex is not None:
+            import re
+
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {self.regex!r}: {exc}") from None
+        return self
+
+
+class TagEdit(Strict):
+    """A tag morphing step: set a value, remove a tag, copy one tag to another, or prefix."""
+
+    op: Literal["set", "remove", "copy", "prefix"]
+    tag: str
+    value: str | None = None
+    source: str | None = None  # copy
+
+    @model_validator(mode="after")
+    def _args(self) -> TagEdit:
+        if self.op in ("set", "prefix") and self.value is None:
+            raise ValueError(f"tag edit '{self.op}' needs 'value'")
+        if self.op == "copy" and not self.source:
+            raise ValueError("tag edit 'copy' needs 'source'")
+        return self
+
+
+class Rule(Strict):
+    """Match, then act. Rules run in order; ``stop`` ends evaluation after a match."""
+
+    name: str
+    match: Condition | None = None  # None matches everything
+    forward: list[str] = Field(default_factory=list)  # destinations or groups
+    drop: bool = False
+    edits: list[TagEdit] = Field(default_factory=list)
+    stop: bool = False
+    per_study: bool = False  # act once the study is stable
+
+
+class Destination(Strict):
+    """A forwarding target."""
+
+    ae_title: AETitle
+    host: str | None = None
+    port: Port = 104
+    service: str | None = None  # blueprint: a service whose nodes this targets
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    max_associations: int = Field(2, ge=1, le=64)
+    transfer_syntaxes: list[str] = Field(default_factory=list)  # preferred, in order
+
+    @model_validator(mode="after")
+    def _addressable(self) -> Destination:
+        if not (self.host or self.service):
+            raise ValueError("a destination needs 'host' (or 'service' in a blueprint)")
+        return self
+
+
+class DestinationGroup(Strict):
+    """Several destinations that share the work, with health checks."""
+
+    members: list[str] = Field(min_length=1)
+    strategy: Literal["least_outstanding", "by_study"] = "by_study"
+    health_check_interval: float = Field(10, gt=0, le=3600)
+
+
+class RetryPolicy(Strict):
+    """Capped exponential backoff with jitter, then dead-letter."""
+
+    max_attempts: int = Field(10, ge=1, le=1000)
+    initial_backoff: float = Field(1.0, gt=0)
+    max_backoff: float = Field(300.0, gt=0)
+    jitter: float = Field(0.2, ge=0, le=1)
+
+
+class QueueConfig(Strict):
+    """The durable queue: SQLite by default, PostgreSQL when several routers share it."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    path: str | None = None
+    service: str | None = None
+    host: str | None = None
+    port: Port = 5432
+    database: str = "router"
+
+
+class RouterConfig(DicomListener):
+    """Everything the router needs to run; also ``services.router`` in a blueprint."""
+
+    ae_title: AETitle = "ROUTER"
+    spool_dir: str = "/var/lib/pacsinfra/router"
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    groups: dict[str, DestinationGroup] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    stable_study_seconds: float = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _references(self) -> RouterConfig:
+        known = set(self.destinations) | set(self.groups)
+        for name, group in self.groups.items():
+            for m in group.members:
+                if m not in self.destinations:
+                    raise ValueError(f"group {name!r} names unknown destination {m!r}")
+        for rule in self.rules:
+            for target in rule.forward:
+                if target not in known:
+                    raise ValueError(
+                        f"rule {rule.name!r} forwards to unknown {target!r}; "
+                        f"known: {sorted(known) or 'none'}"
+                    )
+        return self
+
+
+__all__ = [
+    "Condition",
+    "Destination",
+    "DestinationGroup",
+    "QueueConfig",
+    "RetryPolicy",
+    "RouterConfig",
+    "Rule",
+    "TagEdit",
+]
