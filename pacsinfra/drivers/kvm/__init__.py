@@ -1,1 +1,1 @@
-"""kvm."""
+"""KVM / libvirt driver."""

@@ -1,0 +1,227 @@
+"""Shared DICOM plumbing for the archive and the router (pynetdicom + pydicom).
+
+The small API the PACS services build on; everything here is pure or touches only
+the socket it is given:
+
+- :class:`Status` — the DIMSE status codes both services return.
+- :data:`TRANSFER_SYNTAXES` — every transfer syntax accepted *as received* (never transcoded).
+- :func:`storage_contexts` — SCP presentation contexts: all storage SOP classes x all syntaxes.
+- :func:`scu_contexts` — SCU contexts for sending stored files exactly as they are.
+- :func:`ssl_context` — a TLS 1.2+ :class:`ssl.SSLContext` from a :class:`TlsConfig`.
+- :func:`valid_uid` / :func:`uid_path` — UID syntax check and a traversal-proof file path.
+- :func:`tune_socket` / :data:`TCP_TUNING_HANDLER` — TCP_NODELAY (and bigger buffers) per connection.
+- :func:`make_ae` — an :class:`~pynetdicom.AE` with the limits and timeouts of a :class:`Limits`.
+- :func:`associate` — open an association to a :class:`Peer` (TLS when the peer says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import ssl
+from collections.abc import Iterable
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, Association, build_context, evt
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+
+from pacsinfra.pacs.config_common import Limits, Peer, TlsConfig
+
+
+class Status(IntEnum):
+    """DIMSE status codes (PS3.4 B.2.3, C.4; PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    PENDING_WARNING = 0xFF01  # C-FIND: optional keys not supported
+    CANCEL = 0xFE00
+    WARNING_SUBOPS = 0xB000  # C-MOVE/C-GET: one or more sub-operations failed
+    WARNING_COERCED = 0xB000  # C-STORE: coercion of data elements (same code point)
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    NOT_AUTHORIZED = 0x0124
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700  # C-STORE / C-FIND
+    OUT_OF_RESOURCES_MATCHES = 0xA701  # C-MOVE/C-GET: cannot calculate matches
+    OUT_OF_RESOURCES_SUBOPS = 0xA702  # C-MOVE/C-GET: cannot perform sub-operations
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    DATASET_MISMATCH = 0xA900  # identifier does not match SOP class
+    CANNOT_UNDERSTAND = 0xC000
+    PROCESSING_FAILURE = 0x0110
+
+
+# Every syntax pydicom knows (uncompressed, deflated, JPEG family, JPEG-LS, JPEG 2000, HTJ2K,
+# RLE, MPEG-2/4, H.264, HEVC, ...). Uncompressed first so peers that offer several in one
+# context get the cheap one; big endian is retired but still "as received".
+_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+TRANSFER_SYNTAXES: list[str] = _UNCOMPRESSED + [
+    str(ts)
+    for ts in AllTransferSyntaxes
+    if ts not in _UNCOMPRESSED and ts != ExplicitVRBigEndian
+] + [ExplicitVRBigEndian]
+
+
+def storage_contexts(
+    transfer_syntaxes: Iterable[str] | None = None,
+) -> list[PresentationContext]:
+    """SCP contexts: every storage SOP class x every transfer syntax (as received)."""
+    syntaxes = list(transfer_syntaxes or TRANSFER_SYNTAXES)
+    return [build_context(cx.abstract_syntax, syntaxes) for cx in StoragePresentationContexts]
+
+
+def scu_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+    """SCU contexts to send files as stored: one context per (SOP class, transfer syntax).
+
+    Uncompressed syntaxes also offer the other uncompressed ones (pynetdicom converts
+    between them without touching pixel data). At most 128 contexts (PS3.8 limit); the
+    caller gets fewer if there are more distinct pairs, and sub-operations for the rest fail.
+    """
+    out: list[PresentationContext] = []
+    seen: set[tuple[str, str]] = set()
+    for sop, ts in pairs:
+        if (sop, ts) in seen:
+            continue
+        seen.add((sop, ts))
+        syntaxes = [ts] + ([t for t in _UNCOMPRESSED[:2] if t != ts] if ts in _UNCOMPRESSED else [])
+        out.append(build_context(sop, syntaxes))
+        if len(out) == 128:
+            break
+    return out
+
+
+def ssl_context(tls: TlsConfig, *, server: bool) -> ssl.SSLContext | None:
+    """A TLS 1.2+ context for DICOM TLS (BCP 195), or ``None`` when TLS is off.
+
+    Server side: our cert/key; client certs verified against ``ca_file`` and required
+    when ``require_client_cert``. Client side: the peer verified against ``ca_file``
+    (hostname not checked: DICOM peers are addressed by IP in most sites), our
+    cert/key presented when given (mutual TLS).
+    """
+    if not tls.enabled:
+        return None
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    ctx = ssl.create_default_context(purpose, cafile=tls.ca_file)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    if tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if server:
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (
+            ssl.CERT_OPTIONAL if tls.ca_file else ssl.CERT_NONE
+        )
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.ca_file else ssl.CERT_NONE
+    return ctx
+
+
+# PS3.5 9.1: components of digits, no leading zero (except "0"), dot-separated, <= 64 chars.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def valid_uid(uid: object) -> bool:
+    """True when ``uid`` is a syntactically valid DICOM UID (so safe in a path)."""
+    return isinstance(uid, str) and len(uid) <= 64 and _UID_RE.match(uid) is not None
+
+
+def uid_path(root: Path, study: str, series: str, sop: str) -> Path:
+    """Where an instance lives under ``root``: never outside it, whatever the UIDs say.
+
+    Valid UIDs are used as they are (readable on disk); anything else is replaced by
+    its sha256 so a hostile ``../../etc`` cannot escape. Study directories fan out by
+    a 2-hex-digit hash prefix to keep directories small.
+    """
+    parts = [u if valid_uid(u) else "h" + hashlib.sha256(u.encode()).hexdigest()[:40]
+             for u in (study, series, sop)]
+    fan = hashlib.sha1(parts[0].encode()).hexdigest()[:2]
+    path = root / fan / parts[0] / parts[1] / (parts[2] + ".dcm")
+    return path
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """TCP_NODELAY (no Nagle stall between small PDVs) and larger kernel buffers."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    except OSError:  # not a TCP socket (tests with socketpair); nothing to tune
+        pass
+
+
+def _on_conn_open(event: evt.Event) -> None:
+    sock = event.assoc.dul.socket
+    raw = getattr(sock, "socket", None)
+    if raw is not None:
+        tune_socket(raw)
+
+
+# Bind this to evt.EVT_CONN_OPEN (server handlers or associate(evt_handlers=...)).
+TCP_TUNING_HANDLER: tuple[Any, Any] = (evt.EVT_CONN_OPEN, _on_conn_open)
+
+
+def make_ae(ae_title: str, limits: Limits | None = None) -> AE:
+    """An AE with the limits, timeouts and max PDU of ``limits`` applied."""
+    limits = limits or Limits()
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = limits.max_associations
+    ae.maximum_pdu_size = limits.max_pdu
+    ae.acse_timeout = limits.acse_timeout
+    ae.dimse_timeout = limits.dimse_timeout
+    ae.network_timeout = limits.network_timeout
+    return ae
+
+
+def associate(
+    ae: AE,
+    peer: Peer,
+    *,
+    contexts: list[PresentationContext] | None = None,
+    max_pdu: int | None = None,
+    evt_handlers: list[tuple[Any, Any]] | None = None,
+) -> Association:
+    """Open an association to ``peer`` (TLS when ``peer.tls.enabled``), TCP-tuned."""
+    kwargs: dict[str, Any] = {"ae_title": peer.ae_title}
+    if contexts is not None:
+        kwargs["contexts"] = contexts
+    if max_pdu is not None:
+        kwargs["max_pdu"] = max_pdu
+    ctx = ssl_context(peer.tls, server=False)
+    if ctx is not None:
+        kwargs["tls_args"] = (ctx, None)
+    kwargs["evt_handlers"] = [TCP_TUNING_HANDLER, *(evt_handlers or [])]
+    return ae.associate(peer.host, peer.port, **kwargs)
+
+
+def associate_kwargs(peer: Peer, contexts: list[PresentationContext]) -> dict[str, Any]:
+    """Keyword arguments for ``AE.associate`` to reach ``peer`` (used by C-MOVE handlers)."""
+    kwargs: dict[str, Any] = {"contexts": contexts, "evt_handlers": [TCP_TUNING_HANDLER]}
+    ctx = ssl_context(peer.tls, server=False)
+    if ctx is not None:
+        kwargs["tls_args"] = (ctx, None)
+    return kwargs
+
+
+__all__ = [
+    "TCP_TUNING_HANDLER",
+    "TRANSFER_SYNTAXES",
+    "Status",
+    "associate",
+    "associate_kwargs",
+    "make_ae",
+    "scu_contexts",
+    "ssl_context",
+    "storage_contexts",
+    "tune_socket",
+    "uid_path",
+    "valid_uid",
+]
