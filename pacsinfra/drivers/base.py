@@ -14,6 +14,14 @@ create / update / delete idempotently.
 Every object a driver creates carries the :class:`Ownership` mark, so a lost
 state file can be rebuilt by adoption (:meth:`Driver.list_owned`) and nothing is
 ever created twice; objects without the mark are never touched.
+
+Comparison rule (decided here, binding for drivers): a driver reports what the
+hypervisor really has, including values it assigned itself (a NIC's MAC). The
+engine's diff (:func:`changed_fields`) ignores such a field when the desired
+spec left it ``None`` (see :data:`ASSIGNED_WHEN_NONE`), so it never shows up as
+drift; a field the hypervisor cannot report at all is listed in
+``Observed.unobservable`` instead. Everything else must round-trip exactly:
+normalise in the driver (``pc-q35-7.2`` -> ``q35``, KiB -> MiB) before returning.
 """
 
 from __future__ import annotations
@@ -242,6 +250,13 @@ class Driver(abc.ABC):
     def classify(self, spec: Spec, field_name: str) -> ChangeKind:
         """How disruptive changing ``field_name`` of ``spec`` is on this hypervisor."""
 
+    def classify_change(self, spec: Spec, observed: Observed, field_name: str) -> ChangeKind:
+        """Like :meth:`classify`, knowing the actual value (a disk that grows vs. shrinks).
+
+        The engine calls this one; the default defers to :meth:`classify`.
+        """
+        return self.classify(spec, field_name)
+
     def check(self, spec: Spec) -> list[str]:
         """Problems with ``spec`` this driver can see before touching anything (pure)."""
         return []
@@ -249,7 +264,14 @@ class Driver(abc.ABC):
     # -- acting (each idempotent) -------------------------------------------------
     @abc.abstractmethod
     def create(self, spec: Spec, owner: Ownership) -> Observed:
-        """Create the object; on failure, remove whatever was half-created, then raise."""
+        """Create the object; on failure, remove whatever was half-created, then raise.
+
+        Must also succeed after an earlier create or delete of the same object was
+        killed at any point (kill -9 runs no cleanup): parts this driver names after
+        the object (disk volumes, seeds) that no object uses any more are leftovers,
+        to be replaced, never a reason to fail. The engine's crash test
+        (bench/crash_apply.py) checks exactly this.
+        """
 
     @abc.abstractmethod
     def update(self, spec: Spec, observed: Observed, fields: Sequence[str]) -> Observed:
@@ -257,7 +279,12 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, observed: Observed) -> None:
-        """Remove the object and what it owns (disks, seeds). Absent is success."""
+        """Remove the object and what it owns (disks, seeds). Absent is success.
+
+        Remove the parts first and the marked object last, so a delete killed
+        half-way leaves a marked object (deleted again by the next run), not
+        unmarked orphans.
+        """
 
     def wait_for_address(self, observed: Observed, *, timeout: float) -> str:
         """The machine's first reachable IPv4 address (static addresses need no wait)."""
@@ -271,18 +298,116 @@ class Driver(abc.ABC):
         raise CapabilityError(f"{self.name}: no address known for {observed.spec.address}")
 
 
+# Fields the hypervisor chooses when the desired spec leaves them None (a NIC's MAC).
+# Drivers report the real value; the diff ignores it unless the blueprint pinned one.
+ASSIGNED_WHEN_NONE: dict[type, frozenset[str]] = {NicSpec: frozenset({"mac"})}
+
+SPEC_TYPES: dict[str, type] = {
+    "network": NetworkSpec,
+    "storage": StorageSpec,
+    "machine": MachineSpec,
+}
+
+
+def spec_kind(spec: Spec) -> str:
+    """``network`` | ``storage`` | ``machine``: the resource type of a spec."""
+    for kind, cls in SPEC_TYPES.items():
+        if isinstance(spec, cls):
+            return kind
+    raise TypeError(f"not a spec: {type(spec).__name__}")
+
+
 def spec_fields(spec: Spec) -> dict[str, Any]:
     """The comparable fields of a spec (everything but the address)."""
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "address"}
 
 
+def same_value(want: Any, have: Any) -> bool:
+    """Whether an observed value matches a desired one.
+
+    Equal values match. Nested specs (disks, NICs, GPU) compare field by field, and
+    a field listed in :data:`ASSIGNED_WHEN_NONE` matches anything when the desired
+    value is None (the hypervisor picked it). Sequences match element by element;
+    mappings key by key.
+    """
+    if want == have:
+        return True
+    if dataclasses.is_dataclass(want) and not isinstance(want, type):
+        if type(want) is not type(have):
+            return False
+        ignore = ASSIGNED_WHEN_NONE.get(type(want), frozenset())
+        for f in dataclasses.fields(want):
+            w, h = getattr(want, f.name), getattr(have, f.name)
+            if w is None and f.name in ignore:
+                continue
+            if not same_value(w, h):
+                return False
+        return True
+    if isinstance(want, tuple | list) and isinstance(have, tuple | list):
+        return len(want) == len(have) and all(same_value(w, h) for w, h in zip(want, have, strict=True))
+    if isinstance(want, Mapping) and isinstance(have, Mapping):
+        return set(want) == set(have) and all(same_value(want[k], have[k]) for k in want)
+    return False
+
+
 def changed_fields(desired: Spec, observed: Observed) -> list[str]:
-    """Names of the fields where the hypervisor differs from the desired spec."""
+    """Names of the fields where the hypervisor differs from the desired spec.
+
+    Fields listed in ``observed.unobservable`` are skipped; hypervisor-assigned
+    values the blueprint left open (``NicSpec.mac=None``) never count as drift.
+    """
     want, have = spec_fields(desired), spec_fields(observed.spec)
     out = []
     for name, value in want.items():
         if name in observed.unobservable:
             continue
-        if have.get(name) != value:
+        if not same_value(value, have.get(name)):
             out.append(name)
     return out
+
+
+def to_jsonable(value: Any) -> Any:
+    """A spec (or any value inside one) as plain JSON types: dataclasses become dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | frozenset | set):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def spec_to_dict(spec: Spec) -> dict[str, Any]:
+    """A spec as a JSON-ready dict, with its resource type under ``"type"``."""
+    data = to_jsonable(spec)
+    assert isinstance(data, dict)
+    return {"type": spec_kind(spec), **data}
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> Spec:
+    """The inverse of :func:`spec_to_dict` (raises ValueError on a malformed dict)."""
+    kind = data.get("type")
+    cls = SPEC_TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown spec type {kind!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    unknown = set(data) - names - {"type"}
+    if unknown:
+        raise ValueError(f"unknown {kind} spec fields: {', '.join(sorted(unknown))}")
+    if cls is MachineSpec:
+        kwargs["disks"] = tuple(DiskSpec(**d) for d in kwargs.get("disks", ()))
+        kwargs["nics"] = tuple(NicSpec(**n) for n in kwargs.get("nics", ()))
+        if kwargs.get("gpu") is not None:
+            kwargs["gpu"] = GpuSpec(**kwargs["gpu"])
+        kwargs["ssh_authorized_keys"] = tuple(kwargs.get("ssh_authorized_keys", ()))
+        kwargs["image"] = dict(kwargs.get("image") or {})
+    else:
+        kwargs["settings"] = dict(kwargs.get("settings") or {})
+    try:
+        spec: Spec = cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"malformed {kind} spec: {exc}") from None
+    return spec

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pacsinfra.pacs.config_common import AETitle, DicomListener, Port, Strict, TlsConfig
+from pacsinfra.secrets import SecretRef
 
 
 class Condition(Strict):
@@ -103,6 +104,8 @@ class Destination(Strict):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     max_associations: int = Field(2, ge=1, le=64)
     transfer_syntaxes: list[str] = Field(default_factory=list)  # preferred, in order
+    # Decompress when the destination accepts none of the file's syntax (needs a codec).
+    transcode: bool = False
 
     @model_validator(mode="after")
     def _addressable(self) -> Destination:
@@ -117,6 +120,8 @@ class DestinationGroup(Strict):
     members: list[str] = Field(min_length=1)
     strategy: Literal["least_outstanding", "by_study"] = "by_study"
     health_check_interval: float = Field(10, gt=0, le=3600)
+    # Instances delivered to a node within this window are re-sent elsewhere if it dies.
+    resend_window: float = Field(600, ge=0)
 
 
 class RetryPolicy(Strict):
@@ -137,6 +142,16 @@ class QueueConfig(Strict):
     host: str | None = None
     port: Port = 5432
     database: str = "router"
+    user: str = "router"
+    password: SecretRef | None = None
+    # Delivered rows (and their spool files) are kept this long for `queue list` and audits.
+    keep_done_seconds: float = Field(300, ge=0)
+
+    @model_validator(mode="after")
+    def _postgres_needs_a_place(self) -> QueueConfig:
+        if self.backend == "postgresql" and not (self.service or self.host):
+            raise ValueError("a postgresql queue needs 'service' (in a blueprint) or 'host'")
+        return self
 
 
 class RouterConfig(DicomListener):
@@ -150,6 +165,8 @@ class RouterConfig(DicomListener):
     rules: list[Rule] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     stable_study_seconds: float = Field(30, ge=0)
+    metrics_port: Port | None = None  # Prometheus text endpoint on 127.0.0.1 when set
+    metrics_bind: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

@@ -1,0 +1,156 @@
+"""Service checks: references between services, placement, ports, and PHI at rest."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pacsinfra.blueprint.overlay import did_you_mean
+from pacsinfra.blueprint.services import (
+    DATA_KINDS,
+    DICOM_KINDS,
+    ArchiveService,
+    DatabaseService,
+    RouterService,
+    ViewerService,
+)
+from pacsinfra.blueprint.types import is_label
+
+if TYPE_CHECKING:
+    from pacsinfra.blueprint.checks import Reporter
+    from pacsinfra.blueprint.model import Site
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+def check_services(site: Site, r: Reporter) -> None:
+    hosts = site.service_hosts()
+    services = site.services
+    placed = {s for s, roles in hosts.items() if any(site.machines[x].count > 0 for x in roles)}
+
+    def need_kind(parts: tuple[Any, ...], ref: str, kinds: set[str], what: str) -> bool:
+        svc = services.get(ref)
+        if svc is None:
+            cands = [n for n, s in services.items() if s.kind in kinds]
+            r.add(parts, f"unknown {what} service {ref!r}",
+                  hint=did_you_mean(ref, cands, f"{'/'.join(sorted(kinds))} services"),
+                  code="unknown-ref", ref=("services", ref))
+            return False
+        if svc.kind not in kinds:
+            r.add(parts, f"service {ref!r} is a {svc.kind}, not a {'/'.join(sorted(kinds))}",
+                  code="wrong-kind")
+            return False
+        if ref not in placed:
+            r.add(parts, f"{what} service {ref!r} is not deployed on any machine",
+                  hint=f"add {ref!r} to a role's services", code="not-placed",
+                  ref=("service-users", ref))
+            return False
+        return True
+
+    for name, svc in services.items():
+        base = ("services", name)
+        if not is_label(name):
+            r.add(base, f"service name {name!r} is not a DNS label", code="name", key=True)
+        if name not in placed:
+            r.add(base, f"service {name!r} is not placed on any machine",
+                  hint=f"list it in a role: machines.<role>.services: [{name}]",
+                  code="not-placed", key=True)
+        if isinstance(svc, ArchiveService):
+            cfg = svc.config
+            idx = cfg.index
+            if idx.backend == "postgresql" and idx.service:
+                need_kind(base + ("config", "index", "service"), idx.service, {"database"},
+                          "index database")
+            for i, tier in enumerate(cfg.tiers):
+                if tier.storage_class and tier.storage_class not in site.storage:
+                    r.add(base + ("config", "tiers", i, "storage_class"),
+                          f"unknown storage class {tier.storage_class!r}",
+                          hint=did_you_mean(tier.storage_class, site.storage, "storage classes"),
+                          code="unknown-ref", ref=("storage", tier.storage_class))
+        elif isinstance(svc, RouterService):
+            q = svc.config.queue
+            if q.backend == "postgresql" and q.service:
+                need_kind(base + ("config", "queue", "service"), q.service, {"database"},
+                          "queue database")
+            for dname, dest in svc.config.destinations.items():
+                if dest.service:
+                    need_kind(base + ("config", "destinations", dname, "service"), dest.service,
+                              {"archive", "router", "viewer"}, "destination")
+        elif isinstance(svc, ViewerService):
+            if svc.config.archive:
+                need_kind(base + ("config", "archive"), svc.config.archive, {"archive"}, "archive")
+            elif not any(s.kind == "archive" for s in services.values()):
+                r.warn(base, "a viewer without any archive service to read from",
+                       code="viewer-archive", key=True)
+        elif isinstance(svc, DatabaseService) and svc.config.replica_of:
+            need_kind(base + ("config", "replica_of"), svc.config.replica_of, {"database"},
+                      "primary")
+    _check_ports(site, r)
+
+
+def _listen_ports(svc: Any) -> list[tuple[tuple[str, ...], int]]:
+    cfg = svc.config
+    out: list[tuple[tuple[str, ...], int]] = []
+    if svc.kind in DICOM_KINDS:
+        out.append((("config", "port"), cfg.port))
+    if svc.kind == "archive" and cfg.dicomweb.enabled:
+        out.append((("config", "dicomweb", "port"), cfg.dicomweb.port))
+    if svc.kind == "router" and cfg.metrics_port:
+        out.append((("config", "metrics_port"), cfg.metrics_port))
+    if svc.kind in ("database", "viewer"):
+        out.append((("config", "port"), cfg.port))
+    return out
+
+
+def _check_ports(site: Site, r: Reporter) -> None:
+    """Two services on one machine cannot listen on the same port."""
+    for role_name, role in site.machines.items():
+        used: dict[int, str] = {}
+        for svc_name in role.services:
+            svc = site.services.get(svc_name)
+            if svc is None:
+                continue
+            for fld, port in _listen_ports(svc):
+                if port in used and used[port] != svc_name:
+                    r.add(("services", svc_name) + fld,
+                          f"port {port} is also used by service {used[port]!r} on role "
+                          f"{role_name!r}", hint="give one of them another port",
+                          code="port-conflict")
+                used.setdefault(port, svc_name)
+
+
+# -- policy: PHI -----------------------------------------------------------------------------
+
+
+def phi_classes(site: Site) -> dict[str, str]:
+    """Storage class -> why it holds PHI (explicit, or used by a data service)."""
+    out: dict[str, str] = {}
+    for name, sc in site.storage.items():
+        if sc.phi:
+            out[name] = "marked phi: true"
+    for role_name, role in site.machines.items():
+        kinds = {site.services[s].kind for s in role.services if s in site.services}
+        if role.holds_data or kinds & DATA_KINDS:
+            for disk in role.disks:
+                dsc = site.storage.get(disk.storage)
+                if dsc is not None and dsc.phi is None:
+                    out.setdefault(disk.storage, f"disks of role {role_name!r} hold patient data")
+    for svc in site.services.values():
+        if isinstance(svc, ArchiveService):
+            for tier in svc.config.tiers:
+                tsc = site.storage.get(tier.storage_class or "")
+                if tsc is not None and tsc.phi is None and tier.storage_class:
+                    out.setdefault(tier.storage_class, "an archive tier stores images on it")
+    return out
+
+
+def check_phi(site: Site, r: Reporter) -> None:
+    for name, why in sorted(phi_classes(site).items()):
+        if not site.storage[name].encrypted:
+            r.warn(("storage", name, "encrypted"),
+                   f"storage class {name!r} holds PHI ({why}) but is not encrypted at rest",
+                   hint="set encrypted: true (or phi: false if it truly holds no patient data); "
+                        "--strict makes this an error", code="phi-unencrypted")
+
+
+__all__ = ["check_phi", "check_services", "phi_classes"]

@@ -1,0 +1,415 @@
+"""The blueprint model: what an admin declares about a PACS site (pydantic v2).
+
+Shape and names are binding (docs/blueprint-contract.md). After validation sizes
+are int MiB and frequencies int MHz. Every model forbids unknown keys, so a typo is
+an error with the closest valid key, never a silently ignored setting.
+
+Per-driver settings (``provider.kvm``, ``networks.x.vsphere``...) default every field
+to ``None``: the engine dumps them with ``exclude_none`` and the drivers apply their
+own defaults, so "not written" and "driver default" stay the same thing.
+
+Cross-field rules (references, addresses, capacity, policy) are in
+:mod:`pacsinfra.blueprint.checks`, which reports all problems at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pacsinfra.blueprint.services import AnyService, Service
+from pacsinfra.blueprint.types import Cidr, IpAddress, Mhz, Name, Size
+from pacsinfra.secrets import SecretRef
+
+DRIVERS = ("kvm", "vsphere", "hyperv", "local")
+PURPOSES = ("dicom", "database", "viewer", "management", "backup", "storage")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- metadata and provider ---------------------------------------------------------------
+
+
+class Metadata(_Strict):
+    """The site's name (used in every object name: ``<name>-<role>-<n>``), labels, description."""
+
+    name: Name
+    description: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class KvmProvider(_Strict):
+    """libvirt connection and KVM host settings."""
+
+    uri: str | None = None  # qemu:///system by default; test:///default for the fake hypervisor
+    domain_type: Literal["kvm", "qemu"] | None = None
+    machine: str | None = None  # q35 by default
+    host_mhz: Mhz | None = None  # per-core clock, for CPU reservations and limits
+    cpu_pinning: dict[str, str] | None = None  # role -> cpuset ("2-5")
+    cloud_init: bool | None = None
+    seed_pool: str | None = None
+    pool_root: str | None = None
+    shutdown_timeout: float | None = Field(None, gt=0, le=3600)
+
+
+class VsphereProvider(_Strict):
+    """vCenter connection and placement defaults."""
+
+    server: str | None = None
+    user: str | None = None
+    password: SecretRef | None = None
+    insecure: bool | None = None
+    ca_file: str | None = None
+    datacenter: str | None = None
+    cluster: str | None = None
+    resource_pool: str | None = None
+    folder: str | None = None
+    datastore: str | None = None
+    task_timeout: float | None = Field(None, gt=0, le=86_400)
+    connections: int | None = Field(None, ge=1, le=256)
+    vgpu_profiles: list[str] | None = None  # offered profiles, when the hosts cannot be asked
+    latency_sensitivity: str | dict[str, str] | None = None  # one value, or role -> value
+    guest_id: str | None = None
+    hot_add: bool | None = None
+    cloud_init: bool | None = None
+    shutdown_timeout: float | None = Field(None, gt=0, le=3600)
+
+
+class HypervProvider(_Strict):
+    """WinRM connection to a Hyper-V host."""
+
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    transport: Literal["ntlm", "kerberos", "credssp", "basic", "certificate"] | None = None
+    user: str | None = None
+    password: SecretRef | None = None
+    ssl: bool | None = None
+    verify_ssl: bool | None = None
+    ca_file: str | None = None
+    vm_path: str | None = None
+    switch: str | None = None  # default virtual switch
+    generation: Literal[1, 2] | None = None
+    shutdown_timeout: float | None = Field(None, gt=0, le=3600)
+
+
+class LocalProvider(_Strict):
+    """Everything on this one box (no hypervisor)."""
+
+    root: str | None = None
+
+
+class HostCapacity(_Strict):
+    """A host's capacity, declared so reservations can be checked before anything exists."""
+
+    name: str
+    cpu_mhz: Mhz | None = None  # total: cores x clock
+    core_mhz: Mhz | None = None  # one core's clock (bounds a VM's per-vCPU reservation)
+    cores: int | None = Field(None, ge=1, le=4096)
+    memory: Size | None = None
+    gpus: list[str] = Field(default_factory=list)  # vGPU profiles / devices the host offers
+
+
+class Provider(_Strict):
+    """Which hypervisor, and how to reach it. Secrets are references, never values."""
+
+    driver: Literal["kvm", "vsphere", "hyperv", "local"]
+    kvm: KvmProvider | None = None
+    vsphere: VsphereProvider | None = None
+    hyperv: HypervProvider | None = None
+    local: LocalProvider | None = None
+    hosts: list[HostCapacity] = Field(default_factory=list)
+
+
+# -- images, networks, storage -----------------------------------------------------------
+
+
+class KvmImage(_Strict):
+    path: str | None = None
+    format: Literal["qcow2", "raw"] | None = None
+    volume: str | None = None
+    pool: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KvmImage:
+        if self.path and self.volume:
+            raise ValueError("a kvm image is either 'path' or 'volume' (+ 'pool'), not both")
+        if self.volume and not self.pool:
+            raise ValueError("a kvm image 'volume' needs its 'pool'")
+        if not (self.path or self.volume):
+            raise ValueError("a kvm image needs 'path' or 'volume' + 'pool'")
+        return self
+
+
+class VsphereImage(_Strict):
+    template: str
+    guest_id: str | None = None
+    datastore: str | None = None
+
+
+class HypervImage(_Strict):
+    vhdx: str
+    generation: Literal[1, 2] | None = None
+
+
+class LocalImage(_Strict):
+    path: str | None = None
+
+
+class Image(_Strict):
+    """One OS image, with where each driver finds it."""
+
+    description: str | None = None
+    kvm: KvmImage | None = None
+    vsphere: VsphereImage | None = None
+    hyperv: HypervImage | None = None
+    local: LocalImage | None = None
+
+
+class KvmNetwork(_Strict):
+    network: str | None = None  # libvirt network name (default <site>-<name>)
+    bridge: str | None = None
+    portgroup: str | None = None
+    forward: Literal["nat", "route", "open", "bridge", "none"] | None = None
+    openvswitch: bool | None = None
+    dhcp: bool | None = None
+
+
+class VsphereNetwork(_Strict):
+    portgroup: str | None = None
+    switch: str | None = None
+    distributed: bool | None = None
+
+
+class HypervNetwork(_Strict):
+    switch: str | None = None
+
+
+class AllowRule(_Strict):
+    """Micro-segmentation: traffic admitted into a network from another one."""
+
+    from_: str = Field(alias="from")  # a network name
+    ports: list[int] = Field(default_factory=list)  # empty: any port
+    protocol: Literal["tcp", "udp", "any"] = "tcp"
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Network(_Strict):
+    """A segment: purpose, VLAN, addressing, MTU, QoS and who may talk into it."""
+
+    purpose: Literal["dicom", "database", "viewer", "management", "backup", "storage"]
+    description: str | None = None
+    vlan: int | None = Field(None, ge=1, le=4094)
+    cidr: Cidr | None = None
+    gateway: IpAddress | None = None
+    mtu: int | None = Field(None, ge=576, le=9216)
+    jumbo: bool = False  # shorthand for mtu 9000
+    qos: Literal["low", "normal", "high", "critical"] | None = None
+    allow_from: list[str] = Field(default_factory=list)  # network names
+    allow: list[AllowRule] = Field(default_factory=list)
+    kvm: KvmNetwork | None = None
+    vsphere: VsphereNetwork | None = None
+    hyperv: HypervNetwork | None = None
+
+    @model_validator(mode="after")
+    def _jumbo(self) -> Network:
+        if self.jumbo:
+            if self.mtu is None:
+                self.mtu = 9000
+            elif self.mtu < 9000:
+                raise ValueError(f"jumbo: true contradicts mtu {self.mtu}; drop one of them")
+        return self
+
+
+class ObjectStore(_Strict):
+    endpoint: str
+    bucket: str
+    access_key: SecretRef | None = None
+    secret_key: SecretRef | None = None
+
+
+class KvmStorage(_Strict):
+    pool: str | None = None
+    path: str | None = None
+
+
+class VsphereStorage(_Strict):
+    policy: str | None = None
+    datastore: str | None = None
+
+
+class HypervStorage(_Strict):
+    path: str | None = None
+
+
+class StorageClass(_Strict):
+    """A storage tier: performance (flash), capacity (nearline), archive (object)."""
+
+    tier: Literal["performance", "capacity", "archive"]
+    description: str | None = None
+    encrypted: bool = False
+    phi: bool | None = None  # None: derived (used by archive/database machines)
+    iops_limit: int | None = Field(None, ge=1, le=10_000_000)
+    iops_reservation: int | None = Field(None, ge=0, le=10_000_000)
+    provisioning: Literal["thin", "thick"] = "thin"
+    object: ObjectStore | None = None  # archive tier on S3-compatible storage
+    kvm: KvmStorage | None = None
+    vsphere: VsphereStorage | None = None
+    hyperv: HypervStorage | None = None
+
+
+# -- machines ---------------------------------------------------------------------------
+
+
+class Cpu(_Strict):
+    count: int = Field(ge=1, le=768)
+    reservation: Mhz | None = None  # for the whole VM
+    shares: Literal["low", "normal", "high"] | int | None = None
+    limit: Mhz | None = None
+
+
+class Memory(_Strict):
+    size: Size
+    reservation: Size | None = None
+    lock: bool = False
+    hugepages: bool = False
+
+
+class Disk(_Strict):
+    name: Name
+    size: Size
+    storage: str  # a storage class name
+    mount: str | None = None
+
+
+class Nic(_Strict):
+    network: str  # a network name
+    addresses: list[IpAddress] = Field(default_factory=list)  # member k gets addresses[k]
+    pool: Literal["dhcp"] | None = None
+    mac: str | None = Field(None, pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+    traffic: list[Literal["dicom", "dicomweb", "database", "management", "backup"]] | None = None
+
+    @model_validator(mode="after")
+    def _address_or_pool(self) -> Nic:
+        if self.addresses and self.pool:
+            raise ValueError("a NIC has static 'addresses' or 'pool: dhcp', not both")
+        return self
+
+
+class Gpu(_Strict):
+    """A vGPU profile (mdev, NVIDIA GRID), a partition (Hyper-V GPU-P), or a passed-through device."""
+
+    mode: Literal["vgpu", "partition", "passthrough"]
+    profile: str | None = None
+    count: int = Field(1, ge=1, le=16)
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> Gpu:
+        if self.mode == "vgpu" and not self.profile:
+            raise ValueError("gpu mode vgpu needs 'profile' (e.g. grid_a40-8q)")
+        if self.mode == "passthrough" and not self.device:
+            raise ValueError("gpu mode passthrough needs 'device' (a PCI address 0000:65:00.0)")
+        return self
+
+
+class Placement(_Strict):
+    anti_affinity: bool = False
+    hosts: list[str] = Field(default_factory=list)
+    cluster: str | None = None
+
+
+class MachineRole(_Strict):
+    """A role: ``count`` identical machines named ``<site>-<role>-<n>``."""
+
+    count: int = Field(1, ge=0, le=10_000)
+    image: str
+    description: str | None = None
+    cpu: Cpu
+    memory: Memory
+    disks: list[Disk] = Field(default_factory=list)
+    nics: list[Nic] = Field(default_factory=list)
+    gpu: Gpu | None = None
+    placement: Placement = Field(default_factory=Placement)
+    services: list[str] = Field(default_factory=list)
+    holds_data: bool | None = None
+
+    def member_names(self, site_name: str, role_name: str | None = None) -> list[str]:
+        """``<site>-<role>-1`` .. ``<site>-<role>-<count>``.
+
+        The role's own name is its key in ``Site.machines``; :meth:`Site.model_post_init`
+        records it, so ``role.member_names(site)`` works on a validated site.
+        """
+        role = role_name or self._role_name
+        return [f"{site_name}-{role}-{n}" for n in range(1, self.count + 1)]
+
+    _role_name: str = ""
+
+
+class DeploySettings(_Strict):
+    """How services are installed on the machines (used by the deploy stage)."""
+
+    engine: Literal["auto", "ssh", "ansible", "local"] = "auto"
+    ssh_user: str = "pacs"
+    ssh_port: int = Field(22, ge=1, le=65535)
+    ssh_key: SecretRef | None = None
+    python: str | None = None
+
+
+class Site(_Strict):
+    """A whole PACS site: the root of a blueprint."""
+
+    api_version: Literal["pacsinfra/v1"] = Field(alias="apiVersion")
+    kind: Literal["Site"]
+    metadata: Metadata
+    provider: Provider
+    variables: dict[str, Any] = Field(default_factory=dict)  # defaults for ${var.name}
+    images: dict[str, Image] = Field(default_factory=dict)
+    networks: dict[str, Network] = Field(default_factory=dict)
+    storage: dict[str, StorageClass] = Field(default_factory=dict)
+    machines: dict[str, MachineRole] = Field(default_factory=dict)
+    services: dict[str, AnyService] = Field(default_factory=dict)
+    sites: dict[str, Any] = Field(default_factory=dict)  # overlays, merged by --site
+    deploy: DeploySettings | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for name, role in self.machines.items():
+            role._role_name = name
+
+    def service_hosts(self) -> dict[str, list[str]]:
+        """Service name -> the roles that run it."""
+        out: dict[str, list[str]] = {s: [] for s in self.services}
+        for role_name, role in self.machines.items():
+            for s in role.services:
+                out.setdefault(s, []).append(role_name)
+        return out
+
+
+__all__ = [
+    "AllowRule",
+    "Cpu",
+    "DeploySettings",
+    "Disk",
+    "Gpu",
+    "HostCapacity",
+    "HypervProvider",
+    "Image",
+    "KvmProvider",
+    "LocalProvider",
+    "MachineRole",
+    "Memory",
+    "Metadata",
+    "Network",
+    "Nic",
+    "Placement",
+    "Provider",
+    "Service",
+    "Site",
+    "StorageClass",
+    "VsphereProvider",
+]

@@ -1,0 +1,121 @@
+"""``pacsinfra archive ...``: run the embedded PACS archive."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+import yaml
+from pydantic import ValidationError
+
+from pacsinfra.errors import UsageError
+
+
+def _peer(text: str) -> tuple[str, dict[str, object]]:
+    aet, sep, rest = text.partition("=")
+    host, sep2, port = rest.rpartition(":")
+    if not sep or not sep2 or not aet or not host or not port.isdigit():
+        raise UsageError(f"--peer {text!r}: expected AET=host:port")
+    return aet, {"ae_title": aet, "host": host, "port": int(port)}
+
+
+def load_config(
+    config: Path | None, aet: str | None, port: int | None, data: Path | None,
+    peers: tuple[str, ...], bind: str | None,
+) -> object:
+    """Build an ArchiveConfig from a YAML file and/or the quick-form flags."""
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+
+    raw: dict[str, object] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read {config}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{config}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UsageError(f"{config}: expected a mapping at the top level")
+        raw = dict(loaded or {})
+    elif data is None:
+        raise UsageError("give --config FILE, or --data DIR (with --aet/--port)")
+    if aet:
+        raw["ae_title"] = aet
+    if port:
+        raw["port"] = port
+    if bind:
+        raw["bind"] = bind
+    if data is not None:
+        raw["data_dir"] = str(data)
+    if peers:
+        table = dict(raw.get("peers") or {})  # type: ignore[call-overload]
+        for p in peers:
+            name, spec = _peer(p)
+            table[name] = spec
+        raw["peers"] = table
+    if config is None:
+        # Quick form: no DICOMweb unless configured.
+        raw.setdefault("dicomweb", {"enabled": False})
+    try:
+        return ArchiveConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(x) for x in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise UsageError("invalid archive configuration:\n" + "\n".join(lines)) from exc
+
+
+@click.group()
+def archive() -> None:
+    """The embedded PACS archive (storage SCP, query/retrieve, DICOMweb)."""
+
+
+@archive.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), help="archive.yaml")
+@click.option("--aet", help="AE title (quick form)")
+@click.option("--port", type=int, help="DICOM port (quick form)")
+@click.option("--bind", help="listen address")
+@click.option("--data", type=click.Path(path_type=Path), help="data directory (quick form)")
+@click.option("--peer", "peers", multiple=True, help="C-MOVE destination AET=host:port")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(
+    config: Path | None, aet: str | None, port: int | None, bind: str | None,
+    data: Path | None, peers: tuple[str, ...], log_level: str,
+) -> None:
+    """Run the archive until SIGTERM."""
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+    from pacsinfra.pacs.archive.server import ArchiveServer
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    cfg = load_config(config, aet, port, data, peers, bind)
+    assert isinstance(cfg, ArchiveConfig)
+    ArchiveServer(cfg).serve_forever()
+
+
+@archive.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True)
+def lifecycle(config: Path) -> None:
+    """Run one storage lifecycle pass (move studies between tiers) and exit."""
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+    from pacsinfra.pacs.archive.db import open_database
+    from pacsinfra.pacs.archive.index import Index
+    from pacsinfra.pacs.archive.lifecycle import run_lifecycle
+    from pacsinfra.pacs.archive.storage import Tier
+
+    cfg = load_config(config, None, None, None, (), None)
+    assert isinstance(cfg, ArchiveConfig)
+    data = Path(cfg.data_dir)
+    tiers = {t.name: Tier.from_config(t, data) for t in cfg.tiers if t.kind == "filesystem"}
+    index = Index(open_database(cfg.index, data))
+    try:
+        report = run_lifecycle(cfg, index, tiers)
+    finally:
+        index.close()
+    click.echo(f"moved {len(report.moved_studies)} studies ({report.moved_instances} instances)")
+    for study, reason in report.failed_studies.items():
+        click.echo(f"not moved: {study}: {reason}", err=True)

@@ -1,0 +1,413 @@
+"""Machines on libvirt: read, create (with cleanup), update (with restart), delete.
+
+A machine is a domain plus the volumes named after it (``<name>-<disk>.qcow2``) and
+its cloud-init seed (``<name>-seed.iso``). Creation builds them in that order and,
+on any failure, removes what it made (domain definition, seed, volumes) before
+re-raising — like terraform-provider-libvirt's cleanupOnError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pacsinfra.drivers.base import ChangeKind, MachineSpec, Observed, Ownership, PowerState
+from pacsinfra.drivers.kvm import cloudinit
+from pacsinfra.drivers.kvm import domain as dom
+from pacsinfra.drivers.kvm import pool as pool_mod
+from pacsinfra.errors import AlreadyExists, CapabilityError, DriverError, NotFound, TaskFailed
+
+if TYPE_CHECKING:
+    from pacsinfra.drivers.kvm.driver import KvmDriver
+
+MIB = 1024 * 1024
+CPU_FIELDS = frozenset({"cpu_shares", "cpu_reservation_mhz", "cpu_limit_mhz"})
+SEED_FIELDS = frozenset({"hostname", "ssh_authorized_keys", "nics"})
+
+
+def check_machine(spec: MachineSpec, *, embed: bool = False) -> list[str]:
+    """Problems with ``spec`` on KVM that need no connection to see."""
+    out: list[str] = []
+    if spec.cpu_count < 1:
+        out.append(f"{spec.address}: cpu count must be at least 1")
+    if spec.memory_mib < 1:
+        out.append(f"{spec.address}: memory must be at least 1 MiB")
+    for nic in spec.nics:
+        if nic.network.startswith("bridge:") and nic.vlan is not None:
+            out.append(
+                f"{spec.address}: VLAN {nic.vlan} on Linux bridge {nic.network[7:]} is not "
+                "supported by libvirt; use an Open vSwitch bridge (ovs:NAME) or an OVS network"
+            )
+        if embed and not nic.network.startswith(("bridge:", "ovs:")):
+            out.append(f"{spec.address}: qemu:///embed has no libvirt networks ({nic.network})")
+    if spec.gpu is not None:
+        if spec.gpu.mode == "vgpu" and not spec.gpu.profile:
+            out.append(f"{spec.address}: a vGPU needs a profile (the mdev type)")
+        if spec.gpu.mode == "passthrough":
+            try:
+                for address in (spec.gpu.device or "").split(","):
+                    dom.parse_pci(address)
+            except CapabilityError as exc:
+                out.append(f"{spec.address}: {exc}")
+        if spec.gpu.mode not in ("vgpu", "passthrough"):
+            out.append(f"{spec.address}: unknown GPU mode {spec.gpu.mode!r}")
+    names = [d.name for d in spec.disks]
+    if len(set(names)) != len(names):
+        out.append(f"{spec.address}: disk names must be unique")
+    for d in spec.disks:
+        if d.provisioning not in ("thin", "thick"):
+            out.append(f"{spec.address}: disk {d.name}: provisioning must be thin or thick")
+    return out
+
+
+def _pool_of_path(driver: KvmDriver) -> dict[str, str]:
+    storage = driver.lc.storage
+    if not storage.uses_files:
+        return {}
+    out: dict[str, str] = {}
+    for name in storage.pool_names():
+        path = storage.pool_path(name)
+        if path:
+            out[path.rstrip("/")] = name
+    return out
+
+
+def _ref_pool(ref: dom.DiskRef, pool_of_path: dict[str, str]) -> str | None:
+    if ref.pool:
+        return ref.pool
+    if ref.path:
+        return pool_of_path.get(os.path.dirname(ref.path))
+    return None
+
+
+def read_machine(driver: KvmDriver, name: str, desired: MachineSpec | None) -> Observed | None:
+    """The domain ``name`` as an Observed MachineSpec, or None when absent."""
+    lc = driver.lc
+    xml = lc.domain_xml(name)
+    if xml is None:
+        return None
+    facts = dom.domain_facts(xml)
+    pool_of_path = _pool_of_path(driver)
+    capacities: dict[str, int] = {}
+    for ref in facts.disks:
+        pool = _ref_pool(ref, pool_of_path)
+        if pool and ref.volume and lc.storage.pool_exists(pool):
+            cap = lc.storage.volume_capacity(pool, ref.volume)
+            if cap is not None:
+                capacities[ref.dev] = cap // MIB
+    state = lc.domain_state(name)
+    if state == "absent":
+        return None
+    spec = dom.parse_domain(
+        facts,
+        capacities_mib=capacities,
+        pool_of_path=pool_of_path,
+        host_mhz=driver.host_mhz(),
+        running=state == "running",
+        address=desired.address if desired else None,
+    )
+    return Observed(
+        spec=spec,
+        id=lc.domain_uuid(name),
+        owner=facts.owner,
+        power=driver.STATE_MAP.get(state, PowerState.UNKNOWN),
+    )
+
+
+def _validate_references(driver: KvmDriver, spec: MachineSpec, seed_pool: str | None) -> None:
+    """Fail before creating anything when a pool, network or image is missing.
+
+    test:///default accepts domains pointing at missing networks and volumes, and
+    the system daemon only finds out at start: checking first keeps create atomic.
+    """
+    lc = driver.lc
+    missing: list[str] = []
+    pools = {d.storage for d in spec.disks} | ({seed_pool} if seed_pool else set())
+    for pool in sorted(pools):
+        if not lc.storage.pool_exists(pool):
+            missing.append(f"storage pool {pool}")
+    for nic in spec.nics:
+        if nic.network.startswith(("bridge:", "ovs:")):
+            continue
+        if lc.network_xml(nic.network) is None:
+            missing.append(f"network {nic.network}")
+    backing, clone = pool_mod.image_source(spec.image)
+    if clone is not None and lc.storage.volume_capacity(*clone) is None:
+        missing.append(f"image volume {clone[1]} in pool {clone[0]}")
+    if backing is not None and lc.storage.uses_files and not os.path.exists(backing[0]):
+        missing.append(f"image file {backing[0]}")
+    if missing:
+        raise NotFound(f"kvm: {spec.address} refers to what does not exist: {', '.join(missing)}")
+
+
+def _create_disk(
+    driver: KvmDriver, spec: MachineSpec, index: int, disk: Any, *, from_image: bool
+) -> tuple[str, str]:
+    storage = driver.lc.storage
+    vol = pool_mod.disk_volume(spec, disk, from_image=from_image)
+    if storage.volume_capacity(vol.pool, vol.name) is not None:
+        raise AlreadyExists(
+            f"kvm: volume {vol.pool}/{vol.name} already exists (left from an earlier run?); "
+            "remove it or rename the machine"
+        )
+    storage.create_volume(
+        vol.pool,
+        vol.name,
+        vol.xml,
+        capacity=vol.capacity,
+        fmt="qcow2",
+        thick=vol.thick,
+        backing=vol.backing,
+        clone_from=vol.clone_from,
+    )
+    if vol.clone_from is not None:
+        have = storage.volume_capacity(vol.pool, vol.name) or 0
+        if have < vol.capacity:
+            storage.resize_volume(vol.pool, vol.name, vol.capacity)
+    return vol.pool, vol.name
+
+
+def _write_seed(driver: KvmDriver, spec: MachineSpec, pool: str) -> tuple[str, str]:
+    storage = driver.lc.storage
+    iso = cloudinit.build_iso(cloudinit.build_seed(spec))
+    vname = dom.seed_volume_name(spec.name)
+    storage.delete_volume(pool, vname)  # a seed is always rebuilt from the spec
+    xml = pool_mod.render_volume(name=vname, capacity=len(iso), allocation=len(iso), fmt="raw")
+    storage.create_volume(pool, vname, xml, capacity=len(iso), fmt="raw", thick=False)
+    # False on test:///default, which keeps no volume content: the volume still exists.
+    storage.upload(pool, vname, iso)
+    return pool, vname
+
+
+def _cleanup(
+    driver: KvmDriver, name: str | None, volumes: list[tuple[str, str]], exc: BaseException
+) -> None:
+    """Undo a half-done create; failures here are noted on ``exc``, never raised over it."""
+    lc = driver.lc
+    steps: list[tuple[str, Any]] = []
+    if name is not None:
+        steps.append((f"destroy {name}", lambda: lc.destroy_domain(name)))
+        steps.append((f"undefine {name}", lambda: lc.undefine_domain(name)))
+    for pool, vol in reversed(volumes):
+        steps.append((f"delete {pool}/{vol}", lambda p=pool, v=vol: lc.storage.delete_volume(p, v)))
+    for what, step in steps:
+        try:
+            step()
+        except DriverError as err:
+            exc.add_note(f"cleanup: {what} failed: {err}")
+
+
+def create_machine(driver: KvmDriver, spec: MachineSpec, owner: Ownership) -> Observed:
+    """Create volumes, seed and domain, start it; undo everything on failure."""
+    lc = driver.lc
+    existing = read_machine(driver, spec.name, spec)
+    if driver.claim("domain", spec.name, existing, owner):
+        assert existing is not None
+        return existing
+    problems = check_machine(spec, embed=lc.storage.uses_files)
+    if problems:
+        raise CapabilityError("; ".join(problems))
+    ctx = driver.domain_context(spec)
+    seed_pool = dom.seed_pool(spec, ctx) if ctx.seed else None
+    _validate_references(driver, spec, seed_pool)
+    if ctx.uses_files:  # paths of pools are known only now that they are checked
+        ctx = driver.domain_context(spec)
+    xml = dom.render_domain(spec, owner, ctx)  # render first: a bad spec creates nothing
+    made: list[tuple[str, str]] = []
+    defined = False
+    try:
+        for i, disk in enumerate(spec.disks):
+            made.append(_create_disk(driver, spec, i, disk, from_image=(i == 0)))
+        if seed_pool:
+            made.append(_write_seed(driver, spec, seed_pool))
+        if lc.domain_exists(spec.name):  # appeared meanwhile (another process)
+            raise AlreadyExists(f"kvm: domain {spec.name} appeared while creating it")
+        lc.define_domain(xml)
+        defined = True
+        if spec.power_on:
+            lc.start_domain(spec.name)
+    except BaseException as exc:
+        # Only what this call made is removed: never a domain someone else defined.
+        _cleanup(driver, spec.name if defined else None, made, exc)
+        raise
+    found = read_machine(driver, spec.name, spec)
+    if found is None:
+        raise TaskFailed(f"kvm: domain {spec.name} vanished after creation")
+    return found
+
+
+def _cleanup_volumes_only(
+    driver: KvmDriver, volumes: list[tuple[str, str]], exc: BaseException
+) -> None:
+    for pool, vol in reversed(volumes):
+        try:
+            driver.lc.storage.delete_volume(pool, vol)
+        except DriverError as err:
+            exc.add_note(f"cleanup: delete {pool}/{vol} failed: {err}")
+
+
+def _disk_devs(driver: KvmDriver, name: str) -> dict[str, str]:
+    """Disk name (serial) -> target dev, from the live domain."""
+    xml = driver.lc.domain_xml(name)
+    if xml is None:
+        return {}
+    return {ref.serial: ref.dev for ref in dom.domain_facts(xml).disks if ref.serial}
+
+
+def _live_cputune(spec: MachineSpec, host_mhz: int | None) -> dict[str, int]:
+    params: dict[str, int] = {}
+    source = dom.shares_source(spec)
+    if source == "shares":
+        params["cpu_shares"] = int(spec.cpu_shares or 0)
+    elif source == "reservation":
+        params["cpu_shares"] = int(spec.cpu_reservation_mhz or 0)
+    if spec.cpu_limit_mhz and host_mhz:
+        params["global_period"] = dom.CFS_PERIOD_US
+        params["global_quota"] = max(1000, round(spec.cpu_limit_mhz * dom.CFS_PERIOD_US / host_mhz))
+    elif not spec.cpu_limit_mhz:
+        params["global_quota"] = -1  # no limit
+    return params
+
+
+def update_machine(
+    driver: KvmDriver, spec: MachineSpec, observed: Observed, fields: Sequence[str]
+) -> Observed:
+    """Apply ``fields``: volumes first, then redefine; restart when a field needs power-off."""
+    lc = driver.lc
+    current = read_machine(driver, spec.name, spec)
+    if current is None:
+        raise NotFound(f"kvm: domain {spec.name} does not exist")
+    if current.owner is None:
+        raise AlreadyExists(
+            f"kvm: domain {spec.name} is not owned by pacsinfra; refusing to change it"
+        )
+    kinds = {f: driver.classify_change(spec, current, f) for f in fields}
+    replace = sorted(f for f, k in kinds.items() if k == ChangeKind.REPLACE)
+    if replace:
+        raise CapabilityError(f"kvm: changing {', '.join(replace)} of {spec.name} needs a replace")
+    worst = max(kinds.values(), default=ChangeKind.IN_PLACE)
+    actual = current.spec
+    assert isinstance(actual, MachineSpec)
+    running = current.power == PowerState.ON
+    restart = running and worst >= ChangeKind.NEEDS_POWER_OFF
+    ctx = driver.domain_context(spec)
+
+    have = {d.name: d for d in actual.disks}
+    made: list[tuple[str, str]] = []
+    try:
+        for i, disk in enumerate(spec.disks):
+            if disk.name not in have:
+                made.append(
+                    _create_disk(driver, spec, i, disk, from_image=(i == 0 and not actual.disks))
+                )
+    except BaseException as exc:
+        _cleanup_volumes_only(driver, made, exc)
+        raise
+
+    if restart:
+        lc.shutdown_domain(spec.name, driver.shutdown_timeout())
+    try:
+        _apply_update(driver, spec, current, fields, ctx, running=running and not restart)
+    except BaseException as exc:
+        # Don't leave a machine off that was running: start it again (with the old
+        # definition if the new one was not saved), and say so on the error.
+        if running and lc.domain_state(spec.name) == "shutoff":
+            try:
+                lc.start_domain(spec.name)
+                exc.add_note(f"{spec.name} was started again after the failed update")
+            except DriverError as err:
+                exc.add_note(f"starting {spec.name} again failed too: {err}")
+        raise
+    found = read_machine(driver, spec.name, spec)
+    if found is None:
+        raise NotFound(f"kvm: domain {spec.name} vanished during update")
+    return found
+
+
+def _apply_update(
+    driver: KvmDriver,
+    spec: MachineSpec,
+    current: Observed,
+    fields: Sequence[str],
+    ctx: dom.DomainContext,
+    *,
+    running: bool,
+) -> None:
+    """Resize, reseed, redefine, tune live, drop removed disks, set power (domain off or running)."""
+    lc = driver.lc
+    storage = lc.storage
+    actual = current.spec
+    assert isinstance(actual, MachineSpec) and current.owner is not None
+    owner = current.owner
+    have = {d.name: d for d in actual.disks}
+    want = {d.name: d for d in spec.disks}
+    devs = _disk_devs(driver, spec.name)
+    for name, disk in want.items():
+        old = have.get(name)
+        if old is None or disk.size_mib <= old.size_mib:
+            continue
+        size = disk.size_mib * MIB
+        if running and name[:20] in devs:
+            lc.resize_disk_live(spec.name, devs[name[:20]], size)
+        else:
+            storage.resize_volume(disk.storage, dom.disk_volume_name(spec.name, name), size)
+    seed_pool = dom.seed_pool(spec, ctx) if ctx.seed else None
+    if seed_pool and (SEED_FIELDS & set(fields)):
+        _write_seed(driver, spec, seed_pool)
+    lc.define_domain(dom.render_domain(spec, owner, ctx, uuid=current.id))
+    live = running and bool(CPU_FIELDS & set(fields))
+    if live and not lc.set_cputune_live(spec.name, _live_cputune(spec, ctx.host_mhz)):
+        raise CapabilityError(
+            f"kvm: {lc.hypervisor_type} cannot change CPU tuning of running {spec.name}; "
+            "the new values are saved and apply at its next start"
+        )
+    for name, old in have.items():
+        if name not in want:
+            storage.delete_volume(old.storage, dom.disk_volume_name(spec.name, name))
+    state = lc.domain_state(spec.name)
+    if spec.power_on and state != "running":
+        lc.start_domain(spec.name)
+    elif not spec.power_on and state == "running":
+        lc.shutdown_domain(spec.name, driver.shutdown_timeout())
+
+
+def delete_machine(driver: KvmDriver, observed: Observed) -> None:
+    """Power off, undefine (nvram, managed save, snapshot metadata) and delete its volumes."""
+    lc = driver.lc
+    spec = observed.spec
+    assert isinstance(spec, MachineSpec)
+    name = spec.name
+    prefix = name + "-"
+    volumes: set[tuple[str, str]] = set()
+    xml = lc.domain_xml(name)
+    pool_of_path = _pool_of_path(driver)
+    if xml is not None:
+        facts = dom.domain_facts(xml)
+        if facts.owner is None:
+            raise AlreadyExists(f"kvm: domain {name} is not owned by pacsinfra; not deleting it")
+        for ref in (*facts.disks, facts.seed):
+            if ref is None or not ref.volume or not ref.volume.startswith(prefix):
+                continue  # never delete a volume we did not name (e.g. a shared image)
+            pool = _ref_pool(ref, pool_of_path)
+            if pool:
+                volumes.add((pool, ref.volume))
+        lc.destroy_domain(name)
+        lc.undefine_domain(name)
+    for disk in spec.disks:
+        volumes.add((disk.storage, dom.disk_volume_name(name, disk.name)))
+    ctx_seed_pool = dom.seed_pool(spec, dom.DomainContext(seed_pool=_seed_pool_setting(driver)))
+    if ctx_seed_pool:
+        volumes.add((ctx_seed_pool, dom.seed_volume_name(name)))
+    for pool, vol in sorted(volumes):
+        if pool and lc.storage.pool_exists(pool):
+            with contextlib.suppress(NotFound):
+                lc.storage.delete_volume(pool, vol)
+
+
+def _seed_pool_setting(driver: KvmDriver) -> str | None:
+    from pacsinfra.drivers.kvm.driver import setting
+
+    value = setting(driver.config, "seed_pool")
+    return str(value) if value else None

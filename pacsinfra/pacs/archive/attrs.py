@@ -1,0 +1,159 @@
+"""Read the few attributes the index needs from a dataset's raw bytes.
+
+The pixel data is never decoded (nor even read): pydicom stops before (7FE0,0010)
+and only the tags listed in :data:`INDEXED` are kept.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+
+# keyword -> InstanceRecord field
+INDEXED: dict[str, str] = {
+    "PatientID": "patient_id",
+    "PatientName": "patient_name",
+    "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex",
+    "StudyInstanceUID": "study_uid",
+    "StudyDate": "study_date",
+    "StudyTime": "study_time",
+    "AccessionNumber": "accession_number",
+    "StudyID": "study_id",
+    "StudyDescription": "study_description",
+    "ReferringPhysicianName": "referring_physician",
+    "SeriesInstanceUID": "series_uid",
+    "Modality": "modality",
+    "SeriesNumber": "series_number",
+    "SeriesDescription": "series_description",
+    "BodyPartExamined": "body_part",
+    "SeriesDate": "series_date",
+    "SeriesTime": "series_time",
+    "SOPInstanceUID": "sop_uid",
+    "SOPClassUID": "sop_class_uid",
+    "InstanceNumber": "instance_number",
+}
+_TAGS: list[BaseTag | int] = [*(Tag(k) for k in INDEXED), Tag("SpecificCharacterSet")]
+
+
+class DatasetUnreadable(ValueError):
+    """The received bytes are not a parseable dataset in the negotiated syntax."""
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):  # multi-valued (e.g. a 2-valued IS): keep DICOM form
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+# Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+
+
+def check_structure(data: bytes, implicit: bool, little: bool) -> None:
+    """Walk every element header; raise :class:`DatasetUnreadable` if any length overruns.
+
+    Catches truncated datasets and lying lengths that a stop-before-pixels parse would
+    not see (e.g. Pixel Data declared longer than what arrived).
+    """
+    e = "<" if little else ">"
+    u16 = struct.Struct(e + "H")
+    u32 = struct.Struct(e + "I")
+    end = len(data)
+
+    def need(pos: int, n: int) -> None:
+        if pos + n > end:
+            raise DatasetUnreadable(f"dataset truncated at byte {pos} (needs {n} more)")
+
+    def dataset(pos: int, limit: int, in_item: bool) -> int:
+        # Elements until ``limit`` or, in an undefined-length item, the item delimiter.
+        while pos < limit:
+            need(pos, 8)
+            group = u16.unpack_from(data, pos)[0]
+            elem = u16.unpack_from(data, pos + 2)[0]
+            if group == 0xFFFE:
+                if in_item and elem == 0xE00D:
+                    return pos + 8
+                raise DatasetUnreadable(f"unexpected delimiter (FFFE,{elem:04X}) at {pos}")
+            if implicit:
+                length = u32.unpack_from(data, pos + 4)[0]
+                pos += 8
+            else:
+                vr = data[pos + 4 : pos + 6]
+                if vr in _LONG_VRS:
+                    need(pos, 12)
+                    length = u32.unpack_from(data, pos + 8)[0]
+                    pos += 12
+                else:
+                    length = u16.unpack_from(data, pos + 6)[0]
+                    pos += 8
+            if length == _UNDEFINED:
+                pos = items(pos)
+            else:
+                need(pos, length)
+                pos += length
+        if in_item:
+            raise DatasetUnreadable("item without delimiter")
+        return pos
+
+    def items(pos: int) -> int:
+        # Items of an undefined-length sequence or encapsulated pixel data, to (FFFE,E0DD).
+        while True:
+            need(pos, 8)
+            group = u16.unpack_from(data, pos)[0]
+            elem = u16.unpack_from(data, pos + 2)[0]
+            length = u32.unpack_from(data, pos + 4)[0]
+            pos += 8
+            if group != 0xFFFE:
+                raise DatasetUnreadable(f"expected an item tag at {pos - 8}")
+            if elem == 0xE0DD:
+                return pos
+            if elem != 0xE000:
+                raise DatasetUnreadable(f"unexpected (FFFE,{elem:04X}) in a sequence")
+            if length == _UNDEFINED:
+                pos = dataset(pos, end, in_item=True)
+            else:
+                need(pos, length)
+                pos += length
+
+    dataset(0, end, in_item=False)
+
+
+def read_indexed(raw: bytes, transfer_syntax: str) -> dict[str, str]:
+    """The indexed attributes of ``raw`` (dataset bytes without file meta) as strings.
+
+    Raises :class:`DatasetUnreadable` on truncated or malformed input.
+    """
+    ts = UID(transfer_syntax)
+    data = raw
+    if ts == "1.2.840.10008.1.2.1.99":  # deflated: the whole dataset is a raw deflate stream
+        try:
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+        except zlib.error as exc:
+            raise DatasetUnreadable(f"deflated dataset does not inflate: {exc}") from exc
+    implicit = ts == "1.2.840.10008.1.2"
+    little = ts != "1.2.840.10008.1.2.2"
+
+    def stop(tag: Any, vr: Any, length: Any) -> bool:
+        return int(tag) >= 0x7FE00010
+
+    check_structure(data, implicit, little)
+    try:
+        ds: Dataset = read_dataset(
+            BytesIO(data), implicit, little, stop_when=stop, specific_tags=_TAGS
+        )
+        out = {field: _text(ds.get(kw)) for kw, field in INDEXED.items()}
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "unreadable"
+        raise DatasetUnreadable(f"{type(exc).__name__}: {exc}") from exc
+    return out

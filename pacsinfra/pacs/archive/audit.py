@@ -1,0 +1,90 @@
+"""Audit messages shaped after PS3.15 A.5 (DICOM audit message schema), as JSON lines.
+
+One object per event: ``EventIdentification`` (EventID code, action, outcome,
+datetime), ``ActiveParticipant`` (the calling AE as source, this archive as
+destination), ``ParticipantObjectIdentification`` (the study). Written to a file
+(appended, flushed per message) and/or syslog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from pacsinfra.pacs.config_common import AuditConfig
+
+# (code, codeSystemName, displayName) from DCM (PS3.16 CID 400/401)
+_EVENTS = {
+    "stored": ("110104", "DCM", "DICOM Instances Transferred"),
+    "query": ("110112", "DCM", "Query"),
+    "accessed": ("110103", "DCM", "DICOM Instances Accessed"),
+}
+_ACTION = {"stored": "C", "query": "E", "accessed": "R"}
+
+
+class AuditLog:
+    """Appends audit messages; thread-safe."""
+
+    def __init__(self, cfg: AuditConfig, ae_title: str) -> None:
+        self._ae = ae_title
+        self._lock = threading.Lock()
+        self._file = open(cfg.file, "a", encoding="utf-8") if cfg.file else None  # noqa: SIM115
+        self._syslog: logging.Logger | None = None
+        if cfg.syslog:
+            self._syslog = logging.getLogger("pacsinfra.audit")
+            try:
+                self._syslog.addHandler(logging.handlers.SysLogHandler(address="/dev/log"))
+            except OSError:
+                self._syslog.addHandler(logging.handlers.SysLogHandler())
+
+    def _emit(self, kind: str, source: str, objects: list[dict[str, Any]], outcome: int) -> None:
+        code, system, name = _EVENTS[kind]
+        msg = {
+            "EventIdentification": {
+                "EventID": {"code": code, "codeSystemName": system, "displayName": name},
+                "EventActionCode": _ACTION[kind],
+                "EventDateTime": datetime.now(UTC).isoformat(),
+                "EventOutcomeIndicator": outcome,
+            },
+            "ActiveParticipant": [
+                {"UserID": source, "UserIsRequestor": True,
+                 "RoleIDCode": {"code": "110153", "displayName": "Source Role ID"}},
+                {"UserID": self._ae, "UserIsRequestor": False,
+                 "RoleIDCode": {"code": "110152", "displayName": "Destination Role ID"}},
+            ],
+            "AuditSourceIdentification": {"AuditSourceID": self._ae},
+            "ParticipantObjectIdentification": objects,
+        }
+        line = json.dumps(msg, separators=(",", ":"))
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+            if self._syslog is not None:
+                self._syslog.info(line)
+
+    def instances_stored(self, calling: str, study_uid: str, sop_uid: str) -> None:
+        """An instance was stored (PS3.15 A.5.3.10 shaped)."""
+        self._emit("stored", calling, [{
+            "ParticipantObjectTypeCode": 2, "ParticipantObjectTypeCodeRole": 3,
+            "ParticipantObjectIDTypeCode": {"code": "110180", "displayName": "Study Instance UID"},
+            "ParticipantObjectID": study_uid,
+            "ParticipantObjectDescription": {"SOPInstanceUID": sop_uid},
+        }], 0)
+
+    def query(self, calling: str, level: str) -> None:
+        """A C-FIND was answered (PS3.15 A.5.3.12 shaped)."""
+        self._emit("query", calling, [{
+            "ParticipantObjectTypeCode": 2, "ParticipantObjectTypeCodeRole": 3,
+            "ParticipantObjectIDTypeCode": {"code": "110181", "displayName": "SOP Class UID"},
+            "ParticipantObjectID": level,
+        }], 0)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()

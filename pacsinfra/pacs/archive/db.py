@@ -1,0 +1,270 @@
+"""One small DB-API layer over SQLite (WAL) and PostgreSQL (psycopg 3), plus migrations.
+
+SQL is written once with ``?`` placeholders; :class:`Database` rewrites them to
+``%s`` for psycopg. Everything else the archive needs (``INSERT ... ON CONFLICT``,
+``LIKE``, ``lower()``) is spelled the same in both dialects.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pacsinfra.errors import PacsinfraError
+from pacsinfra.pacs.archive.config import IndexConfig
+
+
+class IndexError_(PacsinfraError):
+    """The index database cannot be opened or migrated."""
+
+
+Row = tuple[Any, ...]
+
+# Versioned migrations: (version, statements). Append only; never edit a shipped one.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE patient (
+                patient_id TEXT PRIMARY KEY,
+                patient_name TEXT, patient_birth_date TEXT, patient_sex TEXT,
+                num_studies INTEGER NOT NULL DEFAULT 0,
+                num_instances INTEGER NOT NULL DEFAULT 0)""",
+            """CREATE TABLE study (
+                study_uid TEXT PRIMARY KEY,
+                patient_id TEXT NOT NULL,
+                patient_name TEXT, patient_birth_date TEXT, patient_sex TEXT,
+                study_date TEXT, study_time TEXT, accession_number TEXT, study_id TEXT,
+                study_description TEXT, referring_physician TEXT,
+                modalities TEXT NOT NULL DEFAULT '\\',
+                num_series INTEGER NOT NULL DEFAULT 0,
+                num_instances INTEGER NOT NULL DEFAULT 0,
+                created_at DOUBLE PRECISION, last_access DOUBLE PRECISION)""",
+            "CREATE INDEX study_patient ON study(patient_id)",
+            "CREATE INDEX study_date_ix ON study(study_date)",
+            "CREATE INDEX study_accession ON study(accession_number)",
+            """CREATE TABLE series (
+                series_uid TEXT PRIMARY KEY,
+                study_uid TEXT NOT NULL,
+                modality TEXT, series_number TEXT, series_description TEXT,
+                body_part TEXT, series_date TEXT, series_time TEXT,
+                num_instances INTEGER NOT NULL DEFAULT 0)""",
+            "CREATE INDEX series_study ON series(study_uid)",
+            """CREATE TABLE instance (
+                sop_uid TEXT PRIMARY KEY,
+                series_uid TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                sop_class_uid TEXT NOT NULL,
+                instance_number TEXT,
+                transfer_syntax TEXT NOT NULL,
+                tier TEXT NOT NULL,
+                rel_path TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                sha256 TEXT NOT NULL,
+                ds_offset INTEGER NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                calling_ae TEXT)""",
+            "CREATE INDEX instance_series ON instance(series_uid)",
+            "CREATE INDEX instance_study ON instance(study_uid)",
+        ],
+    ),
+    (
+        2,
+        [
+            # Lifecycle bookkeeping: studies that failed migration are parked, not retried forever.
+            """CREATE TABLE migration_failure (
+                study_uid TEXT PRIMARY KEY, to_tier TEXT NOT NULL,
+                reason TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL)""",
+        ],
+    ),
+]
+
+
+def like_escape(text: str) -> str:
+    """Escape a literal for ``LIKE ? ESCAPE '!'`` (the same in SQLite and PostgreSQL)."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+class Database:
+    """A connection per thread to one index database, same API for both backends."""
+
+    def __init__(self, backend: str, connect: Any) -> None:
+        self.backend = backend
+        self._connect = connect
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    # -- connections -----------------------------------------------------------------------
+    def conn(self) -> Any:
+        """This thread's connection (opened on first use)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._connect()
+            self._local.conn = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def close(self) -> None:
+        """Close every connection opened through this object."""
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001 - closing at shutdown, nothing to do about it
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- SQL -------------------------------------------------------------------------------
+    def sql(self, text: str) -> str:
+        """Rewrite ``?`` placeholders for the backend's param style."""
+        if self.backend == "postgresql":
+            return text.replace("%", "%%").replace("?", "%s")
+        return text
+
+    def query(self, text: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a SELECT and return all rows (autocommitted read)."""
+        c = self.conn()
+        cur = c.cursor()
+        try:
+            cur.execute(self.sql(text), tuple(params))
+            rows = [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+        if self.backend == "postgresql":
+            c.rollback()  # end the implicit read transaction (no snapshot held open)
+        return rows
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        c = self.conn()
+        cur = c.cursor()
+        if self.backend == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield Cursor(self, cur)
+            c.commit()
+        except BaseException:
+            c.rollback()
+            raise
+        finally:
+            cur.close()
+
+
+class Cursor:
+    """A cursor inside a transaction, with the placeholder shim applied."""
+
+    def __init__(self, db: Database, cur: Any) -> None:
+        self._db = db
+        self._cur = cur
+
+    def execute(self, text: str, params: Sequence[Any] = ()) -> Cursor:
+        """Execute one statement."""
+        self._cur.execute(self._db.sql(text), tuple(params))
+        return self
+
+    def executemany(self, text: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Execute one statement for many parameter rows."""
+        self._cur.executemany(self._db.sql(text), [tuple(r) for r in rows])
+
+    def fetchall(self) -> list[Row]:
+        """Rows of the last SELECT."""
+        return [tuple(r) for r in self._cur.fetchall()]
+
+    def fetchone(self) -> Row | None:
+        """One row of the last SELECT, or None."""
+        r = self._cur.fetchone()
+        return tuple(r) if r is not None else None
+
+    @property
+    def rowcount(self) -> int:
+        """Rows touched by the last statement."""
+        return int(self._cur.rowcount)
+
+
+def _sqlite_connect(path: str) -> Any:
+    def connect() -> sqlite3.Connection:
+        c = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed transaction survives power loss (the WAL is fsynced per commit);
+        # group commit keeps the number of commits (and fsyncs) low.
+        c.execute("PRAGMA synchronous=FULL")
+        c.execute("PRAGMA case_sensitive_like=ON")
+        c.execute("PRAGMA foreign_keys=OFF")
+        c.execute("PRAGMA cache_size=-65536")
+        return c
+
+    return connect
+
+
+def _pg_connect(cfg: IndexConfig) -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise IndexError_(
+            'the postgresql index needs psycopg 3: pip install "psycopg[binary]"'
+        ) from exc
+    password = cfg.password.resolve() if cfg.password is not None else None
+
+    def connect() -> Any:
+        try:
+            return psycopg.connect(
+                host=cfg.host, port=cfg.port, dbname=cfg.database, user=cfg.user,
+                password=password, connect_timeout=10,
+            )
+        except psycopg.Error as exc:
+            raise IndexError_(
+                f"cannot connect to postgresql at {cfg.host}:{cfg.port}/{cfg.database} "
+                f"as {cfg.user}: {type(exc).__name__}"
+            ) from exc
+
+    return connect
+
+
+def open_database(cfg: IndexConfig, data_dir: Path) -> Database:
+    """Open (and migrate) the index that ``cfg`` describes."""
+    if cfg.backend == "sqlite":
+        path = Path(cfg.path) if cfg.path else data_dir / "index.sqlite"
+        if not path.is_absolute():
+            path = data_dir / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = Database("sqlite", _sqlite_connect(str(path)))
+    else:
+        db = Database("postgresql", _pg_connect(cfg))
+    migrate(db)
+    return db
+
+
+def schema_version(db: Database) -> int:
+    """The highest applied migration (0 on an empty database)."""
+    with db.transaction() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        row = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(db: Database) -> int:
+    """Apply pending migrations, each in its own transaction; return the new version."""
+    current = schema_version(db)
+    for version, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        with db.transaction() as cur:
+            # Re-check under the write lock: another archive process may have migrated.
+            row = cur.execute(
+                "SELECT COUNT(*) FROM schema_version WHERE version = ?", (version,)
+            ).fetchone()
+            if row and row[0]:
+                continue
+            for stmt in statements:
+                cur.execute(stmt)
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        current = version
+    return current

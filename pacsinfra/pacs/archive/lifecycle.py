@@ -1,0 +1,108 @@
+"""Storage lifecycle: move studies between filesystem tiers by age or last access.
+
+Per instance, in this order: copy to the target tier (durably), verify the copy's
+sha256 against the index, repoint the index row, then delete the source. A crash
+anywhere leaves the instance readable from the tier the index names (at worst a
+stray copy remains), and a rerun picks up where it stopped (resumable). A study
+whose source does not verify (corrupt or missing file) is parked in
+``migration_failure`` with the reason and skipped from then on: never retried in a
+loop, never deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pacsinfra.pacs.archive.config import ArchiveConfig, LifecycleRule
+from pacsinfra.pacs.archive.index import Index, StoredInstance
+from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
+
+LOG = logging.getLogger("pacsinfra.archive.lifecycle")
+DAY = 86400.0
+
+
+@dataclass
+class LifecycleReport:
+    """What one lifecycle pass did."""
+
+    moved_studies: list[str] = field(default_factory=list)
+    moved_instances: int = 0
+    failed_studies: dict[str, str] = field(default_factory=dict)
+
+
+def _candidates(index: Index, rule: LifecycleRule, now: float) -> list[str]:
+    conds, params = [], []
+    if rule.older_than_days is not None:
+        conds.append("s.created_at <= ?")
+        params.append(now - rule.older_than_days * DAY)
+    if rule.not_accessed_days is not None:
+        conds.append("s.last_access <= ?")
+        params.append(now - rule.not_accessed_days * DAY)
+    sql = (
+        "SELECT DISTINCT s.study_uid FROM study s JOIN instance i ON i.study_uid = s.study_uid "
+        "WHERE i.tier = ? AND " + " AND ".join(conds) +
+        " AND s.study_uid NOT IN (SELECT study_uid FROM migration_failure)"
+    )
+    return [r[0] for r in index.db.query(sql, (rule.from_tier, *params))]
+
+
+def _sha_of(data: bytes, offset: int) -> str:
+    return hashlib.sha256(data[offset:]).hexdigest()
+
+
+def _move_instance(index: Index, inst: StoredInstance, src: Tier, dst: Tier) -> None:
+    """Copy, verify, repoint, delete. Raises ValueError when the source does not verify."""
+    data = src.path(inst.rel_path).read_bytes()
+    if _sha_of(data, inst.ds_offset) != inst.sha256:
+        raise ValueError(f"{inst.sop_uid}: source checksum does not match the index")
+    if not dst.has_room(len(data)):
+        raise OSError(f"tier {dst.name} is above its usage threshold")
+    target = dst.path(inst.rel_path)
+    write_durable(target, [data], tmp_dir=dst.root / ".incoming")
+    if _sha_of(target.read_bytes(), inst.ds_offset) != inst.sha256:
+        remove_durable(target)
+        raise OSError(f"{inst.sop_uid}: copy on {dst.name} does not verify")
+    index.move_tier(inst.sop_uid, dst.name, inst.rel_path)
+    remove_durable(src.path(inst.rel_path))
+
+
+def _park(index: Index, study: str, to_tier: str, reason: str) -> None:
+    with index.db.transaction() as cur:
+        cur.execute("DELETE FROM migration_failure WHERE study_uid = ?", (study,))
+        cur.execute(
+            "INSERT INTO migration_failure (study_uid, to_tier, reason, failed_at) "
+            "VALUES (?, ?, ?, ?)", (study, to_tier, reason, time.time()))
+
+
+def run_lifecycle(config: ArchiveConfig, index: Index, tiers: dict[str, Tier],
+                  *, now: float | None = None) -> LifecycleReport:
+    """One pass over every lifecycle rule."""
+    now = time.time() if now is None else now
+    report = LifecycleReport()
+    for rule in config.lifecycle:
+        src, dst = tiers.get(rule.from_tier), tiers.get(rule.to_tier)
+        if src is None or dst is None:
+            LOG.warning("lifecycle %s -> %s: tier not available (s3 tiers are not supported)",
+                        rule.from_tier, rule.to_tier)
+            continue
+        for study in _candidates(index, rule, now):
+            instances = index.instances("study_uid = ? AND tier = ?", (study, src.name))
+            try:
+                for inst in instances:
+                    _move_instance(index, inst, src, dst)
+                    report.moved_instances += 1
+            except (ValueError, FileNotFoundError) as exc:
+                # The source itself is bad: park it for a human, never retry in a loop.
+                LOG.error("lifecycle: study %s parked: %s", study, exc)
+                _park(index, study, dst.name, str(exc))
+                report.failed_studies[study] = str(exc)
+                continue
+            except OSError as exc:  # target trouble (full, I/O): try again next pass
+                LOG.error("lifecycle: study %s not moved this pass: %s", study, exc)
+                report.failed_studies[study] = str(exc)
+                continue
+            report.moved_studies.append(study)
+    return report

@@ -1,0 +1,239 @@
+"""Start and stop the archive: index, tiers, DICOM listener (and DICOMweb when enabled)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import _config as pynetdicom_config
+
+from pacsinfra.pacs.archive.config import ArchiveConfig
+from pacsinfra.pacs.archive.db import open_database
+from pacsinfra.pacs.archive.index import Index
+from pacsinfra.pacs.archive.service import ArchiveService
+from pacsinfra.pacs.archive.storage import Tier, ensure_dir, sweep_temp_files
+from pacsinfra.pacs.dicom import ssl_context
+
+LOG = logging.getLogger("pacsinfra.archive")
+
+
+def _reuse_port_server_class() -> Any:
+    """pynetdicom's threaded server with SO_REUSEPORT, so worker processes share a port."""
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class ReusePortServer(ThreadedAssociationServer):
+        def server_bind(self) -> None:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    return ReusePortServer
+
+
+def _sweep(tier: Tier) -> None:
+    swept = sweep_temp_files(tier.root / ".incoming")
+    if swept:
+        LOG.info("tier %s: removed %d interrupted writes", tier.name, swept)
+
+
+class ArchiveServer:
+    """One running archive (DICOM listener + index + tiers).
+
+    ``worker`` is this process's number when ``config.workers > 1``: every worker
+    listens on the same port (SO_REUSEPORT, the kernel spreads connections); only
+    worker 0 runs DICOMweb and the lifecycle.
+    """
+
+    def __init__(self, config: ArchiveConfig, worker: int | None = None) -> None:
+        self.config = config
+        self.worker = worker
+        self.data_dir = Path(config.data_dir)
+        self.tiers: dict[str, Tier] = {}
+        self.index: Index | None = None
+        self.service: ArchiveService | None = None
+        self._server: Any = None
+        self._web: Any = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Open the index, prepare tiers, start listening (non-blocking)."""
+        cfg = self.config
+        ensure_dir(self.data_dir)
+        for t in cfg.tiers:
+            if t.kind != "filesystem":
+                LOG.warning("tier %s: kind %s is not supported yet; skipped", t.name, t.kind)
+                continue
+            tier = Tier.from_config(t, self.data_dir)
+            ensure_dir(tier.root / ".incoming")
+            if self.worker is None:
+                # Workers never sweep: a sibling's in-flight temp files live there too;
+                # the supervisor sweeps once before any worker starts.
+                _sweep(tier)
+            self.tiers[tier.name] = tier
+        self.index = Index(open_database(cfg.index, self.data_dir))
+        self.service = ArchiveService(cfg, self.index, self.tiers)
+        if cfg.audit.file or cfg.audit.syslog:
+            from pacsinfra.pacs.archive.audit import AuditLog
+
+            self.service.audit = AuditLog(cfg.audit, cfg.ae_title)
+        # Unknown SOP classes are negotiable only when the site asks for it.
+        pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = cfg.accept_unknown_sop_classes
+        ae = self.service.make_ae()
+        if self.worker is None:
+            self._server = ae.start_server(
+                (cfg.bind, cfg.port),
+                block=False,
+                evt_handlers=self.service.handlers(),
+                ssl_context=ssl_context(cfg.tls, server=True),
+            )
+        else:
+            self._server = ae.make_server(
+                (cfg.bind, cfg.port),
+                evt_handlers=self.service.handlers(),
+                ssl_context=ssl_context(cfg.tls, server=True),
+                server_class=_reuse_port_server_class(),
+            )
+            threading.Thread(target=self._server.serve_forever, name="acceptor",
+                             daemon=True).start()
+            ae._servers.append(self._server)
+        LOG.info("archive %s listening on %s:%d", cfg.ae_title, cfg.bind, cfg.port)
+        primary = self.worker in (None, 0)
+        if cfg.lifecycle and primary:
+            self._lifecycle = threading.Thread(target=self._lifecycle_loop, name="lifecycle",
+                                               daemon=True)
+            self._lifecycle.start()
+        if cfg.dicomweb.enabled and primary:
+            # imported here: starlette/uvicorn are needed only when DICOMweb is on
+            from pacsinfra.pacs.archive.dicomweb import DicomWeb
+
+            self._web = DicomWeb(self.service, cfg.dicomweb)
+            self._web.start()
+            LOG.info("DICOMweb on %s:%d", cfg.dicomweb.bind, cfg.dicomweb.port)
+
+    def _lifecycle_loop(self, interval: float = 3600.0) -> None:
+        from pacsinfra.pacs.archive.lifecycle import run_lifecycle
+
+        wait = 5.0  # first pass soon after start, then every interval
+        while not self._stopped.wait(wait):
+            wait = interval
+            index = self.index
+            if index is None:
+                return
+            try:
+                report = run_lifecycle(self.config, index, self.tiers)
+                if report.moved_studies or report.failed_studies:
+                    LOG.info("lifecycle: moved %d studies (%d instances), %d failed",
+                             len(report.moved_studies), report.moved_instances,
+                             len(report.failed_studies))
+            except Exception:  # noqa: BLE001 - the next pass retries; ingest must go on
+                LOG.exception("lifecycle pass failed")
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Drain, then stop: refuse new associations, give open ones ``grace`` seconds to
+        finish, abort the rest, let the index finish pending commits, close everything.
+
+        An aborted C-STORE is never acknowledged, so it is simply not stored (or is
+        stored and indexed if its commit already happened); nothing is half-indexed.
+        """
+        srv = self._server
+        if srv is not None:
+            assert self.service is not None
+            self.service.draining = True
+            deadline = time.monotonic() + grace
+            # Connections that never sent an A-ASSOCIATE-RQ have nothing in flight.
+            while any(a.is_established for a in srv.active_associations) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            for assoc in srv.active_associations:
+                LOG.info("aborting association from %s at shutdown", assoc.requestor.ae_title)
+                assoc.abort()
+            srv.shutdown()
+            self._server = None
+        if self._web is not None:
+            self._web.stop()
+            self._web = None
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT, then shut down cleanly (one process, or supervise
+        ``config.workers`` worker processes)."""
+        if self.config.workers > 1 and self.worker is None:
+            supervise(self.config)
+            return
+        def _stop(signum: int, frame: Any) -> None:
+            LOG.info("signal %d: shutting down", signum)
+            self._stopped.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+
+def _worker_main(config: dict[str, Any], worker: int) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s worker{worker} %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    ArchiveServer(ArchiveConfig.model_validate(config), worker=worker).serve_forever()
+
+
+def supervise(config: ArchiveConfig) -> None:
+    """Run ``config.workers`` archive processes on one port; restart any that dies;
+    on SIGTERM/SIGINT stop them all (each drains like a single archive)."""
+    import multiprocessing
+
+    # Migrate once, here, so workers never race on schema changes.
+    data_dir = Path(config.data_dir)
+    ensure_dir(data_dir)
+    open_database(config.index, data_dir).close()
+    for t in config.tiers:
+        if t.kind == "filesystem":
+            tier = Tier.from_config(t, data_dir)
+            ensure_dir(tier.root / ".incoming")
+            _sweep(tier)
+    ctx = multiprocessing.get_context("spawn")
+    dumped = config.model_dump(mode="json")
+    stopping = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    procs: dict[int, Any] = {}
+
+    def spawn(i: int) -> None:
+        p = ctx.Process(target=_worker_main, args=(dumped, i), name=f"archive-worker-{i}")
+        p.start()
+        procs[i] = p
+
+    for i in range(config.workers):
+        spawn(i)
+    LOG.info("archive supervising %d workers on port %d", config.workers, config.port)
+    while not stopping.wait(0.5):
+        for i, p in list(procs.items()):
+            if not p.is_alive() and not stopping.is_set():
+                LOG.error("worker %d exited with %s; restarting", i, p.exitcode)
+                spawn(i)
+    for p in procs.values():
+        if p.is_alive() and p.pid is not None:
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs.values():
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()

@@ -1,0 +1,371 @@
+"""The archive's DIMSE service: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET handlers.
+
+Handlers return DICOM statuses, never raise to pynetdicom: every failure path maps
+to a failure status, and Success is returned only after the file is durable
+(:func:`~pacsinfra.pacs.archive.storage.write_durable`) and its index row committed
+(:meth:`~pacsinfra.pacs.archive.index.Index.commit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FuturesTimeout
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import (
+    _STORAGE_CLASSES as STORAGE_CLASSES,
+)
+
+from pacsinfra.pacs.archive.attrs import DatasetUnreadable, read_indexed
+from pacsinfra.pacs.archive.config import ArchiveConfig
+from pacsinfra.pacs.archive.index import Index, InstanceRecord, StoredInstance
+from pacsinfra.pacs.archive.query import LEVELS, QueryError, compile_query, response
+from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
+from pacsinfra.pacs.dicom import (
+    TCP_TUNING_HANDLER,
+    TRANSFER_SYNTAXES,
+    Status,
+    accept_proposed,
+    associate_kwargs,
+    make_ae,
+    scu_contexts,
+    uid_path,
+    valid_uid,
+)
+
+LOG = logging.getLogger("pacsinfra.archive")
+# Query/Retrieve SOP classes (PS3.4 C.6); literal UIDs keep the type checker happy.
+Verification = "1.2.840.10008.1.1"
+PatientRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.1.1"
+PatientRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.1.2"
+PatientRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.1.3"
+StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
+StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
+_STORAGE_UIDS = frozenset(STORAGE_CLASSES.values())
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
+_QR_MOVE = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+_QR_GET = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
+_QR_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                "1.2.840.10008.1.2.2"]
+_SUPPORTED: dict[str, list[str]] = {
+    Verification: _QR_SYNTAXES,
+    **{uid: _QR_SYNTAXES for uid in (*_QR_FIND, *_QR_MOVE, *_QR_GET)},
+    **{uid: TRANSFER_SYNTAXES for uid in _STORAGE_UIDS},
+}
+_STUDY_ROOT = {
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+}
+
+
+class Counters:
+    """Plain counters the metrics endpoint and the benchmark read."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stored = 0
+        self.stored_bytes = 0
+        self.failed = 0
+        self.duplicates = 0
+        self.finds = 0
+        self.retrieved = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Increment counter ``name`` by ``n``."""
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class ArchiveService:
+    """Owns the tiers and the index; provides the pynetdicom event handlers."""
+
+    def __init__(self, config: ArchiveConfig, index: Index, tiers: dict[str, Tier]) -> None:
+        self.config = config
+        self.index = index
+        self.tiers = tiers
+        self.default_tier = tiers[config.default_tier or config.tiers[0].name]
+        self.counters = Counters()
+        self.audit: Any = None  # set by the server when an audit log is configured
+        self.draining = False  # set at shutdown: new associations are refused
+        # Striped locks: two associations storing the same SOP Instance UID serialise on
+        # the duplicate check + write + commit, different UIDs never wait on each other.
+        self._locks = [threading.Lock() for _ in range(256)]
+
+    # -- pynetdicom wiring -------------------------------------------------------------------
+    def handlers(self) -> list[tuple[Any, Any]]:
+        """Event handlers to pass to ``AE.start_server``."""
+        return [
+            TCP_TUNING_HANDLER,
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_GET, self.on_get),
+        ]
+
+    def make_ae(self) -> Any:
+        """The listening AE with every context the archive serves."""
+        cfg = self.config
+        ae = make_ae(cfg.ae_title, cfg.limits)
+        if cfg.allowed_calling_aes:
+            ae.require_calling_aet = list(cfg.allowed_calling_aes)
+        # The AE itself holds only Verification: each association gets contexts built
+        # from its proposal in on_requested (see dicom.accept_proposed for why).
+        ae.add_supported_context(Verification)
+        return ae
+
+    def on_requested(self, event: Any) -> None:
+        """Per-calling-AE association limit; accept each context in the sender's preferred syntax."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        server = assoc._server
+        if server is None:
+            return
+        same = [
+            a for a in server.active_associations
+            if a is not assoc and a.is_established
+            and str(a.requestor.ae_title).strip() == calling
+        ]
+        if self.draining or len(same) >= self.config.limits.max_associations_per_ae:
+            LOG.warning("rejecting %s: %s", calling, "shutting down" if self.draining
+                        else f"{len(same)} associations already open")
+            assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded
+            # As pynetdicom does for its own rejections: kill() lets the DUL flush the
+            # A-ASSOCIATE-RJ before the socket is closed.
+            assoc.kill()
+            assoc.is_rejected = True
+            return
+        # Storage: both roles (we are the Storage SCP for C-STORE, and the Storage SCU on
+        # a C-GET association when the requestor proposes role selection).
+        accept_proposed(assoc, _SUPPORTED, both_roles=_STORAGE_UIDS, other_syntaxes=(
+            TRANSFER_SYNTAXES if self.config.accept_unknown_sop_classes else None))
+
+    def on_echo(self, event: Any) -> int:
+        """C-ECHO: always Success while the service is up."""
+        return int(Status.SUCCESS)
+
+    # -- C-STORE -----------------------------------------------------------------------------
+    def on_store(self, event: Any) -> int:
+        """C-STORE: durable write + index commit, or a failure status."""
+        try:
+            status = self._store(event)
+        except Exception:  # noqa: BLE001 - a bug must not turn into Success, nor crash the assoc
+            LOG.exception("C-STORE failed unexpectedly")
+            status = Status.OUT_OF_RESOURCES
+        if status not in (Status.SUCCESS,):
+            self.counters.add("failed")
+        return int(status)
+
+    def _store(self, event: Any) -> Status:
+        req = event.request
+        return self.store_raw(
+            sop_class=str(req.AffectedSOPClassUID),
+            sop_uid=str(req.AffectedSOPInstanceUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            meta=encode_file_meta(event.file_meta),
+            raw=req.DataSet.getvalue(),
+            calling=str(event.assoc.requestor.ae_title).strip(),
+        )
+
+    def store_raw(self, *, sop_class: str, sop_uid: str, transfer_syntax: str, meta: bytes,
+                  raw: bytes, calling: str) -> Status:
+        """Store one instance as received (``raw`` = dataset bytes, ``meta`` = encoded file
+        meta group); the status to answer. Shared by C-STORE and STOW-RS."""
+        ts = transfer_syntax
+        if sop_class not in _STORAGE_UIDS and not self.config.accept_unknown_sop_classes:
+            return Status.SOP_CLASS_NOT_SUPPORTED
+        if not valid_uid(sop_uid) or not valid_uid(sop_class):
+            return Status.CANNOT_UNDERSTAND
+        try:
+            attrs = read_indexed(raw, ts)
+        except DatasetUnreadable as exc:
+            LOG.warning("C-STORE %s from %s: unreadable dataset: %s", sop_uid, calling, exc)
+            return Status.CANNOT_UNDERSTAND
+        if attrs["sop_uid"] != sop_uid or attrs["sop_class_uid"] != sop_class:
+            return Status.DATASET_MISMATCH
+        study, series = attrs["study_uid"], attrs["series_uid"]
+        if not valid_uid(study) or not valid_uid(series):
+            return Status.CANNOT_UNDERSTAND
+        tier = self.default_tier
+        size = len(_PREAMBLE) + len(meta) + len(raw)
+        if not tier.has_room(size):
+            LOG.error("tier %s above %s%% full: refusing %s", tier.name,
+                      tier.max_usage_percent, sop_uid)
+            return Status.OUT_OF_RESOURCES
+        sha = hashlib.sha256(raw).hexdigest()
+        # The content hash in the name: two different objects claiming one SOP Instance
+        # UID (overwrite, or racing worker processes) never share a file, so an index row
+        # always describes the bytes at its path.
+        tag = sha[:16] + hashlib.sha256(meta).hexdigest()[:4]  # dataset + file meta
+        rel = str(uid_path(Path(), study, series, sop_uid))[: -len(".dcm")] + f".{tag}.dcm"
+        with self._locks[hash(sop_uid) & 255]:
+            existing = self.index.get(sop_uid)
+            if existing is not None:
+                self.counters.add("duplicates")
+                policy = self.config.duplicates
+                if policy == "reject":
+                    return Status.DUPLICATE_SOP_INSTANCE
+                if policy == "keep_first":
+                    return Status.SUCCESS  # the first copy is already durable and indexed
+                if existing.sha256 == sha:
+                    return Status.SUCCESS  # identical bytes are already durable and indexed
+                if policy == "keep_if_identical":
+                    return Status.DUPLICATE_SOP_INSTANCE
+            path = tier.path(rel)
+            try:
+                write_durable(path, (_PREAMBLE, meta, raw), tmp_dir=tier.root / ".incoming")
+            except OSError as exc:
+                LOG.error("C-STORE %s: write failed: %s", sop_uid, exc)
+                return Status.OUT_OF_RESOURCES  # ENOSPC, EIO, EROFS, ...: all mean "not stored"
+            record = InstanceRecord(
+                sop_uid=sop_uid, series_uid=series, study_uid=study, sop_class_uid=sop_class,
+                transfer_syntax=ts, tier=tier.name, rel_path=rel, size=size, sha256=sha,
+                ds_offset=len(_PREAMBLE) + len(meta), received_at=time.time(),
+                calling_ae=calling,
+                **{k: v for k, v in attrs.items()
+                   if k not in ("sop_uid", "series_uid", "study_uid", "sop_class_uid")},
+            )
+            try:
+                self.index.commit(record, replace=existing is not None)
+            except FuturesTimeout:
+                # The row may still commit later: keep the file it would point to.
+                LOG.error("C-STORE %s: index commit timed out", sop_uid)
+                return Status.OUT_OF_RESOURCES
+            except Exception as exc:  # noqa: BLE001 - any index failure is a refusal
+                # Another worker process may have indexed the same SOP Instance UID
+                # between our check and our commit: then its row owns the file.
+                winner = self.index.get(sop_uid)
+                if winner is None or (winner.tier, winner.rel_path) != (tier.name, rel):
+                    try:
+                        remove_durable(path)
+                    except OSError:
+                        pass
+                if winner is not None and winner.sha256 == sha and self.config.duplicates in (
+                        "keep_if_identical", "keep_first", "overwrite"):
+                    return Status.SUCCESS  # the same bytes are durable and indexed
+                LOG.error("C-STORE %s: index commit failed: %s", sop_uid, exc)
+                return (Status.DUPLICATE_SOP_INSTANCE if winner is not None
+                        else Status.OUT_OF_RESOURCES)
+            if existing is not None and (existing.rel_path, existing.tier) != (rel, tier.name):
+                old = self.tiers.get(existing.tier)
+                if old is not None:
+                    try:
+                        remove_durable(old.path(existing.rel_path))
+                    except OSError as exc:
+                        LOG.warning("could not remove replaced file %s: %s", existing.rel_path, exc)
+        self.counters.add("stored")
+        self.counters.add("stored_bytes", size)
+        if self.audit is not None:
+            self.audit.instances_stored(calling, study, sop_uid)
+        return Status.SUCCESS
+
+    # -- C-FIND ------------------------------------------------------------------------------
+    def on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
+        """C-FIND at any level of the patient and study root models."""
+        self.counters.add("finds")
+        try:
+            ident = event.identifier
+            level = str(ident.get("QueryRetrieveLevel", "")).upper()
+            model = str(event.request.AffectedSOPClassUID)
+            if level not in LEVELS or (model in _STUDY_ROOT and level == "PATIENT"):
+                yield int(Status.DATASET_MISMATCH), None
+                return
+            q = compile_query(ident, level)
+            rows = self.index.db.query(q.sql, q.params)
+        except QueryError:
+            yield int(Status.DATASET_MISMATCH), None
+            return
+        except Exception:  # noqa: BLE001 - malformed identifier or index trouble
+            LOG.exception("C-FIND failed")
+            yield int(Status.CANNOT_UNDERSTAND), None
+            return
+        if self.audit is not None:
+            self.audit.query(str(event.assoc.requestor.ae_title).strip(), level)
+        for row in rows:
+            if event.is_cancelled:
+                yield int(Status.CANCEL), None
+                return
+            yield int(Status.PENDING), response(q, row)
+
+    # -- C-MOVE / C-GET ----------------------------------------------------------------------
+    def match_instances(self, ident: Any) -> list[StoredInstance]:
+        """Instances an identifier selects (any level), for retrieval."""
+        level = str(ident.get("QueryRetrieveLevel", "")).upper()
+        if level not in LEVELS:
+            raise QueryError(f"unknown QueryRetrieveLevel {level!r}")
+        # Relational: the keys given are matched at image level, so a study-level
+        # retrieve returns every instance of the matched studies.
+        q = compile_query(ident, "IMAGE", select=(
+            "i.sop_uid, i.study_uid, i.series_uid, i.sop_class_uid, i.transfer_syntax, "
+            "i.tier, i.rel_path, i.size, i.sha256, i.ds_offset"))
+        return [StoredInstance(*r) for r in self.index.db.query(q.sql, q.params)]
+
+    def _read(self, inst: StoredInstance) -> Any:
+        tier = self.tiers.get(inst.tier)
+        if tier is None:
+            raise FileNotFoundError(f"tier {inst.tier} is not configured")
+        return dcmread(tier.path(inst.rel_path))
+
+    def _retrieve(self, event: Any, instances: list[StoredInstance]) -> Iterator[tuple[int, Any]]:
+        for study in {i.study_uid for i in instances}:
+            try:
+                self.index.touch_study(study)
+            except Exception:  # noqa: BLE001 - access time is advisory
+                LOG.warning("could not record access to %s", study)
+        for inst in instances:
+            if event.is_cancelled:
+                yield int(Status.CANCEL), None
+                return
+            try:
+                ds = self._read(inst)
+            except Exception as exc:  # noqa: BLE001 - a missing/corrupt file fails one sub-op
+                LOG.error("retrieve %s: %s", inst.sop_uid, exc)
+                yield int(Status.PENDING), object()  # not a Dataset: counted as a failure
+                continue
+            self.counters.add("retrieved")
+            yield int(Status.PENDING), ds
+
+    def on_move(self, event: Any) -> Iterator[Any]:
+        """C-MOVE to a destination from the peers table (unknown -> 0xA801)."""
+        dest = event.move_destination
+        dest = (dest.decode("ascii", "replace") if isinstance(dest, bytes) else str(dest)).strip()
+        peer = self.config.peers.get(dest)
+        if peer is None:
+            LOG.warning("C-MOVE to unknown destination %r", dest)
+            yield None, None
+            return
+        try:
+            instances = self.match_instances(event.identifier)
+        except Exception:  # noqa: BLE001
+            LOG.exception("C-MOVE matching failed")
+            yield peer.host, peer.port, associate_kwargs(peer, [])
+            yield int(Status.OUT_OF_RESOURCES_MATCHES), None
+            return
+        contexts = scu_contexts((i.sop_class_uid, i.transfer_syntax) for i in instances)
+        yield peer.host, peer.port, associate_kwargs(peer, contexts)
+        yield len(instances)
+        yield from self._retrieve(event, instances)
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        """C-GET: sub-operations on the same association."""
+        try:
+            instances = self.match_instances(event.identifier)
+        except Exception:  # noqa: BLE001
+            LOG.exception("C-GET matching failed")
+            yield 1
+            yield int(Status.OUT_OF_RESOURCES_MATCHES), None
+            return
+        yield len(instances)
+        yield from self._retrieve(event, instances)

@@ -1,0 +1,140 @@
+"""Durable file storage on filesystem tiers.
+
+A file is durable when its bytes and its name are on disk: write to a temporary
+name in the final directory, fsync the file, rename it into place (atomic on
+POSIX), then fsync the directory so the rename itself survives a crash. Newly
+created directories are fsynced into their parents the same way. A crash at any
+point leaves either the old file, the new file, or a ``*.tmp-*`` leftover that no
+index row points at (swept at startup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacsinfra.pacs.archive.config import TierConfig
+
+TMP_MARK = ".tmp-"
+
+
+@dataclass
+class Tier:
+    """A filesystem tier: where files go and how full it may get."""
+
+    name: str
+    root: Path
+    max_usage_percent: float
+
+    @classmethod
+    def from_config(cls, cfg: TierConfig, data_dir: Path) -> Tier:
+        """Resolve a tier's path (relative paths live under ``data_dir``)."""
+        path = Path(cfg.path) if cfg.path else Path(cfg.name)
+        if not path.is_absolute():
+            path = data_dir / path
+        return cls(cfg.name, path, cfg.max_usage_percent)
+
+    def has_room(self, nbytes: int) -> bool:
+        """False when writing ``nbytes`` would take the filesystem past the threshold."""
+        usage = shutil.disk_usage(self.root)
+        return (usage.used + nbytes) * 100.0 / usage.total <= self.max_usage_percent
+
+    def path(self, rel: str) -> Path:
+        """The absolute path of a file stored under this tier."""
+        return self.root / rel
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents, fsyncing each new entry into its parent."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:  # another association created it first; it is fsynced by them
+            continue
+        _fsync_dir(d.parent)
+
+
+def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = None) -> int:
+    """Write ``chunks`` to ``path`` crash-safely (see module docstring); return the size.
+
+    ``tmp_dir`` (same filesystem) holds the temporary file so leftovers are found
+    without walking the whole tier; default: beside ``path``.
+    """
+    ensure_dir(path.parent)
+    if tmp_dir is not None:
+        ensure_dir(tmp_dir)
+    tmp = (tmp_dir or path.parent) / f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+    size = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                size += n
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return size
+
+
+def remove_durable(path: Path) -> None:
+    """Delete a file and make the deletion durable (missing files are fine)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    _fsync_dir(path.parent)
+
+
+def dataset_sha256(path: Path, ds_offset: int) -> str:
+    """sha256 of a stored file's dataset bytes (everything after the file meta)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        f.seek(ds_offset)
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def sweep_temp_files(root: Path) -> int:
+    """Remove ``*.tmp-*`` leftovers of interrupted writes in directory ``root``; return how many."""
+    n = 0
+    if not root.exists():
+        return 0
+    for entry in os.scandir(root):
+        if TMP_MARK in entry.name and entry.is_file():
+            os.unlink(entry.path)
+            n += 1
+    return n

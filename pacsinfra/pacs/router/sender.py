@@ -1,0 +1,215 @@
+"""Send spooled files to one destination over a kept-open association.
+
+Transfer syntax choice per file: the file's own syntax if the destination accepted
+it (sent byte for byte, never decoded), else the destination's preferred syntaxes,
+then Explicit VR LE, then Implicit VR LE. Uncompressed syntaxes convert into each
+other without touching pixel data; a compressed file is decompressed only when the
+destination has ``transcode: true`` and pydicom has a codec for it.
+
+Outcomes are returned (:class:`Outcome`), never raised: a DICOM status, or a
+transport failure, each classified transient or permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context
+
+from pacsinfra.pacs.config_common import Limits, Peer
+from pacsinfra.pacs.dicom import associate, make_ae
+from pacsinfra.pacs.router.config import Destination
+
+LOG = logging.getLogger("pacsinfra.router")
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_MAX_CONTEXTS = 128
+
+
+def is_permanent(status: int) -> bool:
+    """DIMSE failures that no retry will fix (PS3.4 B.2.3 / PS3.7 C)."""
+    return (
+        status in (0x0122, 0x0124, 0x0111)  # SOP class not supported, not authorized, duplicate
+        or 0xA900 <= status <= 0xA9FF  # data set does not match SOP class
+        or 0xC000 <= status <= 0xCFFF  # cannot understand
+    )
+
+
+def is_success(status: int) -> bool:
+    """Success and the storage warnings (coercion, elements discarded, not matching)."""
+    return status == 0x0000 or status in (0xB000, 0xB006, 0xB007)
+
+
+def keep_responses(assoc: Any) -> None:
+    """Work around a pynetdicom race that loses C-STORE responses on a requestor.
+
+    ``send_c_store`` pauses the association's reactor thread with a check-then-act
+    that can see a stale "paused" flag; the reactor then takes the response off the
+    DIMSE queue, logs "Received unexpected C-STORE service message" and drops it, and
+    the sender waits for the whole DIMSE timeout. A response is never something the
+    reactor should serve, so we put it back for the waiting ``send_c_store``.
+    """
+    serve = assoc._serve_request
+
+    def _serve(msg: Any, context_id: int) -> None:
+        if msg is not None and not msg.is_valid_request and msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = _serve
+
+
+@dataclass
+class Outcome:
+    """What happened to one file."""
+
+    ok: bool
+    status: int | None = None
+    error: str = ""
+    permanent: bool = False
+    transport: bool = False  # the destination could not be reached / association failed
+
+
+class Sender:
+    """One association's worth of sending to ``dest`` (used by one worker thread)."""
+
+    def __init__(self, name: str, dest: Destination, calling_ae: str,
+                 limits: Limits | None = None) -> None:
+        self.name = name
+        self.dest = dest
+        limits = limits or Limits()
+        self.ae = make_ae(calling_ae, limits)
+        self.ae.acse_timeout = min(limits.acse_timeout, 10)
+        self.ae.network_timeout = min(limits.network_timeout, 30)
+        self.assoc: Any = None
+        self._wanted: dict[str, list[str]] = {}  # SOP class -> syntaxes to propose
+
+    def _syntaxes(self, file_ts: str) -> list[str]:
+        out: list[str] = []
+        for ts in (file_ts, *self.dest.transfer_syntaxes, *_UNCOMPRESSED):
+            if ts not in out:
+                out.append(ts)
+        return out
+
+    def _contexts(self) -> list[Any]:
+        # One context per (SOP class, syntax): each is accepted or refused on its own, so
+        # we learn exactly which syntaxes the destination takes.
+        out: list[Any] = []
+        for sop, syntaxes in self._wanted.items():
+            for ts in syntaxes:
+                if len(out) < _MAX_CONTEXTS:
+                    out.append(build_context(sop, [ts]))
+        return out
+
+    def _accepted(self, sop: str) -> list[str]:
+        if self.assoc is None:
+            return []
+        return [str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
+                if str(cx.abstract_syntax) == sop]
+
+    def _ensure(self, sop: str, file_ts: str) -> str | None:
+        """An established association that negotiated ``sop``; None (with reason) if not."""
+        wanted = self._syntaxes(file_ts)
+        known = self._wanted.get(sop, [])
+        new = [ts for ts in wanted if ts not in known]
+        if self.assoc is not None and self.assoc.is_established and not new:
+            return None
+        self._wanted[sop] = known + new
+        self.close()
+        peer = Peer(ae_title=self.dest.ae_title, host=self.dest.host or "", port=self.dest.port,
+                    tls=self.dest.tls)
+        try:
+            assoc = associate(self.ae, peer, contexts=self._contexts())
+        except Exception as exc:  # noqa: BLE001 - TLS/socket setup errors are transport errors
+            return f"association failed: {exc}"
+        if not assoc.is_established:
+            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+            return f"association {why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
+        keep_responses(assoc)
+        self.assoc = assoc
+        return None
+
+    def send(self, path: Path) -> Outcome:
+        """C-STORE one spooled file; classify the result."""
+        try:
+            meta = read_file_meta_info(path)
+            sop = str(meta.MediaStorageSOPClassUID)
+            file_ts = str(meta.TransferSyntaxUID)
+        except Exception as exc:  # noqa: BLE001 - a broken spool file is a permanent failure
+            return Outcome(False, error=f"unreadable spool file: {exc}", permanent=True)
+        problem = self._ensure(sop, file_ts)
+        if problem:
+            self.close()
+            return Outcome(False, error=problem, transport=True)
+        accepted = self._accepted(sop)
+        if not accepted:
+            return Outcome(False, status=0x0122, permanent=True,
+                           error=f"{self.dest.ae_title} accepts no context for SOP class {sop}")
+        target = next((ts for ts in self._syntaxes(file_ts) if ts in accepted), None)
+        try:
+            if target == file_ts:
+                status = self.assoc.send_c_store(path)  # raw bytes, chunked from the file
+            else:
+                payload = self._convert(path, file_ts, accepted)
+                if isinstance(payload, Outcome):
+                    return payload
+                status = self.assoc.send_c_store(payload)
+        except Exception as exc:  # noqa: BLE001 - socket/encoding trouble mid-association
+            self.close()
+            return Outcome(False, error=f"send failed: {exc}", transport=True)
+        if not self.assoc.is_established or status is None or "Status" not in status:
+            self.close()
+            return Outcome(False, error="association lost (no C-STORE response)", transport=True)
+        code = int(status.Status)
+        if is_success(code):
+            return Outcome(True, status=code)
+        return Outcome(False, status=code, error=f"C-STORE status 0x{code:04X}",
+                       permanent=is_permanent(code))
+
+    def _convert(self, path: Path, file_ts: str, accepted: list[str]) -> Any:
+        ds = dcmread(path)
+        if UID(file_ts).is_compressed:
+            if not self.dest.transcode:
+                return Outcome(False, permanent=True, error=(
+                    f"{self.dest.ae_title} does not accept {UID(file_ts).name} and transcoding "
+                    "is not enabled for this destination"))
+            try:
+                ds.decompress()
+            except Exception as exc:  # noqa: BLE001 - no codec for this syntax
+                return Outcome(False, permanent=True, error=f"cannot decompress: {exc}")
+        # pynetdicom re-encodes an uncompressed dataset for the accepted uncompressed syntax.
+        return ds
+
+    def echo(self) -> bool:
+        """C-ECHO on a fresh association (health check)."""
+        peer = Peer(ae_title=self.dest.ae_title, host=self.dest.host or "", port=self.dest.port,
+                    tls=self.dest.tls)
+        try:
+            assoc = associate(self.ae, peer,
+                              contexts=[build_context("1.2.840.10008.1.1")])
+        except Exception:  # noqa: BLE001
+            return False
+        try:
+            if not assoc.is_established:
+                return False
+            status = assoc.send_c_echo()
+            return status is not None and int(getattr(status, "Status", 0xFFFF)) == 0
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def close(self) -> None:
+        """Release the association if open."""
+        if self.assoc is not None:
+            try:
+                if self.assoc.is_established:
+                    self.assoc.release()
+            except Exception:  # noqa: BLE001 - closing a broken association
+                pass
+            self.assoc = None

@@ -1,0 +1,228 @@
+"""The running router: storage SCP in front, durable queue in the middle, senders behind.
+
+A C-STORE is answered Success only after (1) the instance (and each tag-morphed
+variant the rules ask for) is in the spool — written to a temporary file, fsynced,
+renamed, directory fsynced — and (2) its queue rows are committed. Any failure on
+that path answers 0xA700 (out of resources) so the sender keeps its copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.filewriter import dcmwrite
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import _STORAGE_CLASSES as STORAGE_CLASSES
+
+from pacsinfra.pacs.dicom import (
+    TCP_TUNING_HANDLER,
+    TRANSFER_SYNTAXES,
+    Status,
+    make_ae,
+    ssl_context,
+    valid_uid,
+)
+from pacsinfra.pacs.router.audit import AuditLog
+from pacsinfra.pacs.router.config import RouterConfig, TagEdit
+from pacsinfra.pacs.router.forwarder import Forwarder
+from pacsinfra.pacs.router.queue import NewItem, Queue
+from pacsinfra.pacs.router.rules import Subject, apply_edits, route
+from pacsinfra.pacs.router.spool import Spool
+
+LOG = logging.getLogger("pacsinfra.router")
+_STORAGE_UIDS = frozenset(STORAGE_CLASSES.values())
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def open_queue(cfg: RouterConfig) -> Queue:
+    """The queue the config names (SQLite file under the spool by default)."""
+    q = cfg.queue
+    if q.backend == "postgresql":
+        parts = [f"host={q.host}", f"port={q.port}", f"dbname={q.database}", f"user={q.user}"]
+        if q.password is not None:
+            parts.append(f"password={q.password.resolve()}")
+        return Queue.postgresql(" ".join(parts))
+    path = Path(q.path) if q.path else Path(cfg.spool_dir) / "queue.sqlite"
+    return Queue.sqlite(path)
+
+
+class RouterServer:
+    """One router process."""
+
+    def __init__(self, cfg: RouterConfig) -> None:
+        self.cfg = cfg
+        self.spool = Spool(Path(cfg.spool_dir))
+        self.queue = open_queue(cfg)
+        self.audit = AuditLog(cfg.audit, cfg.ae_title) if cfg.audit.file else None
+        self.forwarder = Forwarder(cfg, self.queue, self.spool, self.audit)
+        self.received = 0
+        self.dropped = 0
+        self._count_lock = threading.Lock()
+        self._server: Any = None
+        self._metrics: Any = None
+        self._stopped = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover, start senders, housekeeping, metrics and the listener (non-blocking)."""
+        cfg = self.cfg
+        recovered = self.queue.recover()
+        if recovered:
+            LOG.warning("%d rows were in flight when the router stopped: re-sending", recovered)
+        swept = self.spool.sweep(self.queue.referenced_spools())
+        if swept:
+            LOG.info("removed %d unreferenced spool files", swept)
+        # Spool files go out chunked from disk, never decoded, when the syntax matches.
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+        self.forwarder.start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        if cfg.metrics_port:
+            from pacsinfra.pacs.router import metrics
+
+            self._metrics = metrics.serve(cfg.metrics_bind, cfg.metrics_port, lambda: metrics.render(
+                self.queue, self.forwarder, self.received, self.dropped))
+        ae = make_ae(cfg.ae_title, cfg.limits)
+        if cfg.allowed_calling_aes:
+            ae.require_calling_aet = list(cfg.allowed_calling_aes)
+        ae.add_supported_context("1.2.840.10008.1.1")  # Verification
+        for sop in sorted(_STORAGE_UIDS):
+            ae.add_supported_context(sop, TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            (cfg.bind, cfg.port), block=False, ssl_context=ssl_context(cfg.tls, server=True),
+            evt_handlers=[TCP_TUNING_HANDLER, (evt.EVT_REQUESTED, self.on_requested),
+                          (evt.EVT_C_ECHO, lambda e: 0), (evt.EVT_C_STORE, self.on_store)])
+        LOG.info("router %s listening on %s:%d", cfg.ae_title, cfg.bind, cfg.port)
+
+    def stop(self) -> None:
+        """Stop listening, stop senders, close the queue."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.forwarder.stop()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+        self.queue.close()
+        if self.audit is not None:
+            self.audit.close()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT."""
+        def _stop(signum: int, frame: Any) -> None:
+            self._stopped.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def _housekeeping(self) -> None:
+        last_clean = 0.0
+        while not self._stopped.wait(0.5):
+            try:
+                if self.queue.release_held(self.cfg.stable_study_seconds):
+                    self.forwarder.wake()
+                if time.monotonic() - last_clean > 5:
+                    last_clean = time.monotonic()
+                    for rel in self.queue.expired_spools():
+                        self.spool.remove(rel)
+            except Exception:  # noqa: BLE001 - housekeeping retries on its next round
+                LOG.exception("housekeeping failed")
+
+    # -- DICOM -------------------------------------------------------------------------------
+    def on_requested(self, event: Any) -> None:
+        """Per-calling-AE association limit (same rule as the archive)."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        server = assoc._server
+        if server is None:
+            return
+        same = [a for a in server.active_associations
+                if a is not assoc and a.is_established
+                and str(a.requestor.ae_title).strip() == calling]
+        if len(same) >= self.cfg.limits.max_associations_per_ae:
+            LOG.warning("rejecting %s: %d associations already open", calling, len(same))
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            assoc.is_rejected = True
+
+    def on_store(self, event: Any) -> int:
+        """C-STORE: route, spool durably, queue durably, then Success."""
+        try:
+            return int(self._store(event))
+        except Exception:  # noqa: BLE001 - never Success on a bug, never kill the association
+            LOG.exception("C-STORE failed unexpectedly")
+            return int(Status.OUT_OF_RESOURCES)
+
+    def _store(self, event: Any) -> Status:
+        req = event.request
+        sop_class = str(req.AffectedSOPClassUID)
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        calling = str(event.assoc.requestor.ae_title).strip()
+        called = str(event.assoc.acceptor.ae_title).strip()
+        if sop_class not in _STORAGE_UIDS:
+            return Status.SOP_CLASS_NOT_SUPPORTED
+        if not valid_uid(sop_uid):
+            return Status.CANNOT_UNDERSTAND
+        raw: bytes = req.DataSet.getvalue()
+        data = b"".join((_PREAMBLE, encode_file_meta(event.file_meta), raw))
+        try:
+            ds = dcmread(BytesIO(data), stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - unparseable data set
+            LOG.warning("C-STORE %s from %s: unreadable: %s", sop_uid, calling, exc)
+            return Status.CANNOT_UNDERSTAND
+        if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+            return Status.DATASET_MISMATCH
+        study = str(ds.get("StudyInstanceUID", "")) or sop_uid
+        with self._count_lock:
+            self.received += 1
+        decision = route(self.cfg.rules, Subject(ds, calling, called))
+        if not decision.deliveries:
+            with self._count_lock:
+                self.dropped += 1
+            why = (f"dropped by rule {decision.dropped_by!r}" if decision.dropped_by
+                   else "no rule forwards it")
+            LOG.info("%s from %s: %s", sop_uid, calling, why)
+            if self.audit is not None:
+                self.audit.dropped(calling, study, sop_uid, why)
+            return Status.SUCCESS
+        files: dict[tuple[str, ...], str] = {}  # edits (as JSON) -> spool file
+        rows: list[NewItem] = []
+        try:
+            for d in decision.deliveries:
+                key = tuple(e.model_dump_json() for e in d.edits)
+                if key not in files:
+                    files[key] = self.spool.write([data] if not d.edits
+                                                  else [self._morphed(data, d.edits)])
+                rows.append(NewItem(d.target, study, sop_uid, files[key], d.rule,
+                                    held=d.per_study))
+            self.queue.enqueue(rows)
+        except Exception as exc:  # noqa: BLE001 - disk full, queue trouble: refuse, keep nothing
+            LOG.error("C-STORE %s: could not queue: %s", sop_uid, exc)
+            for rel in files.values():
+                self.spool.remove(rel)
+            return Status.OUT_OF_RESOURCES
+        targets = sorted({d.target for d in decision.deliveries})
+        if self.audit is not None:
+            self.audit.received(calling, study, sop_uid, targets)
+        self.forwarder.wake(set(targets))
+        return Status.SUCCESS
+
+    @staticmethod
+    def _morphed(data: bytes, edits: tuple[TagEdit, ...]) -> bytes:
+        ds = dcmread(BytesIO(data))
+        apply_edits(ds, edits)
+        out = BytesIO()
+        dcmwrite(out, ds, enforce_file_format=True)
+        return out.getvalue()

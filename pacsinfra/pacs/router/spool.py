@@ -1,0 +1,83 @@
+"""The router's spool: received instances as DICOM files, written crash-safely.
+
+A file is durable once its bytes and its directory entry are on disk: write to a
+temporary name under ``.incoming`` (same filesystem), fsync, rename into place
+(atomic), fsync the directory. A crash leaves either no file or the whole file,
+plus possibly a ``.incoming`` leftover that no queue row names (swept at start).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+INCOMING = ".incoming"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Files under ``root``, fanned out over 256 directories by a random name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / INCOMING
+        for d in [root, self.incoming, *(root / f"{i:02x}" for i in range(256))]:
+            if not d.exists():
+                d.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(d.parent)
+
+    def write(self, chunks: Iterable[bytes]) -> str:
+        """Write ``chunks`` durably; return the file's name relative to the root."""
+        name = uuid.uuid4().hex
+        rel = f"{name[:2]}/{name}.dcm"
+        tmp = self.incoming / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        final = self.root / rel
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return rel
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a spooled file."""
+        return self.root / rel
+
+    def remove(self, rel: str) -> None:
+        """Delete a spooled file (already gone is fine)."""
+        try:
+            (self.root / rel).unlink()
+        except FileNotFoundError:
+            pass
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Remove interrupted writes and files no queue row names; return how many."""
+        n = 0
+        for entry in os.scandir(self.incoming):
+            os.unlink(entry.path)
+            n += 1
+        for i in range(256):
+            d = self.root / f"{i:02x}"
+            for entry in os.scandir(d):
+                if f"{i:02x}/{entry.name}" not in referenced:
+                    os.unlink(entry.path)
+                    n += 1
+        return n

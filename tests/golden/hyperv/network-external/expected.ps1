@@ -1,0 +1,48 @@
+# pacsinfra-script: new-switch v1
+# Rendered by pacsinfra from templates/hyperv/new-switch.ps1.j2. Do not edit.
+# Contract: the parameters arrive as ONE JSON document, base64-encoded below (never pasted
+# into code); the result is one JSON line on stdout; a failure is one JSON line
+# {"error": {"type", "message", "cmdlet", "line", "category"}} and exit code 1.
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$PacsinfraParams = 'eyJhZGFwdGVyIjoiRXRoZXJuZXQgMiIsIm5hbWUiOiJQQUNTLURJQ09NIiwibm90ZXMiOiJwYWNzaW5mcmE6e1wib3duZXJcIjp7XCJhZGRyZXNzXCI6XCJuZXR3b3JrLmRpY29tXCIsXCJsaW5lYWdlXCI6XCIwZjRlNmMxYS1saW5lYWdlXCIsXCJzaXRlXCI6XCJzdC1tYXJ5XCJ9LFwicmVjb3JkZWRcIjp7XCJjaWRyXCI6XCIxMC4xMC4xMTAuMC8yNFwiLFwiZ2F0ZXdheVwiOlwiMTAuMTAuMTEwLjFcIixcIm10dVwiOjkwMDAsXCJwdXJwb3NlXCI6XCJkaWNvbVwiLFwicW9zXCI6XCJoaWdoXCIsXCJzZXR0aW5nc1wiOntcImFkYXB0ZXJcIjpcIkV0aGVybmV0IDJcIixcInN3aXRjaFwiOlwiUEFDUy1ESUNPTVwiLFwidHlwZVwiOlwiZXh0ZXJuYWxcIn0sXCJ2bGFuXCI6MTEwfX0iLCJ0eXBlIjoiZXh0ZXJuYWwifQ=='
+function Write-PacsinfraResult($Value) {
+    # UTF-8 bytes straight to stdout: the WinRM shell's code page (437) would mangle names
+    $json = ConvertTo-Json -InputObject $Value -Depth 8 -Compress
+    $bytes = [Text.Encoding]::UTF8.GetBytes($json + "`n")
+    $out = [Console]::OpenStandardOutput()
+    $out.Write($bytes, 0, $bytes.Length)
+    $out.Flush()
+}
+function Find-PacsinfraSwitch($Name) {
+    # Exact names: -Name would treat [ ] * ? as wildcards
+    @(Get-VMSwitch | Where-Object { $_.Name -eq $Name })
+}
+function Get-PacsinfraSwitchFacts($Switch) {
+    $adapter = $null
+    if ($Switch.NetAdapterInterfaceDescription) {
+        $adapter = (Get-NetAdapter -InterfaceDescription $Switch.NetAdapterInterfaceDescription).Name
+    }
+    @{ id = "$($Switch.Id)"; name = $Switch.Name; type = "$($Switch.SwitchType)".ToLower()
+       adapter = $adapter; notes = $Switch.Notes }
+}
+try {
+    $P = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($PacsinfraParams)) | ConvertFrom-Json
+    if ($P.type -eq 'external') {
+        $sw = New-VMSwitch -Name $P.name -NetAdapterName $P.adapter -AllowManagementOS $true -Notes $P.notes
+    } else {
+        $sw = New-VMSwitch -Name $P.name -SwitchType $P.type -Notes $P.notes
+    }
+    Write-PacsinfraResult (Get-PacsinfraSwitchFacts $sw)
+} catch {
+    $e = $_
+    Write-PacsinfraResult @{ error = @{
+        type = $e.Exception.GetType().FullName
+        message = $e.Exception.Message
+        cmdlet = "$($e.InvocationInfo.MyCommand.Name)"
+        line = $e.InvocationInfo.ScriptLineNumber
+        category = "$($e.CategoryInfo.Category)"
+    } }
+    exit 1
+}
+exit 0

@@ -1,0 +1,120 @@
+"""Helpers shared by the archive integration tests (no tests in here).
+
+The archive always runs as a real subprocess (``python -m pacsinfra archive serve``)
+on a free loopback port; DCMTK binaries are taken from /usr/bin when present so a
+pynetdicom app of the same name on PATH is never picked by mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import free_port, need_binary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dcmtk(name: str) -> str:
+    """Absolute path of a DCMTK tool (Debian's /usr/bin first)."""
+    path = Path("/usr/bin") / name
+    if path.exists():
+        return str(path)
+    need_binary(name)
+    found = shutil.which(name)
+    assert found
+    return found
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class Archive:
+    """A running ``pacsinfra archive serve`` subprocess."""
+
+    def __init__(self, data: Path, *, config: dict[str, Any] | None = None,
+                 aet: str = "ARCHIVE", peers: dict[str, int] | None = None) -> None:
+        self.data = data
+        self.aet = aet
+        self.port = free_port()
+        self.config = config
+        self.peers = peers or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / f"{data.name}.log"
+
+    def args(self) -> list[str]:
+        base = [sys.executable, "-m", "pacsinfra", "archive", "serve"]
+        if self.config is not None:
+            cfg = dict(self.config)
+            cfg.setdefault("ae_title", self.aet)
+            cfg["port"] = self.port
+            cfg["bind"] = "127.0.0.1"
+            cfg.setdefault("data_dir", str(self.data))
+            cfg.setdefault("dicomweb", {"enabled": False})
+            path = self.data.parent / f"{self.data.name}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            return [*base, "--config", str(path)]
+        out = [*base, "--aet", self.aet, "--port", str(self.port), "--bind", "127.0.0.1",
+               "--data", str(self.data)]
+        for name, port in self.peers.items():
+            out += ["--peer", f"{name}=127.0.0.1:{port}"]
+        return out
+
+    def start(self) -> Archive:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, cwd=REPO)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> int:
+        """SIGTERM and wait (clean shutdown); returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def kill9(self) -> None:
+        """Crash it (SIGKILL)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def scu_ae(aet: str = "TESTSCU") -> Any:
+    """A pynetdicom AE for clients in tests."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = 10
+    ae.dimse_timeout = 30
+    ae.network_timeout = 30
+    return ae

@@ -1,0 +1,67 @@
+"""kill -9 apply/destroy at random moments on real embedded QEMU; every rerun converges.
+
+Runs bench/crash_apply.py (the full harness) with a small budget: 20 trials of 6
+machines, well under 3 minutes here. Each trial kills an apply (or a destroy) at a
+random moment, reruns apply, then checks in a fresh process that the state parses
+and matches the blueprint exactly, the hypervisor holds exactly the blueprint's
+domains (no duplicate, none missing), no disk file is orphaned, and a new plan is empty.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import need, need_binary, need_module
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HARNESS = Path(__file__).resolve().parents[2] / "bench" / "crash_apply.py"
+
+
+def _harness(*args: str) -> str:
+    need_module("libvirt")
+    need_binary("qemu-img", "qemu-system-x86_64")
+    need(os.geteuid() == 0, "embedded QEMU here runs as root (qemu.conf user=root)")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HARNESS),
+            "--trials",
+            "20",
+            "--parallelism",
+            "2",
+            "--budget",
+            "150",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report[-6000:]
+    assert "20 trials, 20 converged, 0 failed" in proc.stdout, report[-6000:]
+    killed = proc.stdout.count("killed after")
+    assert killed >= 10, f"only {killed} of 20 kills landed mid-operation:\n{proc.stdout}"
+    return proc.stdout
+
+
+def test_kill_9_domains_only() -> None:
+    """The engine's own guarantees: state, lock, adoption, orphans (no pools or volumes involved)."""
+    _harness("--machines", "12", "--disks", "0")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KVM driver (pacsinfra/drivers/kvm): a create killed after a disk volume or pool "
+    "directory is made, before the domain / pool marker exists, leaves an unmarked leftover that "
+    "every later create refuses as AlreadyExists. Remove this marker once the driver replaces "
+    "its own leftovers (contract: Driver.create docstring).",
+)
+def test_kill_9_with_pool_and_disks() -> None:
+    """The whole site: a file pool with its marker, one qcow2 disk per machine."""
+    _harness("--machines", "6", "--disks", "1")

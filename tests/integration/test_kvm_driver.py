@@ -1,0 +1,584 @@
+"""KvmDriver against libvirt's test:///default driver (in-process, real libvirt code).
+
+test:///default keeps one state per process, so every test uses its own names (a
+random suffix) and cleans up. What test:///default cannot do (live scheduler tuning,
+volume resize, volume upload) is asserted as the translated error it produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import need_module
+
+from pacsinfra.drivers.base import (
+    ChangeKind,
+    DiskSpec,
+    GpuSpec,
+    MachineSpec,
+    NetworkSpec,
+    NicSpec,
+    Ownership,
+    PowerState,
+    StorageSpec,
+    changed_fields,
+)
+from pacsinfra.errors import (
+    AlreadyExists,
+    CapabilityError,
+    ConnectError,
+    DriverError,
+    NotFound,
+    TaskFailed,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def libvirt() -> Any:
+    need_module("libvirt")
+    import libvirt as lv
+
+    return lv
+
+
+@pytest.fixture
+def conn(libvirt: Any) -> Iterator[Any]:
+    c = libvirt.open("test:///default")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def site() -> str:
+    return "t" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def driver(conn: Any) -> Iterator[Any]:
+    from pacsinfra.drivers.kvm import KvmDriver
+
+    d = KvmDriver({"uri": "test:///default", "shutdown_timeout": 2}, client=conn)
+    d.connect()
+    yield d
+    d.close()
+
+
+def owner(site: str, address: str) -> Ownership:
+    return Ownership(site=site, address=address, lineage="lineage-" + site)
+
+
+def pool_spec(site: str) -> StorageSpec:
+    return StorageSpec(
+        address="storage.flash",
+        name=f"{site}-flash",
+        tier="performance",
+        settings={"path": f"/pools/{site}/flash"},
+    )
+
+
+def net_spec(site: str) -> NetworkSpec:
+    return NetworkSpec(
+        address="network.dicom",
+        name=f"{site}-dicom",
+        purpose="dicom",
+        vlan=110,
+        cidr="10.10.110.0/24",
+        gateway="10.10.110.1",
+        mtu=9000,
+        settings={"forward": "nat", "dhcp": True},
+    )
+
+
+def machine_spec(site: str, index: int = 0, **changes: Any) -> MachineSpec:
+    spec = MachineSpec(
+        address=f"machine.archive[{index}]",
+        name=f"{site}-archive-{index + 1}",
+        role="archive",
+        index=index,
+        image={},
+        cpu_count=2,
+        memory_mib=2048,
+        cpu_shares=2000,
+        cpu_limit_mhz=1000,
+        memory_lock=True,
+        hugepages=True,
+        disks=(
+            DiskSpec("os", 1024, f"{site}-flash"),
+            DiskSpec(
+                "data", 4096, f"{site}-flash", provisioning="thick", mount="/data", iops_limit=500
+            ),
+        ),
+        nics=(
+            NicSpec(
+                f"{site}-dicom",
+                address=f"10.10.110.{11 + index}",
+                prefix=24,
+                gateway="10.10.110.1",
+                vlan=110,
+            ),
+        ),
+        gpu=GpuSpec("vgpu", profile="nvidia-35", count=1),
+        hostname=f"archive{index + 1}",
+        ssh_authorized_keys=("ssh-ed25519 AAAAexample admin@example",),
+        holds_data=True,
+    )
+    return dataclasses.replace(spec, **changes)
+
+
+@pytest.fixture
+def infra(driver: Any, site: str) -> Iterator[tuple[StorageSpec, NetworkSpec]]:
+    """A pool and a network owned by ``site``, removed afterwards with everything in them."""
+    ps, ns = pool_spec(site), net_spec(site)
+    driver.create(ps, owner(site, ps.address))
+    driver.create(ns, owner(site, ns.address))
+    yield ps, ns
+    for obs in driver.list_owned(site):
+        if isinstance(obs.spec, MachineSpec):
+            driver.delete(obs)
+    for obs in driver.list_owned(site):
+        driver.delete(obs)
+
+
+def volumes(conn: Any, pool: str) -> list[str]:
+    return sorted(conn.storagePoolLookupByName(pool).listVolumes())
+
+
+def test_config_as_object_or_mapping(conn: Any) -> None:
+    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.registry import make_driver
+
+    assert KvmDriver(SimpleNamespace(uri="test:///default")).uri == "test:///default"
+    assert KvmDriver({"uri": "qemu:///embed?root=/x"}).domain_type() == "qemu"
+    assert KvmDriver({"uri": "qemu:///system"}).domain_type() == "kvm"
+    assert KvmDriver({"uri": "qemu:///system", "domain_type": "qemu"}).domain_type() == "qemu"
+    assert isinstance(make_driver("kvm", {"uri": "test:///default"}, client=conn), KvmDriver)
+
+
+def test_lifecycle_create_read_update_delete(driver: Any, conn: Any, site: str, infra: Any) -> None:
+    ps, ns = infra
+    spec = machine_spec(site)
+    mark = owner(site, spec.address)
+
+    created = driver.create(spec, mark)
+    assert created.owner == mark
+    assert created.power == PowerState.ON
+    assert changed_fields(spec, created) == []
+    assert changed_fields(spec, driver.read(spec)) == []
+    # the MAC the blueprint left open is reported as the domain has it (stable per name/index)
+    from pacsinfra.drivers.kvm.domain import default_mac
+
+    assert created.spec.nics[0].mac == default_mac(spec.name, 0)
+    assert changed_fields(ns, driver.read(ns)) == []
+    assert changed_fields(ps, driver.read(ps)) == []
+    assert volumes(conn, ps.name) == sorted(
+        [
+            f"{spec.name}-os.qcow2",
+            f"{spec.name}-data.qcow2",
+            f"{spec.name}-seed.iso",
+            driver.render(ps, owner(site, ps.address)).parameters["marker"],
+        ]
+    )
+    # thick = preallocated: allocation == capacity; thin starts empty
+    data = conn.storagePoolLookupByName(ps.name).storageVolLookupByName(f"{spec.name}-data.qcow2")
+    assert data.info()[1] == 4096 * 1024 * 1024
+    # the domain carries the ownership mark as a metadata element
+    xml = conn.lookupByName(spec.name).XMLDesc(0)
+    assert "https://pacsinfra.dev/xmlns/owner/1" in xml and f'site="{site}"' in xml.replace(
+        "'", '"'
+    )
+
+    # idempotent create: the same object back, nothing new
+    again = driver.create(spec, mark)
+    assert again.id == created.id
+
+    # memory needs power-off: the running domain is restarted with the new size
+    bigger = dataclasses.replace(spec, memory_mib=4096)
+    fields = changed_fields(bigger, driver.read(bigger))
+    assert fields == ["memory_mib"]
+    assert driver.classify(bigger, "memory_mib") == ChangeKind.NEEDS_POWER_OFF
+    updated = driver.update(bigger, driver.read(bigger), fields)
+    assert updated.power == PowerState.ON
+    assert updated.spec.memory_mib == 4096
+    assert changed_fields(bigger, updated) == []
+    assert updated.id == created.id
+
+    # NIC change (network / VLAN) also restarts, and keeps the plan empty afterwards
+    retagged = dataclasses.replace(
+        bigger, nics=(dataclasses.replace(bigger.nics[0], vlan=111, mtu=9000),)
+    )
+    fields = changed_fields(retagged, driver.read(retagged))
+    assert fields == ["nics"]
+    assert changed_fields(retagged, driver.update(retagged, driver.read(retagged), fields)) == []
+
+    # delete removes domain, volumes and seed; a second delete is a no-op
+    observed = driver.read(retagged)
+    driver.delete(observed)
+    assert driver.read(retagged) is None
+    assert [v for v in volumes(conn, ps.name) if v.startswith(spec.name)] == []
+    driver.delete(observed)
+
+
+def test_in_place_cpu_tuning_on_stopped_machine(driver: Any, site: str, infra: Any) -> None:
+    spec = machine_spec(site, power_on=False)
+    created = driver.create(spec, owner(site, spec.address))
+    assert created.power == PowerState.OFF
+    tuned = dataclasses.replace(spec, cpu_shares=500, cpu_limit_mhz=1200, cpu_reservation_mhz=800)
+    fields = changed_fields(tuned, driver.read(tuned))
+    assert sorted(fields) == ["cpu_limit_mhz", "cpu_reservation_mhz", "cpu_shares"]
+    assert {driver.classify(tuned, f) for f in fields} == {ChangeKind.IN_PLACE}
+    after = driver.update(tuned, driver.read(tuned), fields)
+    assert changed_fields(tuned, after) == []
+    assert after.power == PowerState.OFF
+    # the power state itself is a field: power_on=True starts it
+    on = dataclasses.replace(tuned, power_on=True)
+    assert changed_fields(on, driver.read(on)) == ["power_on"]
+    assert driver.update(on, driver.read(on), ["power_on"]).power == PowerState.ON
+
+
+def test_live_cpu_tuning_unsupported_is_reported(driver: Any, site: str, infra: Any) -> None:
+    """test:///default cannot set cpu_shares live: a CapabilityError chained from libvirt's."""
+    spec = machine_spec(site)
+    driver.create(spec, owner(site, spec.address))
+    tuned = dataclasses.replace(spec, cpu_shares=500)
+    with pytest.raises(CapabilityError, match="next start"):
+        driver.update(tuned, driver.read(tuned), ["cpu_shares"])
+
+
+def test_disk_growth_translates_unsupported_resize(
+    driver: Any, site: str, infra: Any, libvirt: Any
+) -> None:
+    spec = machine_spec(site, power_on=False)
+    driver.create(spec, owner(site, spec.address))
+    grown = dataclasses.replace(
+        spec, disks=(dataclasses.replace(spec.disks[0], size_mib=2048), spec.disks[1])
+    )
+    observed = driver.read(grown)
+    assert driver.classify_change(grown, observed, "disks") == ChangeKind.IN_PLACE
+    with pytest.raises(CapabilityError) as info:
+        driver.update(grown, observed, ["disks"])
+    assert isinstance(info.value.__cause__, libvirt.libvirtError)
+    assert info.value.__cause__.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+    shrunk = dataclasses.replace(
+        spec, disks=(dataclasses.replace(spec.disks[0], size_mib=512), spec.disks[1])
+    )
+    assert driver.classify_change(shrunk, observed, "disks") == ChangeKind.REPLACE
+    with pytest.raises(CapabilityError, match="replace"):
+        driver.update(shrunk, driver.read(shrunk), ["disks"])
+
+
+def test_add_and_remove_a_disk(driver: Any, conn: Any, site: str, infra: Any) -> None:
+    spec = machine_spec(site, power_on=False)
+    driver.create(spec, owner(site, spec.address))
+    more = dataclasses.replace(spec, disks=(*spec.disks, DiskSpec("wal", 512, f"{site}-flash")))
+    after = driver.update(more, driver.read(more), ["disks"])
+    assert changed_fields(more, after) == []
+    assert f"{spec.name}-wal.qcow2" in volumes(conn, f"{site}-flash")
+    fewer = dataclasses.replace(spec, disks=spec.disks[:1])
+    after = driver.update(fewer, driver.read(fewer), ["disks"])
+    assert changed_fields(fewer, after) == []
+    names = volumes(conn, f"{site}-flash")
+    assert f"{spec.name}-data.qcow2" not in names and f"{spec.name}-wal.qcow2" not in names
+
+
+def test_list_owned_filters_by_site(driver: Any, site: str, infra: Any) -> None:
+    spec = machine_spec(site)
+    driver.create(spec, owner(site, spec.address))
+    owned = driver.list_owned(site)
+    assert sorted(o.spec.address for o in owned) == [
+        "machine.archive[0]",
+        "network.dicom",
+        "storage.flash",
+    ]
+    assert all(o.owner is not None and o.owner.site == site for o in owned)
+    assert driver.list_owned(site + "-other") == []
+    # the adopted observation is complete enough to plan against
+    machine = next(o for o in owned if isinstance(o.spec, MachineSpec))
+    assert machine.spec.role == "archive" and machine.spec.memory_mib == 2048
+
+
+def test_duplicate_name_of_unowned_domain(driver: Any, conn: Any, site: str, infra: Any) -> None:
+    # test:///default ships a domain named "test" that pacsinfra did not create
+    spec = machine_spec(site, name="test")
+    before = volumes(conn, f"{site}-flash")
+    with pytest.raises(AlreadyExists, match="not created by pacsinfra"):
+        driver.create(spec, owner(site, spec.address))
+    assert volumes(conn, f"{site}-flash") == before
+    observed = driver.read(spec)
+    assert observed is not None and observed.owner is None
+    with pytest.raises(AlreadyExists):
+        driver.delete(observed)
+    with pytest.raises(AlreadyExists):
+        driver.update(spec, observed, ["memory_mib"])
+    assert conn.lookupByName("test").isActive()
+
+
+def test_name_owned_by_another_address(driver: Any, site: str, infra: Any) -> None:
+    spec = machine_spec(site)
+    driver.create(spec, owner(site, spec.address))
+    with pytest.raises(AlreadyExists, match="owned by"):
+        driver.create(spec, owner(site, "machine.other[0]"))
+
+
+def test_missing_references_create_nothing(driver: Any, conn: Any, site: str, infra: Any) -> None:
+    spec = machine_spec(site, nics=(NicSpec("no-such-network"),))
+    before = volumes(conn, f"{site}-flash")
+    with pytest.raises(NotFound, match="network no-such-network"):
+        driver.create(spec, owner(site, spec.address))
+    assert volumes(conn, f"{site}-flash") == before
+    spec = machine_spec(site, disks=(DiskSpec("os", 1024, "no-such-pool"),))
+    with pytest.raises(NotFound, match="storage pool no-such-pool"):
+        driver.create(spec, owner(site, spec.address))
+    spec = machine_spec(site, image={"volume": "nope.qcow2", "pool": f"{site}-flash"})
+    with pytest.raises(NotFound, match="image volume"):
+        driver.create(spec, owner(site, spec.address))
+    assert driver.read(spec) is None
+
+
+class FailingDefine:
+    """The real connection, except that defineXML is sent an XML libvirt really rejects."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def defineXML(self, xml: str) -> Any:  # noqa: N802 - libvirt's name
+        return self._conn.defineXML(
+            xml.replace("<vcpu ", "<vcpu bogus-attr='1' ", 1).replace("hvm<", "nosuchos<")
+        )
+
+
+def test_failed_create_removes_what_it_made(conn: Any, site: str, infra: Any, libvirt: Any) -> None:
+    from pacsinfra.drivers.kvm import KvmDriver
+
+    broken = KvmDriver({"uri": "test:///default"}, client=FailingDefine(conn))
+    spec = machine_spec(site)
+    before = volumes(conn, f"{site}-flash")
+    with pytest.raises(DriverError) as info:
+        broken.create(spec, owner(site, spec.address))
+    assert isinstance(info.value.__cause__, libvirt.libvirtError)
+    assert volumes(conn, f"{site}-flash") == before  # disks and seed removed again
+    assert broken.read(spec) is None
+
+
+def test_failed_update_starts_the_machine_again(
+    driver: Any, conn: Any, site: str, infra: Any, libvirt: Any
+) -> None:
+    from pacsinfra.drivers.kvm import KvmDriver
+
+    spec = machine_spec(site)
+    driver.create(spec, owner(site, spec.address))
+    broken = KvmDriver(
+        {"uri": "test:///default", "shutdown_timeout": 1}, client=FailingDefine(conn)
+    )
+    bigger = dataclasses.replace(spec, memory_mib=4096)
+    with pytest.raises(DriverError) as info:
+        broken.update(bigger, broken.read(bigger), ["memory_mib"])
+    assert isinstance(info.value.__cause__, libvirt.libvirtError)
+    assert any("started again" in note for note in getattr(info.value, "__notes__", []))
+    after = driver.read(spec)
+    assert after is not None and after.power == PowerState.ON
+    assert changed_fields(spec, after) == []  # still the old definition
+
+
+def test_clone_from_image_volume(driver: Any, conn: Any, site: str, infra: Any) -> None:
+    pool = conn.storagePoolLookupByName(f"{site}-flash")
+    pool.createXML(
+        "<volume><name>golden.qcow2</name><capacity unit='MiB'>512</capacity>"
+        "<target><format type='qcow2'/></target></volume>"
+    )
+    spec = machine_spec(site, image={"volume": "golden.qcow2", "pool": f"{site}-flash"})
+    created = driver.create(spec, owner(site, spec.address))
+    assert changed_fields(spec, created) == []
+    assert created.spec.disks[0].size_mib == 1024
+    driver.delete(created)
+    assert "golden.qcow2" in volumes(conn, f"{site}-flash")  # the image is never deleted
+    # from another pool (the usual layout: images in their own pool)
+    conn.storagePoolLookupByName("default-pool").createXML(
+        f"<volume><name>{site}-img.qcow2</name><capacity unit='MiB'>256</capacity>"
+        "<target><format type='qcow2'/></target></volume>"
+    )
+    other = machine_spec(site, 1, image={"volume": f"{site}-img.qcow2", "pool": "default-pool"})
+    created = driver.create(other, owner(site, other.address))
+    assert changed_fields(other, created) == []
+    driver.delete(created)
+    conn.storagePoolLookupByName("default-pool").storageVolLookupByName(f"{site}-img.qcow2").delete(
+        0
+    )
+    pool.storageVolLookupByName("golden.qcow2").delete(0)
+
+
+def test_check_reports_impossible_asks(driver: Any, site: str) -> None:
+    good = machine_spec(site)
+    assert driver.check(good) == []
+    bad = [
+        machine_spec(site, nics=(NicSpec("bridge:br0", vlan=5),)),  # VLAN on a Linux bridge
+        machine_spec(site, gpu=GpuSpec("passthrough", device="nonsense")),
+        machine_spec(site, gpu=GpuSpec("vgpu", profile=None)),
+        machine_spec(site, gpu=GpuSpec("teleport")),
+        machine_spec(site, image={"url": "http://example.invalid/x.qcow2"}),
+        machine_spec(site, disks=(DiskSpec("os", 1, "p"), DiskSpec("os", 1, "p"))),
+    ]
+    for spec in bad:
+        assert driver.check(spec), spec
+    assert driver.check(dataclasses.replace(net_spec(site), settings={"forward": "warp"}))
+    assert driver.check(dataclasses.replace(net_spec(site), cidr=None, settings={"forward": "nat"}))
+    from pacsinfra.drivers.kvm import KvmDriver
+
+    embed = KvmDriver({"uri": "qemu:///embed?root=/nonexistent"})
+    assert embed.check(net_spec(site))  # no network driver there; no connection needed
+    unconnected = KvmDriver({"uri": "qemu:///system"})
+    assert unconnected.check(machine_spec(site, cpu_limit_mhz=1000))  # no host clock known
+
+
+def test_wait_for_address(driver: Any, site: str, infra: Any) -> None:
+    static = machine_spec(site)
+    created = driver.create(static, owner(site, static.address))
+    assert driver.wait_for_address(created, timeout=1) == "10.10.110.11"
+    dhcp = machine_spec(site, 1, nics=(NicSpec(f"{site}-dicom"),))
+    created = driver.create(dhcp, owner(site, dhcp.address))
+    address = driver.wait_for_address(created, timeout=5)  # test:///default invents a lease
+    assert address.count(".") == 3
+
+
+def test_passthrough_gpu_and_ovs_bridge(driver: Any, site: str, infra: Any) -> None:
+    spec = machine_spec(
+        site,
+        gpu=GpuSpec("passthrough", device="0000:65:00.0"),
+        nics=(NicSpec("ovs:br-pacs", vlan=120), NicSpec(f"{site}-dicom", mac="52:54:00:12:34:56")),
+    )
+    created = driver.create(spec, owner(site, spec.address))
+    assert changed_fields(spec, created) == []
+    assert driver.check(dataclasses.replace(spec, nics=(NicSpec("bridge:br0", vlan=5),)))
+
+
+def test_network_update_and_pool_guards(driver: Any, conn: Any, site: str, infra: Any) -> None:
+    ps, ns = infra
+    jumbo = dataclasses.replace(ns, mtu=1500, purpose="dicom-primary")
+    fields = sorted(changed_fields(jumbo, driver.read(jumbo)))
+    assert fields == ["mtu", "purpose"]
+    after = driver.update(jumbo, driver.read(jumbo), fields)
+    assert changed_fields(jumbo, after) == []
+    assert after.power == PowerState.ON
+    # a pool that still holds a machine's disks is not deleted
+    spec = machine_spec(site, power_on=False)
+    driver.create(spec, owner(site, spec.address))
+    with pytest.raises(TaskFailed, match="still holds"):
+        driver.delete(driver.read(ps))
+    # a foreign pool is never touched
+    foreign = StorageSpec(address="storage.x", name="default-pool", tier="x")
+    observed = driver.read(foreign)
+    assert observed is not None and observed.owner is None
+    with pytest.raises(AlreadyExists):
+        driver.delete(observed)
+    with pytest.raises(AlreadyExists, match="not created by pacsinfra"):
+        driver.create(foreign, owner(site, "storage.x"))
+
+
+def test_concurrent_creates_on_one_connection(driver: Any, site: str, infra: Any) -> None:
+    specs = [machine_spec(site, i) for i in range(4)]
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def make(spec: MachineSpec) -> str:
+        try:
+            return str(driver.create(spec, owner(site, spec.address)).id)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            raise
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = list(pool.map(make, specs))
+    assert errors == []
+    assert len(set(ids)) == 4
+    machines = [o for o in driver.list_owned(site) if isinstance(o.spec, MachineSpec)]
+    assert len(machines) == 4
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(driver.delete, machines))
+    assert [o for o in driver.list_owned(site) if isinstance(o.spec, MachineSpec)] == []
+
+
+def test_connect_failure_is_translated(libvirt: Any, tmp_path: Any) -> None:
+    from pacsinfra.drivers.kvm import KvmDriver
+
+    d = KvmDriver({"uri": f"test+unix:///default?socket={tmp_path}/no-such.sock"})
+    with pytest.raises(ConnectError) as info:
+        d.connect()
+    assert isinstance(info.value.__cause__, libvirt.libvirtError)
+
+
+def test_error_codes_map_most_specific_first(libvirt: Any) -> None:
+    from pacsinfra.drivers.kvm.client import error_class
+
+    assert error_class(libvirt.VIR_ERR_NO_DOMAIN) is NotFound
+    assert error_class(libvirt.VIR_ERR_NO_STORAGE_VOL) is NotFound
+    assert error_class(libvirt.VIR_ERR_DOM_EXIST) is AlreadyExists
+    assert error_class(libvirt.VIR_ERR_NO_SUPPORT) is CapabilityError
+    assert error_class(libvirt.VIR_ERR_AUTH_FAILED) is error_class(
+        libvirt.VIR_ERR_AUTH_FAILED, connecting=True
+    )
+    assert error_class(libvirt.VIR_ERR_AUTH_FAILED).__name__ == "AuthError"
+    assert error_class(libvirt.VIR_ERR_NO_DOMAIN, connecting=True) is ConnectError
+    assert error_class(libvirt.VIR_ERR_OPERATION_FAILED) is TaskFailed
+
+
+def test_engine_plan_apply_replan_destroy(conn: Any, tmp_path: Any) -> None:
+    """The engine's own plan/apply over this driver: a second plan is empty (no drift)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from memdriver import fake_blueprint, fake_site
+
+    from pacsinfra.apply.engine import Engine
+    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.plan.plan import Action
+
+    name = "e" + uuid.uuid4().hex[:8]
+    site = fake_site(name)
+    site.provider.driver = "kvm"
+    image = f"{name}-base.qcow2"
+    site.images["debian12"].kvm = {"volume": image, "pool": "default-pool"}
+    site.storage["flash"].kvm = {"path": f"/pools/{name}"}
+    conn.storagePoolLookupByName("default-pool").createXML(
+        f"<volume><name>{image}</name><capacity unit='MiB'>256</capacity>"
+        "<target><format type='qcow2'/></target></volume>"
+    )
+    driver = KvmDriver({"uri": "test:///default", "shutdown_timeout": 2}, client=conn)
+    state = tmp_path / "state.json"
+    try:
+        engine = Engine(fake_blueprint(tmp_path, site), state, driver)
+        first = engine.plan()
+        assert {s.action for s in first.steps} == {Action.CREATE}
+        assert all(r.status == "done" for r in engine.apply(first).results)
+        assert {s.action for s in engine.plan().steps} == {Action.NOOP}
+
+        site.machines["archive"].memory.size = 8192
+        engine = Engine(fake_blueprint(tmp_path, site), state, driver)
+        change = engine.plan()
+        updates = [s for s in change.steps if s.action is Action.UPDATE]
+        assert [s.address for s in updates] == ["machine.archive[0]", "machine.archive[1]"]
+        assert {s.kind for s in updates} == {ChangeKind.NEEDS_POWER_OFF}
+        engine.apply(change)
+        assert {s.action for s in engine.plan().steps} == {Action.NOOP}
+        desired = updates[0].desired
+        assert isinstance(desired, MachineSpec)
+        observed = driver.read(desired)
+        assert observed is not None and isinstance(observed.spec, MachineSpec)
+        assert observed.spec.memory_mib == 8192
+
+        engine.destroy()
+        assert driver.list_owned(engine.site) == []
+    finally:
+        conn.storagePoolLookupByName("default-pool").storageVolLookupByName(image).delete(0)

@@ -1,0 +1,53 @@
+"""Transfer syntax fallback: the file's own syntax first, then uncompressed, never a silent loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from test_router_support import Router, StatusSCP, instance, wait_for
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_fallback_to_what_the_destination_accepts(tmp_path: Path) -> None:
+    from pacsinfra.pacs.archive.synth import make_instance
+
+    implicit_only = StatusSCP(0, "IMPLICIT", syntaxes=[ImplicitVRLittleEndian])
+    anything = StatusSCP(0, "ANY")
+    router = Router(tmp_path / "router", {
+        "destinations": {"implicit": implicit_only.dest(), "any": anything.dest()},
+        "rules": [{"name": "all", "forward": ["implicit", "any"]}],
+        "retry": {"max_attempts": 2, "initial_backoff": 0.1},
+    })
+    router.start()
+    try:
+        plain = instance(modality="CT")
+        jpeg = make_instance(transfer_syntax=JPEGBaseline8Bit)
+        from pynetdicom import AE
+
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(plain.SOPClassUID, [ExplicitVRLittleEndian])
+        ae.add_requested_context(jpeg.SOPClassUID, [JPEGBaseline8Bit])
+        assoc = ae.associate("127.0.0.1", router.port, ae_title="ROUTER")
+        assert assoc.is_established
+        assert assoc.send_c_store(plain).Status == 0
+        assert assoc.send_c_store(jpeg).Status == 0
+        assoc.release()
+        p, j = str(plain.SOPInstanceUID), str(jpeg.SOPInstanceUID)
+        wait_for(lambda: len(anything.received) == 2 and router.states().get("dead") == 1,
+                 30, "deliveries and one dead letter")
+        # the uncompressed file was converted to the only syntax the destination takes
+        assert implicit_only.syntax_of == {p: ImplicitVRLittleEndian}
+        # compressed data goes out as received where it is accepted
+        assert anything.syntax_of == {p: ExplicitVRLittleEndian, j: JPEGBaseline8Bit}
+        # ... and is never decompressed unless the destination asks for transcoding
+        with router.db() as c:
+            dest, err = c.execute("SELECT dest, last_error FROM items WHERE state = 'dead'"
+                                  ).fetchone()
+        assert dest == "implicit" and "transcoding is not enabled" in err
+    finally:
+        router.stop()
+        implicit_only.stop()
+        anything.stop()

@@ -1,0 +1,190 @@
+"""Archive building blocks in-process: paths, structure checks, queries, index, lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+
+from pacsinfra.pacs.archive.attrs import DatasetUnreadable, check_structure, read_indexed
+from pacsinfra.pacs.archive.config import ArchiveConfig
+from pacsinfra.pacs.archive.db import open_database
+from pacsinfra.pacs.archive.index import Index
+from pacsinfra.pacs.archive.lifecycle import run_lifecycle
+from pacsinfra.pacs.archive.query import compile_query
+from pacsinfra.pacs.archive.service import ArchiveService
+from pacsinfra.pacs.archive.storage import Tier, sweep_temp_files, write_durable
+from pacsinfra.pacs.archive.synth import make_instance
+from pacsinfra.pacs.dicom import (
+    TRANSFER_SYNTAXES,
+    Status,
+    scu_contexts,
+    storage_contexts,
+    uid_path,
+    valid_uid,
+)
+
+
+def _encode(ds: Dataset, ts: str) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = ts == ImplicitVRLittleEndian
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+@pytest.mark.parametrize("uid,ok", [
+    ("1.2.840.10008.1.2", True), ("0.1", True), ("1.02", False), ("1..2", False),
+    ("../../etc", False), ("1.2/3", False), ("", False), ("1." + "1" * 70, False),
+])
+def test_valid_uid(uid: str, ok: bool) -> None:
+    assert valid_uid(uid) is ok
+
+
+@pytest.mark.parametrize("study,series,sop", [
+    ("../../..", "1.2", "1.3"), ("1.2", "/etc/passwd", "1.3"), ("1.2", "1.3", "../../x"),
+    ("..", "..", ".."), ("1.2\x00", "a/b", "c\\d"),
+])
+def test_uid_path_never_escapes(tmp_path: Path, study: str, series: str, sop: str) -> None:
+    root = tmp_path / "tier"
+    p = uid_path(root, study, series, sop).resolve()
+    assert root.resolve() in p.parents
+    assert len(p.relative_to(root.resolve()).parts) == 4
+
+
+def test_contexts() -> None:
+    cxs = storage_contexts()
+    assert len(cxs) > 128  # all storage classes, not pynetdicom's 128-limited list
+    assert all(cx.transfer_syntax == TRANSFER_SYNTAXES for cx in cxs[:3])
+    assert JPEGBaseline8Bit in TRANSFER_SYNTAXES and "1.2.840.10008.1.2.4.201" in TRANSFER_SYNTAXES
+    pairs = [("1.2.840.10008.5.1.4.1.1.2", JPEGBaseline8Bit)] * 3 + [
+        ("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)]
+    out = scu_contexts(pairs)
+    assert [cx.transfer_syntax[0] for cx in out] == [JPEGBaseline8Bit, ExplicitVRLittleEndian]
+    assert out[0].transfer_syntax == [JPEGBaseline8Bit]  # never offer to transcode compressed
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_read_indexed_and_structure(ts: str) -> None:
+    ds = make_instance(patient_id="X1", modality="MR")
+    raw = _encode(ds, ts)
+    attrs = read_indexed(raw, ts)
+    assert attrs["patient_id"] == "X1" and attrs["modality"] == "MR"
+    assert attrs["sop_uid"] == ds.SOPInstanceUID
+    with pytest.raises(DatasetUnreadable):
+        read_indexed(raw[:-10], ts)  # pixel data shorter than declared
+    with pytest.raises(DatasetUnreadable):
+        read_indexed(raw[:3], ts)
+
+
+def test_structure_encapsulated() -> None:
+    ds = make_instance(transfer_syntax=JPEGBaseline8Bit)
+    raw = _encode(ds, ExplicitVRLittleEndian)
+    check_structure(raw, False, True)
+    with pytest.raises(DatasetUnreadable):
+        check_structure(raw[:-8], False, True)  # sequence delimiter missing
+
+
+def test_compile_query_matching_kinds() -> None:
+    ident = Dataset()
+    ident.PatientName = "DOE*"
+    ident.StudyDate = "20240101-20240131"
+    ident.StudyInstanceUID = "1.2\\1.3"
+    ident.ModalitiesInStudy = "CT"
+    ident.AccessionNumber = "A_1%*"
+    ident.NumberOfStudyRelatedInstances = ""
+    q = compile_query(ident, "STUDY")
+    assert "lower(s.patient_name) LIKE ?" in q.sql
+    assert "s.study_uid IN (?, ?)" in q.sql
+    assert "s.study_date >= ?" in q.sql and "s.study_date <= ?" in q.sql
+    assert "doe%" in q.params
+    assert "A!_1!%%" in q.params  # LIKE metacharacters in values are literals
+    assert q.returned[-1] == "NumberOfStudyRelatedInstances"
+
+
+def _service(tmp_path: Path, **cfg: object) -> ArchiveService:
+    config = ArchiveConfig.model_validate({"data_dir": str(tmp_path), **cfg})
+    tiers = {t.name: Tier.from_config(t, tmp_path) for t in config.tiers}
+    for t in tiers.values():
+        t.root.mkdir(parents=True, exist_ok=True)
+    return ArchiveService(config, Index(open_database(config.index, tmp_path)), tiers)
+
+
+def _store(svc: ArchiveService, ds: Dataset) -> Status:
+    raw = _encode(ds, ExplicitVRLittleEndian)
+    return svc.store_raw(sop_class=ds.SOPClassUID, sop_uid=ds.SOPInstanceUID,
+                         transfer_syntax=ExplicitVRLittleEndian, meta=b"", raw=raw, calling="T")
+
+
+def test_store_counts_and_overwrite_recount(tmp_path: Path) -> None:
+    svc = _service(tmp_path, duplicates="overwrite")
+    try:
+        ds = make_instance(patient_id="P", modality="CT")
+        assert _store(svc, ds) == Status.SUCCESS
+        ds2 = make_instance(patient_id="P", modality="MR", study_uid=ds.StudyInstanceUID)
+        assert _store(svc, ds2) == Status.SUCCESS
+        q = "SELECT num_series, num_instances, modalities FROM study"
+        assert svc.index.db.query(q) == [(2, 2, "\\CT\\MR\\")]
+        ds2.Modality = "US"  # overwrite moves nothing but the content
+        assert _store(svc, ds2) == Status.SUCCESS
+        rows = svc.index.db.query(q)
+        assert rows[0][:2] == (2, 2)
+        assert svc.index.db.query("SELECT num_instances, num_studies FROM patient") == [(2, 1)]
+    finally:
+        svc.index.close()
+
+
+def test_write_durable_and_sweep(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c.dcm"
+    incoming = tmp_path / ".incoming"
+    incoming.mkdir()
+    assert write_durable(target, [b"abc", b"def"], tmp_dir=incoming) == 6
+    assert target.read_bytes() == b"abcdef"
+    (incoming / "x.dcm.tmp-123").write_bytes(b"half")
+    assert sweep_temp_files(incoming) == 1
+    assert list(incoming.iterdir()) == []
+
+
+def test_lifecycle_moves_verifies_and_parks(tmp_path: Path) -> None:
+    svc = _service(tmp_path, tiers=[{"name": "fast"}, {"name": "slow"}],
+                   lifecycle=[{"from_tier": "fast", "to_tier": "slow", "older_than_days": 30}])
+    try:
+        good = make_instance(patient_id="OLD")
+        bad = make_instance(patient_id="OLD2")
+        fresh = make_instance(patient_id="NEW")
+        for ds in (good, bad, fresh):
+            assert _store(svc, ds) == Status.SUCCESS
+        old = time.time() - 40 * 86400
+        with svc.index.db.transaction() as cur:
+            cur.execute("UPDATE study SET created_at = ? WHERE patient_id IN ('OLD', 'OLD2')",
+                        (old,))
+        # corrupt the second study's file: it must be parked, not moved, not deleted
+        bad_inst = svc.index.get(bad.SOPInstanceUID)
+        assert bad_inst is not None
+        bad_path = svc.tiers["fast"].path(bad_inst.rel_path)
+        with bad_path.open("r+b") as f:
+            f.seek(-4, os.SEEK_END)
+            f.write(b"XXXX")
+        report = run_lifecycle(svc.config, svc.index, svc.tiers)
+        assert report.moved_studies == [good.StudyInstanceUID]
+        assert list(report.failed_studies) == [bad.StudyInstanceUID]
+        moved = svc.index.get(good.SOPInstanceUID)
+        assert moved is not None and moved.tier == "slow"
+        data = svc.tiers["slow"].path(moved.rel_path).read_bytes()
+        assert hashlib.sha256(data[moved.ds_offset:]).hexdigest() == moved.sha256
+        assert not svc.tiers["fast"].path(moved.rel_path).exists()
+        assert bad_path.exists()
+        fresh_inst = svc.index.get(fresh.SOPInstanceUID)
+        assert fresh_inst is not None and fresh_inst.tier == "fast"
+        # a second pass does nothing: no loop on the parked study, nothing left to move
+        again = run_lifecycle(svc.config, svc.index, svc.tiers)
+        assert again.moved_studies == [] and again.failed_studies == {}
+    finally:
+        svc.index.close()
