@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip "setuptools>=68" wheel
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 

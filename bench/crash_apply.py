@@ -7,15 +7,18 @@ crashed pacsinfra would leave. Domains are defined, not started (TCG boots would
 only burn the two cores); disks are real qcow2 files made by the KVM driver.
 
 Each trial:
-  1. start ``apply`` (or, one trial in four, ``destroy``) in a child process and
-     SIGKILL it at a random moment while it works;
+  1. start ``apply`` from nothing (or, one trial in four, ``destroy`` from
+     everything) in a child process and SIGKILL it after a random number of
+     state writes plus a random fraction of a step (so the kill lands inside a
+     driver call or a state write, whatever the machine's load);
   2. rerun ``apply`` to completion in a fresh process;
   3. check, in a third process: the state file parses and lists exactly the
      blueprint's addresses; the hypervisor holds exactly the blueprint's domains
      (no duplicate, none missing), each with this site's mark; no disk file is
      left that no domain uses (no orphan); a new plan is empty.
 
-Usage: crash_apply.py [--trials 20] [--machines 6] [--budget 170] [--seed N] [--keep]
+Usage: crash_apply.py [--trials 20] [--machines 6] [--disks 1] [--parallelism 3]
+                      [--budget 170] [--seed N] [--fail-fast] [--keep]
 Prints a table; exits 1 if any trial did not converge.
 """
 
@@ -206,7 +209,7 @@ def _serial(state: Path) -> int:
 def _kill_during(
     op: str, bp: Path, state: Path, parallelism: int, after_steps: int, extra: float
 ) -> str:
-    """Start ``op``; once ``after_steps`` steps are recorded, wait ``extra`` s and SIGKILL it.
+    """Start ``op``; once ``after_steps`` state writes happened, wait ``extra`` s and SIGKILL it.
 
     Waiting on recorded progress (not on wall time) puts every kill inside the
     operation whatever the machine's load; ``extra`` (up to one step's duration)
@@ -226,7 +229,7 @@ def _kill_during(
         return "finished before the kill"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return f"killed after {after_steps} step(s) +{1000 * extra:.0f}ms"
+    return f"killed after {after_steps} write(s) +{1000 * extra:.0f}ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=170.0, help="stop starting trials after this many seconds"
     )
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--fail-fast", action="store_true", help="stop at the first trial that fails")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--worker", choices=["apply", "destroy", "verify"], help=argparse.SUPPRESS)
     ap.add_argument("--blueprint", type=Path, help=argparse.SUPPRESS)
@@ -312,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             detail = "; ".join(report["problems"]) or f"serial {report.get('serial')}"
         failures += verdict != "ok"
         rows.append((trial, op, how, verdict, detail))
+        if failures and args.fail_fast:
+            break
 
     print(
         f"crash test: {args.machines} machines x {args.disks} disks, parallelism {args.parallelism}, seed {seed}, "

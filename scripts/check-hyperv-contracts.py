@@ -162,7 +162,7 @@ class Checker:
 
     def drift(self, vm: MachineSpec) -> str:
         self.raw(f"Get-VM -Name '{vm.name}' | Get-VMNetworkAdapter | Set-VMNetworkAdapterVlan -Access -VlanId 4000;"
-                 f" Set-VMProcessor -VMName '{vm.name}' -RelativeWeight 100")
+                 f" Set-VMProcessor -VMName '{vm.name}' -RelativeWeight 300")
         obs = self.drv.read(vm)
         assert obs is not None
         fields = changed_fields(vm, obs)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -126,12 +127,14 @@ def order_edges(steps: list[Step], state: State | None) -> dict[str, set[str]]:
         if state is not None and s.address in state.resources:
             deps |= set(state.resources[s.address].depends_on)
         old_deps[s.key] = deps
+    users: dict[str, set[str]] = {}
+    for key, deps in old_deps.items():
+        for d in deps:
+            users.setdefault(d, set()).add(key)
     for s in steps:
         if s.action in DELETING:
             # wait for everything that used the object being removed
-            for other in steps:
-                if other.key != s.key and s.address in old_deps[other.key]:
-                    waits[s.key].add(other.key)
+            waits[s.key] |= users.get(s.address, set()) - {s.key}
         else:
             for dep in s.depends_on:
                 for other in by_addr.get(dep, ()):
@@ -159,18 +162,35 @@ class Executor:
         self.parallelism = max(1, int(parallelism))
         self.emit: Callable[[Event], None] = sink or NullSink()
         self.stop = stop or threading.Event()
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # guards self.state in memory
+        self._flush_lock = threading.Lock()  # one state write at a time
+        self._changes = 0  # in-memory changes so far
+        self._durable = 0  # changes covered by the last completed write
 
     # -- state ----------------------------------------------------------------------
     def _record(self, address: str, rec: ResourceState | None) -> None:
-        """Put (or drop) one record and write the state; a failed write stops the run."""
+        """Put (or drop) one record and make it durable before returning.
+
+        Group commit: a write covers every change made before it started, so
+        when several steps finish while a write is in flight, the next single
+        write records them all. Every step is still durable before it counts as
+        done; only the number of writes (and serial increments) shrinks.
+        """
         with self._state_lock:
             if rec is None:
                 if self.state.resources.pop(address, None) is None:
                     return
             else:
                 self.state.resources[address] = rec
-            self.store.write(self.state)
+            self._changes += 1
+            mine = self._changes
+        with self._flush_lock:
+            if self._durable >= mine:
+                return  # a write that started after our change already covered it
+            with self._state_lock:
+                upto = self._changes
+                self.store.write(self.state)
+            self._durable = upto
 
     # -- one step ---------------------------------------------------------------------
     def _owner(self, step: Step) -> Ownership:
@@ -244,11 +264,12 @@ class Executor:
             )
         )
 
-        def ready() -> list[Step]:
-            out = [by_key[k] for k, ws in pending.items() if not ws and k not in results]
-            return sorted(
-                out, key=lambda s: (s.action in DELETING, TYPE_ORDER.get(s.type, 9), s.key)
-            )
+        def priority(s: Step) -> tuple[bool, int, str]:
+            # creates/updates before deletes, networks and storage before machines, then by key
+            return (s.action in DELETING, TYPE_ORDER.get(s.type, 9), s.key)
+
+        ready = [(priority(s), s.key) for s in todo if not waits[s.key]]
+        heapq.heapify(ready)
 
         def skip_dependents(key: str, why: str) -> None:
             todo_keys = list(dependents.get(key, ()))
@@ -264,15 +285,13 @@ class Executor:
 
         fatal: BaseException | None = None
         with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="apply") as pool:
-            submitted: set[str] = set()
             while True:
                 if fatal is None and not self.stop.is_set():
-                    for s in ready():
-                        if len(running) >= self.parallelism:
-                            break
-                        if s.key in submitted:
+                    while ready and len(running) < self.parallelism:
+                        _, key = heapq.heappop(ready)
+                        if key in results:  # skipped after it became ready
                             continue
-                        submitted.add(s.key)
+                        s = by_key[key]
                         self.emit(Event("start", s.address, s.action.value))
                         running[pool.submit(self.run_step, s)] = (s, time.monotonic())
                 if not running:
@@ -302,6 +321,8 @@ class Executor:
                         for k in dependents.get(s.key, ()):
                             if k in pending:
                                 pending[k].discard(s.key)
+                                if not pending[k] and k not in results:
+                                    heapq.heappush(ready, (priority(by_key[k]), k))
                         continue
                     msg = (
                         str(exc)

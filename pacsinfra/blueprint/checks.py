@@ -99,7 +99,23 @@ def run_checks(site: Site, root: Loc | None, file: str,
     check_capacity(site, r)
     check_services(site, r)
     check_phi(site, r)
+    check_deploy(site, r)
     return r.diags
+
+
+def check_deploy(site: Site, r: Reporter) -> None:
+    """Pinned host keys must name a role or a machine of the site."""
+    if site.deploy is None:
+        return
+    members = {
+        m for name, role in site.machines.items() for m in role.member_names(site.metadata.name, name)
+    }
+    for target in site.deploy.host_keys:
+        if target not in site.machines and target not in members:
+            r.add(("deploy", "host_keys", target), f"unknown machine or role {target!r}",
+                  hint=did_you_mean(target, sorted(members | set(site.machines)),
+                                    "roles and machines"),
+                  code="unknown-ref", key=True)
 
 
 # -- provider ---------------------------------------------------------------------------------
@@ -118,6 +134,19 @@ def check_provider(site: Site, r: Reporter) -> None:
               "the hyperv driver needs provider.hyperv.host",
               hint="add provider: {hyperv: {host: hv01, user: ..., password: {env: HV_PASSWORD}}}",
               code="provider")
+    roles = sorted(site.machines)
+    per_role: list[tuple[tuple[Any, ...], Any]] = []
+    if p.kvm is not None and p.kvm.cpu_pinning:
+        per_role.append((("provider", "kvm", "cpu_pinning"), p.kvm.cpu_pinning))
+    if p.vsphere is not None and isinstance(p.vsphere.latency_sensitivity, dict):
+        per_role.append((("provider", "vsphere", "latency_sensitivity"),
+                         p.vsphere.latency_sensitivity))
+    for where, mapping in per_role:
+        for role in mapping:
+            if role not in site.machines:
+                r.add(where + (role,), f"unknown role {role!r}",
+                      hint=did_you_mean(role, roles, "roles"), code="unknown-ref", key=True,
+                      ref=("machines", role))
     seen: dict[str, int] = {}
     for i, h in enumerate(p.hosts):
         if h.name in seen:

@@ -86,6 +86,67 @@ def check_services(site: Site, r: Reporter) -> None:
             need_kind(base + ("config", "replica_of"), svc.config.replica_of, {"database"},
                       "primary")
     _check_ports(site, r)
+    _check_dicom_wiring(site, r)
+    _check_tiers_and_gpus(site, r)
+
+
+def _check_dicom_wiring(site: Site, r: Reporter) -> None:
+    """A router's destination must use the AE title and port its target listens on, and
+    the target must accept the router's AE title."""
+    for rname, router in site.services.items():
+        if not isinstance(router, RouterService):
+            continue
+        for dname, dest in router.config.destinations.items():
+            target = site.services.get(dest.service or "")
+            if not isinstance(target, ArchiveService | RouterService):
+                continue
+            base = ("services", rname, "config", "destinations", dname)
+            tcfg = target.config
+            if dest.ae_title != tcfg.ae_title:
+                r.add(base + ("ae_title",),
+                      f"destination AE title {dest.ae_title!r} is not the AE title of service "
+                      f"{dest.service!r} ({tcfg.ae_title!r})",
+                      hint=f"write ae_title: {tcfg.ae_title}", code="ae-mismatch")
+            if dest.port != tcfg.port:
+                if "port" in dest.model_fields_set:
+                    r.add(base + ("port",),
+                          f"destination port {dest.port}, but service {dest.service!r} listens "
+                          f"on {tcfg.port}", hint=f"write port: {tcfg.port}", code="port-mismatch")
+                else:
+                    r.warn(base, f"destination port not set: the router would use {dest.port}, "
+                           f"but service {dest.service!r} listens on {tcfg.port}",
+                           hint=f"add port: {tcfg.port}", code="port-mismatch")
+            allowed = tcfg.allowed_calling_aes
+            if allowed is not None and router.config.ae_title not in allowed:
+                r.add(("services", dest.service, "config", "allowed_calling_aes"),
+                      f"service {dest.service!r} would refuse router {rname!r}: its AE title "
+                      f"{router.config.ae_title!r} is not in allowed_calling_aes",
+                      hint=f"add {router.config.ae_title} to the list", code="ae-refused")
+
+
+def _check_tiers_and_gpus(site: Site, r: Reporter) -> None:
+    """Archive tiers on the right kind of storage; GPU viewers on machines with a GPU."""
+    for name, svc in site.services.items():
+        if isinstance(svc, ArchiveService):
+            for i, tier in enumerate(svc.config.tiers):
+                sc = site.storage.get(tier.storage_class or "")
+                if sc is None:
+                    continue
+                where = ("services", name, "config", "tiers", i, "storage_class")
+                if tier.kind == "filesystem" and sc.tier == "archive":
+                    r.add(where, f"filesystem tier {tier.name!r} on {tier.storage_class!r}, an "
+                          "archive (object) storage class", hint="use kind: s3 for object storage",
+                          code="archive-tier")
+                elif tier.kind == "s3" and sc.tier != "archive":
+                    r.warn(where, f"s3 tier {tier.name!r} on {tier.storage_class!r}, a "
+                           f"{sc.tier} storage class", hint="object storage is tier: archive",
+                           code="archive-tier")
+        elif isinstance(svc, ViewerService) and svc.config.gpu_required:
+            for role_name, role in site.machines.items():
+                if name in role.services and role.gpu is None:
+                    r.warn(("machines", role_name, "services"),
+                           f"viewer {name!r} needs a GPU (gpu_required) but role {role_name!r} "
+                           "has none", hint="add gpu: {mode: vgpu, profile: ...}", code="gpu")
 
 
 def _listen_ports(svc: Any) -> list[tuple[tuple[str, ...], int]]:

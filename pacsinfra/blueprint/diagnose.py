@@ -201,6 +201,9 @@ def pydantic_diagnostics(
                     fixed = re.sub(r"[^a-z0-9-]+", "-", inp.lower()).strip("-")[:63]
                     if fixed:
                         hint += f", e.g. {fixed!r}"
+            elif pattern.startswith("^(ssh-ed25519"):
+                msg = f"{_short(inp)} is not an SSH public key"
+                hint = "write it as known_hosts does: 'ssh-ed25519 AAAAC3Nza... [comment]'"
             else:
                 msg = f"{_short(inp)} does not match the pattern {pattern}"
         elif etype in _BOUNDS:

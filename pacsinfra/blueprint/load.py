@@ -88,7 +88,7 @@ def _load_overlay(base: dict[str, Any], base_loc: Loc | None, site: str, file: s
         return None, None
     over = sites[site]
     over_loc = sites_loc.child(site) if sites_loc else None
-    if isinstance(over, str):  # an overlay in its own file, relative to the blueprint
+    if isinstance(over, str) and over.strip():  # its own file, relative to the blueprint
         opath = (bp_dir / over).resolve() if not Path(over).is_absolute() else Path(over)
         over, over_loc, odiags = load_yaml(opath, _display(opath))
         diags.extend(odiags)
@@ -183,18 +183,23 @@ def validate(path: str | Path, *, site: str | None = None,
     its diagnostics that the base does not already have are added, marked
     ``[site NAME]``. The returned site is still the base.
     """
+    root_diags: list[Diagnostic] = []
+    data, loc, file = _parse_yaml_root(Path(path), root_diags)
+    root = (data, loc, file, root_diags)  # parsed once, shared by every overlay's run
     loaded, diags = _validate_one(path, site=site, variables=variables, var_files=var_files,
-                                  strict=strict)
+                                  strict=strict, root=root)
     if not all_sites or site is not None:
         return loaded, diags
-    names = _overlay_names(Path(path))
+    names = [str(k) for k in data["sites"]] if (
+        isinstance(data, dict) and isinstance(data.get("sites"), dict) and not root_diags
+    ) else []
     if not names:
         return loaded, diags
     seen = {(d.file, d.line, d.column, d.path, d.message) for d in diags}
     extra: list[Diagnostic] = []
     for name in names:
         _, odiags = _validate_one(path, site=name, variables=variables, var_files=var_files,
-                                  strict=strict)
+                                  strict=strict, root=root)
         for d in odiags:
             key = (d.file, d.line, d.column, d.path, d.message)
             if key in seen or d.code == "unused-var":
@@ -208,16 +213,10 @@ def validate(path: str | Path, *, site: str | None = None,
     return loaded, _finish(diags + extra, strict)
 
 
-def _overlay_names(path: Path) -> list[str]:
-    data, _, diags = load_yaml(path, _display(path))
-    if diags or not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
-        return []
-    return [str(k) for k in data["sites"]]
-
-
 def _validate_one(path: str | Path, *, site: str | None,
                   variables: Mapping[str, str] | None,
-                  var_files: Sequence[str | Path], strict: bool
+                  var_files: Sequence[str | Path], strict: bool,
+                  root: tuple[Any, Loc | None, str, list[Diagnostic]] | None = None,
                   ) -> tuple[LoadedBlueprint | None, list[Diagnostic]]:
     from pydantic import ValidationError
 
@@ -227,7 +226,11 @@ def _validate_one(path: str | Path, *, site: str | None,
 
     bp = Path(path)
     diags: list[Diagnostic] = []
-    data, loc, file = _parse_yaml_root(bp, diags)
+    if root is None:
+        data, loc, file = _parse_yaml_root(bp, diags)
+    else:
+        data, loc, file, root_diags = root
+        diags.extend(root_diags)
     if data is None:
         return None, diags
     if any(d.code == "yaml-bomb" for d in diags):

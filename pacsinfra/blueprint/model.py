@@ -14,7 +14,7 @@ Cross-field rules (references, addresses, capacity, policy) are in
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -349,14 +349,26 @@ class MachineRole(_Strict):
     _role_name: str = ""
 
 
+_HOST_KEY = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}( .*)?$"
+
+
 class DeploySettings(_Strict):
-    """How services are installed on the machines (used by the deploy stage)."""
+    """How services are installed on the machines (used by the deploy stage).
+
+    SSH host keys are never trusted on first use: they come from ``known_hosts`` or are
+    pinned here per machine (``<site>-<role>-<n>``) or per role (all its members).
+    """
 
     engine: Literal["auto", "ssh", "ansible", "local"] = "auto"
     ssh_user: str = "pacs"
     ssh_port: int = Field(22, ge=1, le=65535)
-    ssh_key: SecretRef | None = None
-    python: str | None = None
+    ssh_key: SecretRef | None = None  # the private key file (a secret reference)
+    known_hosts: str | None = None  # an OpenSSH known_hosts file
+    host_keys: dict[str, list[Annotated[str, Field(pattern=_HOST_KEY)]]] = Field(
+        default_factory=dict
+    )
+    python: str | None = None  # interpreter on the targets
+    parallelism: int = Field(10, ge=1, le=1000)
 
 
 class Site(_Strict):

@@ -9,7 +9,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
-from pacsinfra.errors import UsageError
+from pacsinfra.errors import PacsinfraError, UsageError
 
 
 def _peer(text: str) -> tuple[str, dict[str, object]]:
@@ -94,7 +94,10 @@ def serve(
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     cfg = load_config(config, aet, port, data, peers, bind)
     assert isinstance(cfg, ArchiveConfig)
-    ArchiveServer(cfg).serve_forever()
+    try:
+        ArchiveServer(cfg).serve_forever()
+    except OSError as exc:  # port taken, data dir not writable, certificate unreadable, ...
+        raise PacsinfraError(f"cannot run the archive: {exc}") from exc
 
 
 @archive.command()

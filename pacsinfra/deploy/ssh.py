@@ -20,6 +20,7 @@ import hashlib
 import re
 import secrets
 import select
+import shlex
 import socket
 import threading
 import time
@@ -201,7 +202,12 @@ class SSHTransport:
     # -- commands -------------------------------------------------------------------
 
     def run(self, cmd: Command, timeout: float = 60.0, *, input: bytes | None = None) -> Result:
-        """Run ``cmd`` with the login shell; rc 124 (and the channel closed) on timeout."""
+        """Run ``cmd`` with the login shell; rc 124 (and the channel closed) on timeout.
+
+        Closing the channel does not kill the remote command outright (SSH has no portable
+        signal request): it loses its pipes and dies on its next write. Wrap commands that
+        must not outlive the timeout in coreutils ``timeout`` on the target.
+        """
         client = self.connect()
         tr = client.get_transport()
         assert tr is not None
@@ -284,8 +290,6 @@ class SSHTransport:
 
 
 def _q(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
 

@@ -461,6 +461,11 @@ class Supervised:
                         timeout=timeout + 30)
         return ServiceStatus.from_dict(json.loads(out))
 
+    def restart(self, timeout: float = 30.0) -> ServiceStatus:
+        """Stop (if running) and start again, e.g. after the spec or the code changed."""
+        self.stop(timeout)
+        return self.start()
+
     def logs(self, lines: int = 50) -> str:
         return self._cli("logs", *self._where(), "--tail", str(lines))
 

@@ -36,9 +36,9 @@ from pacsinfra.verify.study import PROFILES, dataset_digest, make_study, pixel_d
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 # SOP classes by UID (pynetdicom's sop_class names are generated at import; mypy cannot see them).
-Verification = "1.2.840.10008.1.1"
-StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
-StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
+VERIFICATION = "1.2.840.10008.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
 
 @dataclass
@@ -185,7 +185,7 @@ class _Scu:
     def echo(self, peer: Peer) -> tuple[str, str]:
         from pynetdicom import build_context
 
-        assoc = self.open(peer, [build_context(Verification)])
+        assoc = self.open(peer, [build_context(VERIFICATION)])
         try:
             status = assoc.send_c_echo()
         finally:
@@ -196,10 +196,10 @@ class _Scu:
     def find(self, peer: Peer, query: Dataset) -> list[Dataset]:
         from pynetdicom import build_context
 
-        assoc = self.open(peer, [build_context(StudyRootQueryRetrieveInformationModelFind)])
+        assoc = self.open(peer, [build_context(STUDY_ROOT_FIND)])
         out: list[Dataset] = []
         try:
-            for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            for status, ident in assoc.send_c_find(query, STUDY_ROOT_FIND):
                 code = getattr(status, "Status", None)
                 if code in (0xFF00, 0xFF01) and ident is not None:
                     out.append(ident)
@@ -347,12 +347,12 @@ def run_smoke(
             from pynetdicom import build_context
 
             with Receiver(receiver_ae, receiver_host, receiver_port) as rcv:
-                assoc = scu.open(arc, [build_context(StudyRootQueryRetrieveInformationModelMove)])
+                assoc = scu.open(arc, [build_context(STUDY_ROOT_MOVE)])
                 final: Any = None
                 try:
                     for status, _ident in assoc.send_c_move(
                         _query("STUDY", report.study_uid), receiver_ae,
-                        StudyRootQueryRetrieveInformationModelMove,
+                        STUDY_ROOT_MOVE,
                     ):
                         final = status
                 finally:

@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,12 @@ def _runner() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+def _run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+
+
 def start_cluster(base: Path) -> tuple[PgCluster, list[str]]:
     """initdb + start a cluster under ``base``; returns it and the command prefix used."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
@@ -73,26 +80,19 @@ def start_cluster(base: Path) -> tuple[PgCluster, list[str]]:
     datadir, sockdir = base / "pgdata", base / "sock"
     sockdir.mkdir(exist_ok=True)
     if prefix:
-        # the cluster's user must reach its dirs (pytest temp dirs are 0700 root-owned)
-        for p in [base, *base.parents]:
-            if p == Path("/"):
-                break
-            os.chmod(p, os.stat(p).st_mode | 0o711)
         shutil.chown(base, "postgres")
         shutil.chown(sockdir, "postgres")
-    subprocess.run([*prefix, initdb, "-D", str(datadir), "-U", "pacs", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    _run([*prefix, initdb, "-D", str(datadir), "-U", "pacs", "--auth=trust", "-E", "UTF8",
+          "--no-sync"])
     port = free_port()
     opts = (f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=on "
             "-c max_connections=60 -c shared_buffers=32MB")
-    subprocess.run([*prefix, pg_ctl, "-D", str(datadir), "-o", opts, "-l",
-                    str(base / "pg.log"), "-w", "-t", "60", "start"], check=True,
-                   capture_output=True)
+    _run([*prefix, pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(base / "pg.log"), "-w",
+          "-t", "60", "start"])
     cluster = PgCluster("127.0.0.1", port, "postgres", "pacs", datadir)
     createdb = _pg_bin("createdb")
     if createdb:
-        subprocess.run([*prefix, createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "pacs",
-                        "pacs"], check=True, capture_output=True)
+        _run([*prefix, createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "pacs", "pacs"])
         cluster.database = "pacs"
     return cluster, prefix
 
@@ -102,17 +102,26 @@ def stop_cluster(cluster: PgCluster, prefix: list[str]) -> None:
     pg_ctl = _pg_bin("pg_ctl")
     assert pg_ctl
     subprocess.run([*prefix, pg_ctl, "-D", str(cluster.datadir), "-m", "fast", "-w", "stop"],
-                   capture_output=True)
+                   capture_output=True, cwd="/")
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    """A running private PostgreSQL with an empty ``pacs`` database."""
-    base = tmp_path_factory.mktemp("pg")
+def postgres() -> Iterator[PgCluster]:
+    """A running private PostgreSQL with an empty ``pacs`` database.
+
+    Lives in its own /tmp directory, not pytest's: pytest resets its root temp dir to
+    0700 at every session start (other sessions may run concurrently), which would
+    lock the ``postgres`` user out of a running cluster.
+    """
+    base = Path(tempfile.mkdtemp(prefix="pacsinfra-pg-"))
+    os.chmod(base, 0o755)
     t0 = time.monotonic()
-    cluster, prefix = start_cluster(base)
-    assert time.monotonic() - t0 < 120
     try:
-        yield cluster
+        cluster, prefix = start_cluster(base / "cluster")
+        assert time.monotonic() - t0 < 120
+        try:
+            yield cluster
+        finally:
+            stop_cluster(cluster, prefix)
     finally:
-        stop_cluster(cluster, prefix)
+        shutil.rmtree(base, ignore_errors=True)

@@ -270,3 +270,18 @@ def test_unknown_sop_class_when_configured(tmp_path: Path) -> None:
         assert arch.stop() == 0
     assert _stored_dataset(arch.data, read_file_meta_info(f).MediaStorageSOPInstanceUID) == \
         _ds_bytes(f)
+
+
+def test_cli_port_in_use_is_a_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "pacsinfra", "archive", "serve", "--aet", "A",
+                            "--bind", "127.0.0.1", "--port", str(port), "--data",
+                            str(tmp_path / "d")], capture_output=True, text=True, cwd=REPO,
+                           timeout=60)
+    assert r.returncode == 1
+    assert "cannot run the archive" in r.stderr and "Traceback" not in r.stderr

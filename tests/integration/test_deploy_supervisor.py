@@ -14,6 +14,7 @@ from support.netns_hosts import NetnsHost, netns_hosts  # noqa: F401 - fixture
 from pacsinfra.deploy.local import LocalTransport
 from pacsinfra.deploy.ssh import SSHTarget, SSHTransport
 from pacsinfra.deploy.supervisor import ServiceSpec, ServiceStatus, Supervised, main
+from pacsinfra.errors import DeployError
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,15 @@ def test_kill_9_restarts_then_stop(tmp_path: Path) -> None:
     assert not _alive(first) and _alive(st2.pid)  # type: ignore[arg-type]
     logs = svc.logs(20)
     assert f"up {first}" in logs and f"up {st2.pid}" in logs and "signal SIGKILL" in logs
+
+    changed = Supervised(LocalTransport(), ServiceSpec(**{**spec.__dict__, "backoff_max": 5.0}),
+                         python=sys.executable)
+    with pytest.raises(DeployError, match="another spec"):
+        changed.start()  # a running service is not silently reconfigured...
+    st3 = changed.restart()  # ...but restarted on request
+    assert st3.state == "running" and st3.pid not in (first, st2.pid)
+    assert not _alive(st2.pid)  # type: ignore[arg-type]
+    st2 = st3
 
     stopped = svc.stop()
     assert stopped.state == "stopped" and not stopped.active

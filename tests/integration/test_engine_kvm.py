@@ -202,7 +202,7 @@ def test_plan_apply_plan_is_empty_via_cli(site: tuple[str, Path], conn: Any, cap
     code, out, err = run_cli(capsys, "apply", str(bp))
     assert code == 2 and "--auto-approve" in err
     assert owned_domains(conn, name) == []
-    code, out, err = run_cli(capsys, "apply", str(bp), "--auto-approve")
+    code, out, err = run_cli(capsys, "apply", str(bp), "--auto-approve", "--parallelism", "1")
     assert code == 0, err
     assert "Apply complete: 6 done (6 create), 0 failed, 0 skipped" in out
     assert owned_domains(conn, name) == [

@@ -337,3 +337,16 @@ def test_network_settings_and_notes_round_trip(drv: HypervDriver, host: HypervHo
     with pytest.raises(PowerShellFailed, match="already bound"):
         drv.create(dataclasses.replace(ext, address="network.b", name="B", settings={"switch": "B", "adapter": "Ethernet 2"}),
                    owner("network.b"))
+
+
+def test_wait_for_address_static_or_reported(drv: HypervDriver, host: HypervHost) -> None:
+    build(drv)
+    spec = archive()
+    obs = drv.create(spec, owner(spec.address))
+    assert drv.wait_for_address(obs, timeout=0) == "10.10.110.11"  # static: no wait
+    dhcp = archive(1, nics=(NicSpec("PACS-MGMT"),))
+    got = drv.create(dhcp, owner(dhcp.address))
+    with pytest.raises(TaskFailed, match="no address for st-mary-archive-2 within 0s"):
+        drv.wait_for_address(got, timeout=0)
+    host.vm(dhcp.name).adapters[0].addresses = ["fe80::5", "10.10.1.23"]
+    assert drv.wait_for_address(got, timeout=5) == "10.10.1.23"

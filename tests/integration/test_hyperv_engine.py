@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 ENV = "PACSINFRA_TEST_HV_PASSWORD"
 
 
-def site_yaml(port: int, *, memory: str = "8GiB", archives: int = 2, shares: str = "high") -> str:
+def site_yaml(port: int, *, memory: str = "8GiB", archives: int = 2, shares: str = "high",
+              vlan: int = 110, os_size: str = "40GiB") -> str:
     addrs = ", ".join(f"10.10.110.{11 + i}" for i in range(archives))
     return f"""\
 apiVersion: pacsinfra/v1
@@ -40,7 +41,7 @@ images:
   debian12:
     hyperv: {{vhdx: 'C:\\Images\\debian12.vhdx'}}
 networks:
-  dicom: {{purpose: dicom, vlan: 110, cidr: 10.10.110.0/24, gateway: 10.10.110.1, mtu: 9000, hyperv: {{switch: PACS-DICOM}}}}
+  dicom: {{purpose: dicom, vlan: {vlan}, cidr: 10.10.110.0/24, gateway: 10.10.110.1, mtu: 9000, hyperv: {{switch: PACS-DICOM}}}}
   management: {{purpose: management, cidr: 10.10.1.0/24, hyperv: {{switch: PACS-MGMT}}}}
 storage:
   flash: {{tier: performance, hyperv: {{path: 'D:\\PACS\\Flash'}}}}
@@ -51,7 +52,7 @@ machines:
     cpu: {{count: 4, reservation: 4000MHz, shares: {shares}}}
     memory: {{size: {memory}}}
     disks:
-      - {{name: os, size: 40GiB, storage: flash}}
+      - {{name: os, size: {os_size}, storage: flash}}
     nics:
       - {{network: dicom, addresses: [{addrs}]}}
       - {{network: management}}
@@ -219,3 +220,24 @@ def test_create_killed_half_way_is_finished_by_the_next_apply(
         eng.apply(plan)
         assert not eng.plan().has_changes
     assert len(host.vms) == 3 and all(v.state == "Running" for v in host.vms.values())
+
+
+def test_vlan_and_disk_growth_apply_live(tmp_path: Path, endpoint: WsmanServer, host: HypervHost) -> None:
+    with engine(tmp_path, endpoint) as eng:
+        eng.apply(eng.plan())
+    with engine(tmp_path, endpoint, vlan=120, os_size="60GiB") as eng:
+        plan = eng.plan()
+        kinds = {s.address: {f.name: f.kind.name for f in s.fields} for s in plan.changes}
+        assert kinds == {
+            "network.dicom": {"vlan": "IN_PLACE"},
+            "machine.archive[0]": {"disks": "IN_PLACE", "nics": "IN_PLACE"},
+            "machine.archive[1]": {"disks": "IN_PLACE", "nics": "IN_PLACE"},
+        }
+        host.calls.clear()
+        eng.apply(plan)
+        assert not eng.plan().has_changes
+    assert all(p["stop_first"] is False for n, p in host.calls if n == "set-vm")
+    for name in ("st-mary-archive-1", "st-mary-archive-2"):
+        vm = host.vm(name)
+        assert vm.state == "Running" and vm.adapters[0].vlan == 120
+        assert host.files[vm.drives[0]["path"].lower()].size_mib == 61440

@@ -54,3 +54,22 @@ def test_profiles_have_representative_shapes() -> None:
     assert len(tomo[0].PixelData) == tomo[0].Rows * tomo[0].Columns * 2 * 50
     with pytest.raises(ValueError, match="unknown profiles"):
         run_load(Peer(ae_title="X", host="127.0.0.1", port=1), profiles=["pet"], studies=1)
+
+
+def test_command_line_load_and_bad_input(orthanc: dict[str, object],  # noqa: F811
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from pacsinfra.verify.__main__ import main
+
+    peer = orthanc["peer"]
+    assert isinstance(peer, Peer)
+    target = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    assert main(["load", "--target", target, "--profiles", "cr", "--studies", "2",
+                 "--scale", "0.05", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["instances"] == 2 and out["errors"] == 0
+    for bad in (["load", "--target", "nohost", "--studies", "1"],
+                ["load", "--target", target],
+                ["load", "--target", target, "--studies", "1", "--profiles", "pet"],
+                ["smoke", "--entry", target, "--orthanc-delete", "X=ftp://x"]):
+        assert main(bad) == 2, bad
+        assert capsys.readouterr().err.startswith("error: ")

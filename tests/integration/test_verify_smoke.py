@@ -242,3 +242,17 @@ def test_digests_catch_a_changed_element_but_not_an_added_one() -> None:
     pixels[100] ^= 1
     flipped.PixelData = bytes(pixels)
     assert pixel_digest(flipped) != pixel_digest(sent)
+
+
+def test_command_line_smoke(dcmqrscp: dict[str, object],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    from pacsinfra.verify.__main__ import main
+
+    peer = dcmqrscp["peer"]
+    assert isinstance(peer, Peer)
+    rc = main(["smoke", "--entry", f"{peer.ae_title}@{peer.host}:{peer.port}",
+               "--receiver", f"{RCV_AE}@127.0.0.1:{dcmqrscp['rcv_port']}",
+               "--series", "1", "--instances", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "smoke test PASSED" in out and "SKIP" in out

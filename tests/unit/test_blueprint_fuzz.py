@@ -145,3 +145,26 @@ def test_byte_mutations_never_crash(data: bytes) -> None:
 @given(mutated_doc(), st.sampled_from(["--strict", "--site=dr"]))
 def test_options_never_crash(text: str, option: str) -> None:
     _check(text.encode(), option)
+
+
+MULTISITE = REPO / "blueprints" / "multisite.yaml"
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["archive_count", "archive_addrs", "vcenter", "other"]), garbage, max_size=4
+    ),
+    st.text(max_size=20),
+    st.sampled_from([[], ["--site=dr"], ["--site=lab"], ["--strict"]]),
+)
+def test_variables_never_crash(values: dict[str, Any], cli_value: str, extra: list[str]) -> None:
+    vf = TMP / "vars.yaml"
+    vf.write_text(yaml.safe_dump(values))
+    argv = ["validate", str(MULTISITE), "--format", "json", "--var-file", str(vf),
+            "--var", f"vcenter={cli_value}", *extra]
+    result = CliRunner().invoke(cli, argv)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code in (0, 2), result.output
+    json.loads(result.stdout)

@@ -224,3 +224,16 @@ def test_var_file_values_are_located_in_the_var_file(tmp_path: Path) -> None:
     vf.write_text("archive_count: 2\n")
     bp = load_blueprint(REPO / "blueprints" / "multisite.yaml", var_files=[vf])
     assert bp.locate("machines.archive.count") == (str(vf), 1, 16)
+
+
+def test_bench_blueprint_is_valid(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from bench_validate import generate
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    p = tmp_path / "big.yaml"
+    p.write_text(generate(60))
+    bp = load_blueprint(p, strict=True)
+    assert len(bp.site.machines) == 60
+    assert bp.locate("machines.role0059.nics[1].addresses[0]")[1] > 700

@@ -26,14 +26,14 @@ def _actions(plan) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_plan_apply_plan_is_empty(tmp_path: Path) -> None:
     drv = MemDriver()
     eng = _engine(tmp_path, drv)
-    result = eng.apply(eng.plan())
+    result = eng.apply(eng.plan(), parallelism=1)
     assert result.ok and len(result.by_status("done")) == 6
     assert len(drv.objects) == 6
     # MACs were assigned by the "hypervisor"; they must not show as drift
     again = eng.plan()
     assert not again.has_changes, _actions(again)
     state = eng.read_state()
-    assert state is not None and state.serial == 6  # one write per completed step
+    assert state is not None and state.serial == 6  # parallelism 1: one write per completed step
     assert set(state.resources) == {s.address for s in again.steps}
 
 
@@ -254,3 +254,22 @@ def test_a_create_that_leaves_something_behind_is_reported_and_adopted(tmp_path:
     assert _actions(eng.plan()) == {"machine.viewer[0]": "adopt"}
     eng.apply(eng.plan())
     assert not eng.plan().has_changes and len(drv.objects) == 6
+
+
+def test_parallel_steps_share_state_writes_but_each_is_recorded(tmp_path: Path) -> None:
+    drv = MemDriver()
+    drv.delay = 0.01
+    eng = _engine(tmp_path, drv, archives=30)
+    writes: list[int] = []
+    store_write = eng.store.write
+
+    def counting_write(state) -> None:  # type: ignore[no-untyped-def]
+        writes.append(len(state.resources))
+        store_write(state)
+
+    eng.store.write = counting_write  # type: ignore[method-assign]
+    eng.apply(eng.plan(), parallelism=10)
+    state = eng.read_state()
+    assert state is not None and len(state.resources) == 3 + 30 + 1
+    assert state.serial == len(writes) <= 34
+    assert writes == sorted(writes)  # each write holds at least what the one before held

@@ -38,6 +38,9 @@ def test_study_order_and_one_claim_per_study(q: Queue) -> None:
     assert [i.sop_uid for i in q.next_batch("a", 10, now=200)][:1] == ["1.0"]
     assert q.claim([b1[0].id], "a") == [b1[0].id]
     assert q.claim([b1[0].id], "a") == []  # claimed once only
+    # a group worker may look past a study whose member is busy
+    assert [i.sop_uid for i in q.next_batch("a", 10, now=300, skip=["2"])] == []
+    assert [i.sop_uid for i in q.next_batch("a", 10, now=300, skip=["1"])][:1] == ["2.0"]
 
 
 def test_recover_done_dead_retry_purge(q: Queue, tmp_path: Path) -> None:

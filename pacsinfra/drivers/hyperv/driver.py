@@ -8,6 +8,7 @@ Every operation renders one script (``scripts.render``) and runs it through the 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from pacsinfra.drivers.hyperv.client import HypervClient, open_session
 from pacsinfra.drivers.hyperv.config import HypervSettings, read_settings, setting
 from pacsinfra.drivers.hyperv.marks import MARK_PREFIX
 from pacsinfra.drivers.hyperv.scripts import Script, render
-from pacsinfra.errors import AlreadyExists, AuthError, TaskFailed
+from pacsinfra.errors import AlreadyExists, AuthError, CapabilityError, TaskFailed
 
 WINDOWS_FILE_NAME_FORBIDDEN = '\\/:*?"<>|\n\r\t'
 POWERSHELL_WILDCARDS = "[]`"
@@ -293,6 +294,23 @@ class HypervDriver(Driver):
         params = mach.set_vm_parameters(spec, observed.id, owner, fields, stop_first=stop_first, ctx=ctx,
                                         shutdown_timeout=self.settings.shutdown_timeout)
         return self._vm(self.run("set-vm", params), spec)
+
+    def wait_for_address(self, observed: Observed, *, timeout: float) -> str:
+        """A static address at once; else the first IPv4 the integration services report."""
+        try:
+            return super().wait_for_address(observed, timeout=0)
+        except CapabilityError:
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.read(observed.spec)
+            if got is not None and got.addresses:
+                return got.addresses[0]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TaskFailed(f"hyperv: no address for {observed.spec.name} within {timeout:.0f}s "
+                                 "(are the guest's integration services running?)")
+            time.sleep(min(2.0, left))
 
     def delete(self, observed: Observed) -> None:
         """Remove the object (a VM's disks first, the VM last). Absent is success; unowned is refused."""

@@ -161,6 +161,7 @@ class Query:
     returned: list[str]  # keywords in column order
     requested: list[Dataset | Any]  # the identifier's elements, to answer in order
     level: str
+    plan: list[tuple[Any, str, int | None, str]] | None = None  # built on first response
 
 
 def _value_str(elem: Any) -> str:
@@ -214,32 +215,44 @@ def compile_query(identifier: Dataset, level: str, *, select: str | None = None)
     return Query(sql, params, returned, requested, level)
 
 
-def response(query: Query, row: tuple[Any, ...]) -> Dataset:
-    """One C-FIND match: the requested attributes only, valued where the index knows them."""
-    values = dict(zip(query.returned, row, strict=False))
-    ds = Dataset()
-    ds.QueryRetrieveLevel = query.level
+def _plan(query: Query) -> list[tuple[Any, str, int | None, str]]:
+    """Per requested element: (tag, VR, column index or None, kind) — computed once."""
+    index = {kw: i for i, kw in enumerate(query.returned)}
+    plan = []
     for elem in query.requested:
-        kw = elem.keyword
-        if elem.VR == "SQ":
-            ds.add_new(elem.tag, "SQ", [])
-            continue
         vr = elem.VR
-        if kw and kw in values:
-            v = values[kw]
-            if v is None:
-                v = ""
-            if kw == "ModalitiesInStudy":
-                v = str(v).strip("\\")
-            elif vr in ("IS", "US", "UL") and v != "":
-                v = int(v) if not isinstance(v, str) else v
+        if vr != "SQ":
             try:
                 vr = dictionary_VR(elem.tag)
             except KeyError:
                 pass
-            ds.add_new(elem.tag, vr, v if v != "" else None)
-        else:
-            ds.add_new(elem.tag, vr, None)
+        kw = elem.keyword
+        kind = "modalities" if kw == "ModalitiesInStudy" else (
+            "int" if vr in ("IS", "US", "UL") else "text")
+        plan.append((elem.tag, vr, index.get(kw) if kw else None, kind))
+    return plan
+
+
+def response(query: Query, row: tuple[Any, ...]) -> Dataset:
+    """One C-FIND match: the requested attributes only, valued where the index knows them."""
+    if query.plan is None:
+        query.plan = _plan(query)
+    plan = query.plan
+    ds = Dataset()
+    ds.QueryRetrieveLevel = query.level
+    for tag, vr, col, kind in plan:
+        if vr == "SQ":
+            ds.add_new(tag, "SQ", [])
+            continue
+        v = row[col] if col is not None and col < len(row) else None
+        if v is None or v == "":
+            ds.add_new(tag, vr, None)
+            continue
+        if kind == "modalities":
+            v = str(v).strip("\\")
+        elif kind == "int" and not isinstance(v, str):
+            v = int(v)
+        ds.add_new(tag, vr, v)
     return ds
 
 

@@ -26,6 +26,7 @@ from pacsinfra.pacs.router.spool import Spool
 
 LOG = logging.getLogger("pacsinfra.router")
 BATCH = 32
+SKIP_STUDIES = 8  # studies a group worker looks past when their member is busy
 IDLE_RELEASE = 1.0  # seconds without work before a worker releases its associations
 
 
@@ -205,20 +206,27 @@ class Forwarder:
 
     def _step(self, target: Target, senders: dict[str, Sender]) -> bool:
         with target.lock:
-            batch = self.queue.next_batch(target.name, BATCH)
-            if not batch:
-                return False
-            if target.strategy is not None and not any(
-                    self.nodes[m].healthy for m in target.members):
-                # Every member is down: the head waits like any failed attempt.
-                head = batch[0]
-                now = time.time()
-                self.queue.failed(head.id, status=None, error="no healthy member in group",
-                                  next_at=self._retry_at(head, now, permanent=False), node=None)
-                return True
-            node = self._choose(target, batch)
-            if node is None:
-                return False
+            skip: list[str] = []
+            while True:
+                batch = self.queue.next_batch(target.name, BATCH, skip=skip)
+                if not batch:
+                    return False
+                if target.strategy is not None and not any(
+                        self.nodes[m].healthy for m in target.members):
+                    # Every member is down: the head waits like any failed attempt.
+                    head = batch[0]
+                    now = time.time()
+                    self.queue.failed(head.id, status=None, error="no healthy member in group",
+                                      next_at=self._retry_at(head, now, permanent=False),
+                                      node=None)
+                    return True
+                node = self._choose(target, batch)
+                if node is not None:
+                    break
+                if target.strategy is None or len(skip) >= SKIP_STUDIES:
+                    return False
+                # This study's member is busy; a study bound elsewhere need not wait for it.
+                skip.append(batch[0].study_uid)
             ids = self.queue.claim([b.id for b in batch], node)
         try:
             self._send(target, node, [b for b in batch if b.id in set(ids)], senders)

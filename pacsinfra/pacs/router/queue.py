@@ -182,7 +182,7 @@ class _PgCursor:
         return self._cur.fetchone()
 
 
-def _in(ids: Sequence[int]) -> str:
+def _in(ids: Sequence[Any]) -> str:
     return ",".join("?" * len(ids))
 
 
@@ -238,16 +238,21 @@ class Queue:
         return len(rows)
 
     # -- send side ---------------------------------------------------------------------------
-    def next_batch(self, dest: str, limit: int, now: float | None = None) -> list[Item]:
-        """The ready head of the oldest claimable study of ``dest`` (not claimed yet)."""
+    def next_batch(self, dest: str, limit: int, now: float | None = None,
+                   skip: Sequence[str] = ()) -> list[Item]:
+        """The ready head of the oldest claimable study of ``dest`` (not claimed yet).
+
+        ``skip``: studies not to consider (their member has no free association).
+        """
         now = time.time() if now is None else now
+        not_in = f"AND i.study_uid NOT IN ({_in(skip)}) " if skip else ""
         with self._db.tx() as cur:
             head = cur.execute(
                 f"SELECT {_COLS} FROM items i WHERE i.dest = ? AND i.state = 'pending' "
-                "AND i.next_at <= ? AND NOT EXISTS (SELECT 1 FROM items j WHERE "
+                f"AND i.next_at <= ? {not_in}AND NOT EXISTS (SELECT 1 FROM items j WHERE "
                 "j.dest = i.dest AND j.study_uid = i.study_uid AND j.id < i.id AND "
                 "j.state IN ('held', 'pending', 'inflight')) ORDER BY i.id LIMIT 1",
-                (dest, now)).fetchone()
+                (dest, now, *skip)).fetchone()
             if head is None:
                 return []
             rows = cur.execute(

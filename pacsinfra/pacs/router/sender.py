@@ -121,6 +121,10 @@ class Sender:
         if self.assoc is not None and self.assoc.is_established and not new:
             return None
         self._wanted[sop] = known + new
+        if sum(len(v) for v in self._wanted.values()) > _MAX_CONTEXTS:
+            # Too many SOP classes for one association: start over with this one only,
+            # so a class is never refused merely because we ran out of contexts.
+            self._wanted = {sop: wanted}
         self.close()
         peer = Peer(ae_title=self.dest.ae_title, host=self.dest.host or "", port=self.dest.port,
                     tls=self.dest.tls)

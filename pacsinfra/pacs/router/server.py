@@ -47,10 +47,13 @@ def open_queue(cfg: RouterConfig) -> Queue:
     """The queue the config names (SQLite file under the spool by default)."""
     q = cfg.queue
     if q.backend == "postgresql":
-        parts = [f"host={q.host}", f"port={q.port}", f"dbname={q.database}", f"user={q.user}"]
-        if q.password is not None:
-            parts.append(f"password={q.password.resolve()}")
-        return Queue.postgresql(" ".join(parts))
+        from psycopg.conninfo import make_conninfo
+
+        if not q.host:
+            raise ValueError("queue.host is not set (a blueprint fills it from queue.service)")
+        password = q.password.resolve() if q.password is not None else None
+        return Queue.postgresql(make_conninfo(host=q.host, port=q.port, dbname=q.database,
+                                              user=q.user, password=password))
     path = Path(q.path) if q.path else Path(cfg.spool_dir) / "queue.sqlite"
     return Queue.sqlite(path)
 
@@ -78,6 +81,9 @@ class RouterServer:
         recovered = self.queue.recover()
         if recovered:
             LOG.warning("%d rows were in flight when the router stopped: re-sending", recovered)
+        for dest in sorted(set(self.queue.stats()) - set(self.forwarder.targets)):
+            LOG.warning("queue rows for %r, which this config no longer names: they wait "
+                        "(see `router queue list --dest %s`)", dest, dest)
         swept = self.spool.sweep(self.queue.referenced_spools())
         if swept:
             LOG.info("removed %d unreferenced spool files", swept)
