@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -243,7 +244,14 @@ def fill_index(db_path: Path, n_instances: int) -> tuple[str, int]:
     per_study, studies_per_patient, per_series = 50, 2, 25
     n_studies = max(1, n_instances // per_study)
     now = time.time()
-    c = db.conn()
+    with db.connection() as c:
+        _bulk_rows(c, n_studies, per_study, studies_per_patient, per_series, now)
+    db.close()
+    return f"P{(n_studies // 2) // studies_per_patient:07d}", studies_per_patient
+
+
+def _bulk_rows(c: Any, n_studies: int, per_study: int, studies_per_patient: int,
+               per_series: int, now: float) -> None:
     c.execute("BEGIN")
     patients, studies, series, inst = [], [], [], []
     for s in range(n_studies):
@@ -276,8 +284,6 @@ def fill_index(db_path: Path, n_instances: int) -> tuple[str, int]:
     c.executemany("INSERT INTO patient VALUES (?,?,?,?,?,?)", patients)
     c.execute("COMMIT")
     c.execute("ANALYZE")
-    db.close()
-    return f"P{(n_studies // 2) // studies_per_patient:07d}", studies_per_patient
 
 
 def find_latency(port: int, aet: str, patient_id: str, n: int = 200) -> tuple[float, int]:

@@ -60,7 +60,7 @@ services:
       ae_title: BIG_ROUTER
       port: 104
       destinations:
-        archive: {ae_title: BIG_ARCH, service: archive}
+        archive: {ae_title: BIG_ARCH, service: archive, port: 11112}
       rules:
         - {name: all, forward: [archive]}
 machines:

@@ -87,6 +87,7 @@ def check_services(site: Site, r: Reporter) -> None:
                       "primary")
     _check_ports(site, r)
     _check_dicom_wiring(site, r)
+    _check_database_wiring(site, r)
     _check_tiers_and_gpus(site, r)
 
 
@@ -116,12 +117,51 @@ def _check_dicom_wiring(site: Site, r: Reporter) -> None:
                     r.warn(base, f"destination port not set: the router would use {dest.port}, "
                            f"but service {dest.service!r} listens on {tcfg.port}",
                            hint=f"add port: {tcfg.port}", code="port-mismatch")
+            if dest.tls.enabled != tcfg.tls.enabled:
+                want = "on" if tcfg.tls.enabled else "off"
+                r.add(base + ("tls",),
+                      f"destination TLS is {'on' if dest.tls.enabled else 'off'} but service "
+                      f"{dest.service!r} has TLS {want}: associations would fail",
+                      hint=f"set tls: {{enabled: {str(tcfg.tls.enabled).lower()}}} on both",
+                      code="tls-mismatch")
             allowed = tcfg.allowed_calling_aes
             if allowed is not None and router.config.ae_title not in allowed:
                 r.add(("services", dest.service, "config", "allowed_calling_aes"),
                       f"service {dest.service!r} would refuse router {rname!r}: its AE title "
                       f"{router.config.ae_title!r} is not in allowed_calling_aes",
                       hint=f"add {router.config.ae_title} to the list", code="ae-refused")
+
+
+def _check_database_wiring(site: Site, r: Reporter) -> None:
+    """An index / queue on a database service uses its port and a database it creates."""
+    for name, svc in site.services.items():
+        if isinstance(svc, ArchiveService):
+            conn: Any = svc.config.index
+            where: tuple[Any, ...] = ("services", name, "config", "index")
+        elif isinstance(svc, RouterService):
+            conn, where = svc.config.queue, ("services", name, "config", "queue")
+        else:
+            continue
+        if conn.backend != "postgresql" or not conn.service:
+            continue
+        db = site.services.get(conn.service)
+        if not isinstance(db, DatabaseService):
+            continue  # reported by the reference checks
+        if conn.port != db.config.port:
+            if "port" in conn.model_fields_set:
+                r.add(where + ("port",), f"port {conn.port}, but database service "
+                      f"{conn.service!r} listens on {db.config.port}",
+                      hint=f"write port: {db.config.port}", code="port-mismatch")
+            else:
+                r.warn(where, f"port not set: {conn.port} would be used, but database service "
+                       f"{conn.service!r} listens on {db.config.port}",
+                       hint=f"add port: {db.config.port}", code="port-mismatch")
+        if conn.database not in db.config.databases:
+            r.add(where + ("database",) if "database" in conn.model_fields_set else where,
+                  f"database {conn.database!r} is not one of the databases service "
+                  f"{conn.service!r} creates ({', '.join(db.config.databases) or 'none'})",
+                  hint=f"add {conn.database} to services.{conn.service}.config.databases",
+                  code="database-missing")
 
 
 def _check_tiers_and_gpus(site: Site, r: Reporter) -> None:

@@ -223,6 +223,7 @@ def _validate_one(path: str | Path, *, site: str | None,
     from pacsinfra.blueprint.checks import run_checks
     from pacsinfra.blueprint.checks_raw import SUPERSEDED, router_references
     from pacsinfra.blueprint.model import Site
+    from pacsinfra.blueprint.repair import repair_unknown_keys
 
     bp = Path(path)
     diags: list[Diagnostic] = []
@@ -277,10 +278,27 @@ def _validate_one(path: str | Path, *, site: str | None,
         )
         # Still run the cross-field checks over the entries that are valid, so a
         # typo in one role does not hide a dangling reference in another.
-        partial = partial_site(substituted, exc)
+        fixed, fixed_loc, changed = repair_unknown_keys(
+            substituted, merged_loc, list(exc.errors(include_url=False)), Site
+        )
+        first_exc: Any = exc
+        if changed:
+            try:
+                Site.model_validate(fixed)
+                first_exc = None
+            except ValidationError as again:
+                first_exc = again
+        if first_exc is None:
+            partial: tuple[Any, dict[str, Any]] | None = (Site.model_validate(fixed), {})
+        else:
+            partial = partial_site(fixed, first_exc)
         if partial is not None:
             site_model, dropped = partial
-            diags.extend(run_checks(site_model, merged_loc, file, dropped=dropped))
+            known = {(x.file, x.line, x.column, x.message) for x in diags}
+            diags.extend(
+                d for d in run_checks(site_model, fixed_loc, file, dropped=dropped)
+                if (d.file, d.line, d.column, d.message) not in known
+            )
         return None, _finish(diags, strict)
     diags.extend(run_checks(model, merged_loc, file))
     diags = _finish(diags, strict)

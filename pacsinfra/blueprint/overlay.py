@@ -30,6 +30,9 @@ from pacsinfra.errors import Diagnostic
 VAR_RE = re.compile(r"\$(\$?)\{\s*([^}]*?)\s*\}")
 VAR_NAME_RE = re.compile(r"^var\.([A-Za-z_][A-Za-z0-9_-]*)$")
 DELETE = None  # an overlay value of null deletes the key
+# What a value with an unresolvable reference becomes: its error is reported once, at
+# the reference; a null keeps the raw text from causing follow-up errors elsewhere.
+UNRESOLVED = None
 
 
 def merge(base: Any, base_loc: Loc | None, over: Any, over_loc: Loc | None) -> tuple[Any, Loc | None]:
@@ -103,12 +106,14 @@ class Substituter:
             if whole and not whole.group(1):
                 ok, result = self._lookup(whole.group(2), loc, path)
                 if not ok:
-                    return value, loc
+                    return UNRESOLVED, loc
                 vloc = self.locs.get(whole.group(2)[4:].strip())
                 if vloc is not None and loc is not None:
                     return result, vloc.with_key(loc.key_line, loc.key_col)
                 return result, loc
-            return self._string(value, loc, path), loc
+            before = len(self.diags)
+            text = self._string(value, loc, path)
+            return (UNRESOLVED if len(self.diags) > before else text), loc
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             new_children: dict[Any, Loc] = {}

@@ -52,6 +52,8 @@ def observe(
 
     Of two objects marked with the same address, the one whose id the state
     records wins, then the one carrying the desired name (``names``: address -> name).
+    Two entries with the same id are one object listed under two names: kept once,
+    never deleted as a duplicate.
     """
     by_address: dict[str, Observed] = {}
     extra: list[Observed] = []
@@ -74,7 +76,8 @@ def observe(
             continue
         if rank(obs) > rank(prev):
             by_address[addr], obs = obs, prev
-        extra.append(obs)
+        if obs.id != by_address[addr].id:  # the same object listed twice is not a duplicate
+            extra.append(obs)
     return Observation(by_address, extra)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
-from conftest import need_binary, need_module
+from conftest import need, need_binary, need_module
 
 IMAGE = "/var/lib/libvirt/images/pacsinfra-test.qcow2"
 
@@ -134,6 +135,8 @@ def load(path: Path, **kw: Any) -> Any:
 def conn() -> Any:
     """A connection to libvirt's test:///default, held for the test (keeps its state alive)."""
     need_module("libvirt")
+    # the KVM driver builds a cloud-init seed ISO per machine (cloud_init defaults to on)
+    need(bool(shutil.which("genisoimage") or shutil.which("xorriso")), "genisoimage or xorriso")
     import libvirt
 
     c = libvirt.open("test:///default")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import need_module
 from pg_fixture import PgCluster, postgres  # noqa: F401 - fixture
-from test_router_support import Router, StatusSCP, instance, send, wait_for
+from test_router_support import Router, StatusSCP, instance, port, send, wait_for
 
 from pacsinfra.pacs.router.queue import Queue
 
@@ -71,4 +72,48 @@ def test_router_on_postgresql(postgres: PgCluster, tmp_path: Path) -> None:  # n
         assert "d: done=10" in out.stdout, out.stdout + out.stderr
     finally:
         router.stop()
+        dest.stop()
+
+
+def test_two_routers_share_one_queue_and_keep_study_order(postgres: PgCluster,  # noqa: F811
+                                                         tmp_path: Path) -> None:
+    need_module("psycopg")
+    _reset(postgres)
+    dest = StatusSCP(0, "DEST")
+    shared = {
+        "destinations": {"d": {**dest.dest(), "max_associations": 2}},
+        "rules": [{"name": "all", "forward": ["d"]}],
+        "spool_dir": str(tmp_path / "shared-spool"),  # both routers may send any row
+        "queue": {"backend": "postgresql", "host": postgres.host, "port": postgres.port,
+                  "database": postgres.database, "user": postgres.user},
+    }
+    a = Router(tmp_path / "a", {**shared, "metrics_port": port()})
+    b = Router(tmp_path / "b", {**shared, "metrics_port": port()})
+    a.start()
+    b.start()
+    try:
+        studies = [instance().StudyInstanceUID for _ in range(8)]
+        dss = [instance(study=s, number=n, rows=2) for n in range(1, 11) for s in studies]
+        where = {str(d.SOPInstanceUID): (str(d.StudyInstanceUID), int(d.InstanceNumber))
+                 for d in dss}
+        half = len(dss) // 2
+        assert set(send(a.port, dss[:half]).values()) == {0}
+        assert set(send(b.port, dss[half:]).values()) == {0}
+        wait_for(lambda: len(set(dest.received)) == len(dss), 60, "deliveries")
+        order = [where[u] for u in dest.received]
+        for s in studies:
+            numbers = [n for st, n in order if st == s]
+            assert numbers == sorted(numbers), numbers  # never out of order across routers
+        sent = []
+        for r in (a, b):
+            with urllib.request.urlopen(  # noqa: S310 - loopback
+                    f"http://127.0.0.1:{r.cfg['metrics_port']}/metrics") as resp:
+                text = resp.read().decode()
+            sent.append(int(next(line.split()[-1] for line in text.splitlines()
+                                 if line.startswith('pacsinfra_router_sent_total{node="d"}'))))
+        print(f"rows sent by router a, b: {sent}")
+        assert sum(sent) >= len(dss)
+    finally:
+        a.stop()
+        b.stop()
         dest.stop()

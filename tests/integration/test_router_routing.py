@@ -9,11 +9,21 @@ morphing applied (checked in the files the destinations stored).
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import need_binary
-from test_router_support import Orthanc, Router, StoreSCP, instance, send, wait_for, write_all
+from test_router_support import (
+    Orthanc,
+    Router,
+    StoreSCP,
+    instance,
+    port,
+    send,
+    wait_for,
+    write_all,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -60,6 +70,7 @@ def test_routing_matrix(tmp_path: Path) -> None:
         "rules": RULES, "stable_study_seconds": 3,
         "audit": {"file": str(tmp_path / "audit.jsonl")},
         "queue": {"keep_done_seconds": 600},
+        "metrics_port": port(),
     })
     router.start()
     try:
@@ -123,6 +134,15 @@ def test_routing_matrix(tmp_path: Path) -> None:
         assert got_orth[us1].StudyDescription == "USROOM3"
         (us2,) = uids("us_other")
         assert got_orth[us2].StudyDescription == "Synthetic study"
+        with urllib.request.urlopen(  # noqa: S310 - loopback
+                f"http://127.0.0.1:{router.cfg['metrics_port']}/metrics") as r:
+            metrics = r.read().decode()
+        assert f"pacsinfra_router_received_total {len(acked)}" in metrics
+        assert "pacsinfra_router_dropped_total 1" in metrics
+        assert (f'pacsinfra_router_queue_depth{{dest="scp",state="done"}} {len(want_scp)}'
+                in metrics)
+        assert f'pacsinfra_router_sent_total{{node="orthanc"}} {len(want_orth)}' in metrics
+        assert 'pacsinfra_router_failed_total{node="scp"} 0' in metrics
         audit = (tmp_path / "audit.jsonl").read_text().splitlines()
         assert any('"110100"' in line and "drop-test-boxes" in line for line in audit)
         assert sum('"EventActionCode":"R"' in line for line in audit) == len(want_scp) + len(

@@ -185,9 +185,32 @@ def test_schema_command() -> None:
     assert {"apiVersion", "kind", "metadata", "provider", "machines", "services", "sites"} <= set(
         schema["properties"]
     )
-    # sizes accept both forms in the schema, like the loader does
+    # sizes accept both forms in the schema, like the loader does, and ${var.x}
     mem = schema["$defs"]["Memory"]["properties"]["size"]
-    assert {"integer", "string"} <= {alt["type"] for alt in mem["anyOf"]}
+    text = json.dumps(mem)
+    assert '"type": "integer"' in text and '"type": "string"' in text
+    from pacsinfra.blueprint.schema import VAR_REF_SCHEMA
+
+    assert VAR_REF_SCHEMA in mem["anyOf"]
+
+
+def test_schema_accepts_every_reference_and_rejects_shape_errors() -> None:
+    from conftest import need_module
+
+    need_module("jsonschema")
+    import jsonschema
+    import yaml
+
+    from pacsinfra.blueprint.schema import blueprint_schema
+
+    validator = jsonschema.Draft202012Validator(blueprint_schema())
+    for path in BLUEPRINTS:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, f"{path.name}: {errors[0].message}"
+    cases = REPO / "tests" / "cases" / "blueprint"
+    for case in ("unknown-key-typo", "vlan-out-of-range", "bad-api-version", "wrong-types"):
+        doc = yaml.safe_load((cases / case / "blueprint.yaml").read_text())
+        assert list(validator.iter_errors(doc)), case
 
 
 def test_validate_imports_no_dicom_stack() -> None:

@@ -273,3 +273,19 @@ def test_parallel_steps_share_state_writes_but_each_is_recorded(tmp_path: Path) 
     assert state is not None and len(state.resources) == 3 + 30 + 1
     assert state.serial == len(writes) <= 34
     assert writes == sorted(writes)  # each write holds at least what the one before held
+
+
+def test_one_object_listed_twice_is_not_a_duplicate_but_two_are(tmp_path: Path) -> None:
+    import dataclasses
+
+    drv = MemDriver()
+    eng = _engine(tmp_path, drv)
+    eng.apply(eng.plan())
+    spec, oid, owner = drv.objects[("StorageSpec", "st-mary-flash")]
+    alias = dataclasses.replace(spec, name="flash-dir")
+    drv.objects[("StorageSpec", "flash-dir")] = (alias, oid, owner)  # same id, second name
+    assert not eng.plan().has_changes
+    drv.objects[("StorageSpec", "flash-dir")] = (alias, "other-id", owner)  # a real duplicate
+    plan = eng.plan()
+    dup = [s for s in plan.changes if s.action.value == "delete"]
+    assert [(s.key, s.name) for s in dup] == [("storage.flash~other-id", "flash-dir")]

@@ -92,34 +92,49 @@ def like_escape(text: str) -> str:
 class Database:
     """A connection per thread to one index database, same API for both backends."""
 
-    def __init__(self, backend: str, connect: Any) -> None:
+    def __init__(self, backend: str, connect: Any, *, max_idle: int = 8) -> None:
         self.backend = backend
         self._connect = connect
-        self._local = threading.local()
-        self._all: list[Any] = []
+        self._max_idle = max_idle
+        self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self._closed = False
 
-    # -- connections -----------------------------------------------------------------------
-    def conn(self) -> Any:
-        """This thread's connection (opened on first use)."""
-        c = getattr(self._local, "conn", None)
+    # -- connections (a small pool: association threads come and go, connections stay) --
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """Borrow a connection for one statement or transaction."""
+        with self._lock:
+            c = self._idle.pop() if self._idle else None
         if c is None:
             c = self._connect()
-            self._local.conn = c
+        ok = False
+        try:
+            yield c
+            ok = True
+        finally:
+            # A PostgreSQL connection that raised may be broken: do not pool it.
+            keep = ok or self.backend == "sqlite"
             with self._lock:
-                self._all.append(c)
-        return c
-
-    def close(self) -> None:
-        """Close every connection opened through this object."""
-        with self._lock:
-            for c in self._all:
+                if keep and not self._closed and len(self._idle) < self._max_idle:
+                    self._idle.append(c)
+                    c = None
+            if c is not None:
                 try:
                     c.close()
-                except Exception:  # noqa: BLE001 - closing at shutdown, nothing to do about it
+                except Exception:  # noqa: BLE001 - dropping a connection we will not reuse
                     pass
-            self._all.clear()
-        self._local = threading.local()
+
+    def close(self) -> None:
+        """Close the pooled connections (borrowed ones close when returned)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for c in idle:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing at shutdown, nothing to do about it
+                pass
 
     # -- SQL -------------------------------------------------------------------------------
     def sql(self, text: str) -> str:
@@ -130,32 +145,32 @@ class Database:
 
     def query(self, text: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a SELECT and return all rows (autocommitted read)."""
-        c = self.conn()
-        cur = c.cursor()
-        try:
-            cur.execute(self.sql(text), tuple(params))
-            rows = [tuple(r) for r in cur.fetchall()]
-        finally:
-            cur.close()
-        if self.backend == "postgresql":
-            c.rollback()  # end the implicit read transaction (no snapshot held open)
+        with self.connection() as c:
+            cur = c.cursor()
+            try:
+                cur.execute(self.sql(text), tuple(params))
+                rows = [tuple(r) for r in cur.fetchall()]
+            finally:
+                cur.close()
+            if self.backend == "postgresql":
+                c.rollback()  # end the implicit read transaction (no snapshot held open)
         return rows
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """A write transaction: committed on success, rolled back on any exception."""
-        c = self.conn()
-        cur = c.cursor()
-        if self.backend == "sqlite":
-            cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield Cursor(self, cur)
-            c.commit()
-        except BaseException:
-            c.rollback()
-            raise
-        finally:
-            cur.close()
+        with self.connection() as c:
+            cur = c.cursor()
+            try:
+                if self.backend == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                yield Cursor(self, cur)
+                c.commit()
+            except BaseException:
+                c.rollback()
+                raise
+            finally:
+                cur.close()
 
 
 class Cursor:
@@ -198,7 +213,7 @@ def _sqlite_connect(path: str) -> Any:
         c.execute("PRAGMA synchronous=FULL")
         c.execute("PRAGMA case_sensitive_like=ON")
         c.execute("PRAGMA foreign_keys=OFF")
-        c.execute("PRAGMA cache_size=-65536")
+        c.execute("PRAGMA cache_size=-16384")  # 16 MiB per pooled connection
         return c
 
     return connect

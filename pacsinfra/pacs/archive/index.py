@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, fields
 
 from pacsinfra.pacs.archive.db import Cursor, Database, like_escape
@@ -183,64 +184,83 @@ class Index:
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._cv = threading.Condition()
+        self._leading = False  # a thread is writing a batch right now
         self._stop = False
-        self._thread = threading.Thread(target=self._committer, name="index-commit", daemon=True)
-        self._thread.start()
         self.commits = 0  # number of transactions (for metrics and the benchmark)
 
     # -- ingest ------------------------------------------------------------------------------
     def commit(self, record: InstanceRecord, *, replace: bool = False, timeout: float = 60) -> None:
         """Index ``record`` durably; returns only after its transaction committed.
 
-        ``replace`` drops an existing row for the same SOP Instance UID first (overwrite).
-        Raises whatever the database raised (the caller answers with a failure status).
+        Group commit without a committer thread: the caller queues its row; if no
+        thread is writing, it becomes the leader and commits everything queued
+        (its own row included) in one transaction; otherwise it waits for a leader
+        to commit it. Alone, a store commits in its own thread (no hand-off); under
+        load, N stores share one commit. ``replace`` drops an existing row for the
+        same SOP Instance UID first (overwrite). Raises what the database raised, or
+        :class:`concurrent.futures.TimeoutError` (the row may still commit later).
         """
         fut: Future[None] = Future()
+        deadline = time.monotonic() + timeout
         with self._cv:
             if self._stop:
                 raise RuntimeError("index is shutting down")
             self._queue.append(_Pending(record, replace, fut))
-            self._cv.notify()
-        fut.result(timeout=timeout)
+            while not fut.done():
+                if not self._leading:
+                    self._lead_locked()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise FuturesTimeout("index commit did not complete in time")
+                self._cv.wait(remaining)
+        fut.result()
 
-    def _committer(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._stop:
-                    self._cv.wait()
-                if not self._queue and self._stop:
-                    return
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-            try:
-                with self.db.transaction() as cur:
-                    for p in batch:
+    def _lead_locked(self) -> None:
+        """Write one batch from the queue; called and returns with ``_cv`` held."""
+        self._leading = True
+        batch = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        self._cv.release()
+        try:
+            self._write(batch)
+        finally:
+            self._cv.acquire()
+            self._leading = False
+            self._cv.notify_all()
+
+    def _write(self, batch: list[_Pending]) -> None:
+        try:
+            with self.db.transaction() as cur:
+                for p in batch:
+                    if p.replace:
+                        _delete_instance(cur, p.record.sop_uid)
+                    _insert_hierarchy(cur, p.record)
+            self.commits += 1
+        except Exception:  # noqa: BLE001 - retry one by one so one bad row fails alone
+            for p in batch:
+                try:
+                    with self.db.transaction() as cur:
                         if p.replace:
                             _delete_instance(cur, p.record.sop_uid)
                         _insert_hierarchy(cur, p.record)
-                self.commits += 1
-            except Exception:  # noqa: BLE001 - retry one by one so one bad row fails alone
-                for p in batch:
-                    try:
-                        with self.db.transaction() as cur:
-                            if p.replace:
-                                _delete_instance(cur, p.record.sop_uid)
-                            _insert_hierarchy(cur, p.record)
-                        self.commits += 1
-                    except Exception as exc:  # noqa: BLE001 - reported to that store's caller
-                        p.future.set_exception(exc)
-                    else:
-                        p.future.set_result(None)
-                continue
-            for p in batch:
-                p.future.set_result(None)
+                    self.commits += 1
+                except Exception as exc:  # noqa: BLE001 - reported to that store's caller
+                    p.future.set_exception(exc)
+                else:
+                    p.future.set_result(None)
+            return
+        for p in batch:
+            p.future.set_result(None)
 
     def close(self) -> None:
-        """Finish pending commits and stop the committer."""
+        """Commit anything still queued (timed-out callers' rows), then close."""
         with self._cv:
             self._stop = True
-            self._cv.notify_all()
-        self._thread.join(timeout=30)
+            while self._leading:
+                self._cv.wait(1.0)
+            while self._queue:
+                self._lead_locked()
         self.db.close()
 
     # -- lookups -----------------------------------------------------------------------------

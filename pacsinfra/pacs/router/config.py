@@ -146,6 +146,9 @@ class QueueConfig(Strict):
     password: SecretRef | None = None
     # Delivered rows (and their spool files) are kept this long for `queue list` and audits.
     keep_done_seconds: float = Field(300, ge=0)
+    # Shared (postgresql) queues: a row in flight longer than this belonged to a router
+    # that died, and is sent again. Must exceed the longest batch send.
+    inflight_lease_seconds: float = Field(300, gt=0)
 
     @model_validator(mode="after")
     def _postgres_needs_a_place(self) -> QueueConfig:

@@ -205,7 +205,7 @@ class Forwarder:
             return None
 
     def _step(self, target: Target, senders: dict[str, Sender]) -> bool:
-        with target.lock:
+        with target.lock, self.queue.exclusive(target.name):
             skip: list[str] = []
             while True:
                 batch = self.queue.next_batch(target.name, BATCH, skip=skip)

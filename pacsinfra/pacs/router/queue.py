@@ -24,7 +24,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pacsinfra.pacs.router.config import RouterConfig
 
 ACTIVE = ("held", "pending", "inflight")
 
@@ -106,6 +109,12 @@ class _Backend(abc.ABC):
     def close(self) -> None:
         """Close the connection."""
 
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        """Serialise a claim on ``key`` with other processes sharing the queue (SQLite:
+        one process owns the file, nothing to do)."""
+        yield
+
 
 class _Sqlite(_Backend):
     def __init__(self, path: Path) -> None:
@@ -161,6 +170,23 @@ class _Postgres(_Backend):
         with self.lock:
             self.conn.close()
 
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        # A session-level advisory lock: routers sharing this database take turns to
+        # peek-and-claim a destination's next study, so per-study order holds across them.
+        # try-lock in a loop: never wait for another router while holding our connection
+        # lock, or two routers claiming two destinations could deadlock each other.
+        while True:
+            with self.tx() as cur:
+                if cur.execute("SELECT pg_try_advisory_lock(hashtext(?))", (key,)).fetchone()[0]:
+                    break
+            time.sleep(0.005)
+        try:
+            yield
+        finally:
+            with self.tx() as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtext(?))", (key,))
+
 
 class _PgCursor:
     """A psycopg cursor that takes ``?`` placeholders like sqlite3."""
@@ -205,6 +231,10 @@ class Queue:
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
+
+    def exclusive(self, dest: str) -> Any:
+        """Context manager: hold while peeking and claiming rows of ``dest``."""
+        return self._db.exclusive(f"pacsinfra-router:{dest}")
 
     # -- receive side ------------------------------------------------------------------------
     def enqueue(self, items: Sequence[NewItem], now: float | None = None) -> list[int]:
@@ -317,12 +347,18 @@ class Queue:
             cur.execute(f"UPDATE items SET state = 'pending', updated_at = ? "
                         f"WHERE state = 'inflight' AND id IN ({_in(ids)})", (now, *ids))
 
-    def recover(self, now: float | None = None) -> int:
-        """At start: rows in flight when the process died go back to pending."""
+    def recover(self, now: float | None = None, older_than: float = 0.0) -> int:
+        """Rows in flight when their router died go back to pending.
+
+        A router alone on its queue calls this at start with ``older_than=0`` (every
+        in-flight row is its own, from before the crash). Routers sharing a queue pass a
+        lease instead, so only rows claimed longer ago than any send can take come back.
+        """
         now = time.time() if now is None else now
         with self._db.tx() as cur:
             rows = cur.execute("UPDATE items SET state = 'pending', updated_at = ? "
-                               "WHERE state = 'inflight' RETURNING id", (now,)).fetchall()
+                               "WHERE state = 'inflight' AND updated_at <= ? RETURNING id",
+                               (now, now - older_than)).fetchall()
         return len(rows)
 
     def attempts_of(self, item_id: int) -> list[tuple[float, int | None, str | None, float | None]]:
@@ -460,3 +496,18 @@ class Queue:
             orphans = [s for s in spools if cur.execute(
                 "SELECT 1 FROM items WHERE spool = ? LIMIT 1", (s,)).fetchone() is None]
         return n, orphans
+
+
+def open_queue(cfg: RouterConfig) -> Queue:
+    """The queue the config names (SQLite file under the spool by default)."""
+    q = cfg.queue
+    if q.backend == "postgresql":
+        from psycopg.conninfo import make_conninfo
+
+        if not q.host:
+            raise ValueError("queue.host is not set (a blueprint fills it from queue.service)")
+        password = q.password.resolve() if q.password is not None else None
+        return Queue.postgresql(make_conninfo(host=q.host, port=q.port, dbname=q.database,
+                                              user=q.user, password=password))
+    path = Path(q.path) if q.path else Path(cfg.spool_dir) / "queue.sqlite"
+    return Queue.sqlite(path)

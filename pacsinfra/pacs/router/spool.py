@@ -9,6 +9,7 @@ plus possibly a ``.incoming`` leftover that no queue row names (swept at start).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,16 +69,24 @@ class Spool:
         except FileNotFoundError:
             pass
 
-    def sweep(self, referenced: set[str]) -> int:
-        """Remove interrupted writes and files no queue row names; return how many."""
+    def sweep(self, referenced: set[str], min_age: float = 0.0) -> int:
+        """Remove interrupted writes and files no queue row names; return how many.
+
+        ``min_age`` (seconds): spare younger files — on a spool shared by several
+        routers, another router may have written a file whose row it has not committed yet.
+        """
         n = 0
+        cutoff = time.time() - min_age
         for entry in os.scandir(self.incoming):
-            os.unlink(entry.path)
-            n += 1
+            if not min_age or entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                n += 1
         for i in range(256):
             d = self.root / f"{i:02x}"
             for entry in os.scandir(d):
-                if f"{i:02x}/{entry.name}" not in referenced:
+                if f"{i:02x}/{entry.name}" in referenced:
+                    continue
+                if not min_age or entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
                     n += 1
         return n
