@@ -344,6 +344,14 @@ def _check_gpu(role: MachineRole, base: tuple[Any, ...], drv: str, r: Reporter) 
         r.add(base + ("gpu", "device"),
               f"PCI device {gpu.device} cannot be passed through to {role.count} machines",
               hint="use count: 1, or a vGPU profile to share the GPU", code="gpu")
+    # vSphere refuses to power on a VM with a vGPU or DirectPath device unless all its
+    # memory is reserved; catching it here saves a failed apply.
+    mem = role.memory
+    if drv == "vsphere" and not mem.lock and (mem.reservation or 0) < mem.size:
+        r.add(base + ("memory", "reservation"),
+              f"vSphere needs the memory of a VM with a GPU ({gpu.mode}) fully reserved",
+              hint=f"set memory.reservation to {mem.size}MiB (the size) or memory.lock: true",
+              code="gpu")
 
 
 def _check_gpu_offer(site: Site, role: MachineRole, base: tuple[Any, ...], r: Reporter) -> None:

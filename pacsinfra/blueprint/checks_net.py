@@ -89,9 +89,20 @@ def check_addresses(site: Site, r: Reporter) -> None:
     for name, n in site.networks.items():
         if n.gateway:
             used[str(ipaddress.ip_address(n.gateway))] = f"the gateway of network {name!r}"
+    macs: dict[str, str] = {}
     for role_name, role in site.machines.items():
         for i, nic in enumerate(role.nics):
             base = ("machines", role_name, "nics", i)
+            if nic.mac:
+                mac = nic.mac.lower()
+                if role.count > 1:
+                    r.add(base + ("mac",), f"one MAC address for {role.count} machines",
+                          hint="leave mac out (the hypervisor assigns one) or use count: 1",
+                          code="mac")
+                elif mac in macs:
+                    r.add(base + ("mac",), f"MAC address {mac} is also used by {macs[mac]}",
+                          code="mac")
+                macs.setdefault(mac, f"machines.{role_name}.nics[{i}]")
             if not nic.addresses:
                 continue
             if len(nic.addresses) != role.count:

@@ -93,6 +93,8 @@ class HypervProvider(_Strict):
     switch: str | None = None  # default virtual switch
     generation: Literal[1, 2] | None = None
     shutdown_timeout: float | None = Field(None, gt=0, le=3600)
+    host_mhz: Mhz | None = None  # core clock, for MHz -> reserve %
+    storage_root: str | None = None  # where storage classes without a path live
 
 
 class LocalProvider(_Strict):
@@ -152,6 +154,10 @@ class VsphereImage(_Strict):
 class HypervImage(_Strict):
     vhdx: str
     generation: Literal[1, 2] | None = None
+    mode: Literal["copy", "differencing"] | None = None  # how the OS disk is made from the image
+    os: Literal["linux", "windows"] | None = None  # picks the Secure Boot template
+    secure_boot: bool | None = None
+    secure_boot_template: str | None = None
 
 
 class LocalImage(_Strict):
@@ -185,6 +191,8 @@ class VsphereNetwork(_Strict):
 
 class HypervNetwork(_Strict):
     switch: str | None = None
+    type: Literal["internal", "external", "private"] | None = None
+    adapter: str | None = None  # the host NIC an external switch binds to
 
 
 class AllowRule(_Strict):

@@ -56,9 +56,8 @@ def serve(config: Path, log_level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     cfg = load_config(config)
-    level = getattr(logging, log_level.upper(), logging.INFO)
     server = _checked(f"cannot open the spool {cfg.spool_dir} or the queue",
-                      lambda: RouterServer(cfg, level))
+                      lambda: RouterServer(cfg))
     try:
         server.serve_forever()
     except OSError as exc:  # the port is taken, the certificate is unreadable, ...
@@ -131,7 +130,7 @@ def queue() -> None:
 
 
 def _open(config: Path) -> Any:
-    from pacsinfra.pacs.router.queue import open_queue
+    from pacsinfra.pacs.router.server import open_queue
 
     cfg = load_config(config)
     return cfg, _checked("cannot open the queue", lambda: open_queue(cfg))

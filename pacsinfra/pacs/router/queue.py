@@ -24,10 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pacsinfra.pacs.router.config import RouterConfig
+from typing import Any
 
 ACTIVE = ("held", "pending", "inflight")
 
@@ -496,18 +493,3 @@ class Queue:
             orphans = [s for s in spools if cur.execute(
                 "SELECT 1 FROM items WHERE spool = ? LIMIT 1", (s,)).fetchone() is None]
         return n, orphans
-
-
-def open_queue(cfg: RouterConfig) -> Queue:
-    """The queue the config names (SQLite file under the spool by default)."""
-    q = cfg.queue
-    if q.backend == "postgresql":
-        from psycopg.conninfo import make_conninfo
-
-        if not q.host:
-            raise ValueError("queue.host is not set (a blueprint fills it from queue.service)")
-        password = q.password.resolve() if q.password is not None else None
-        return Queue.postgresql(make_conninfo(host=q.host, port=q.port, dbname=q.database,
-                                              user=q.user, password=password))
-    path = Path(q.path) if q.path else Path(cfg.spool_dir) / "queue.sqlite"
-    return Queue.sqlite(path)

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import _STORAGE_CLASSES as STORAGE_CLASSES
@@ -32,26 +33,45 @@ from pacsinfra.pacs.dicom import (
 )
 from pacsinfra.pacs.router.audit import AuditLog
 from pacsinfra.pacs.router.config import RouterConfig, TagEdit
-from pacsinfra.pacs.router.queue import NewItem, open_queue
+from pacsinfra.pacs.router.forwarder import Forwarder
+from pacsinfra.pacs.router.queue import NewItem, Queue
 from pacsinfra.pacs.router.rules import Subject, apply_edits, route
 from pacsinfra.pacs.router.spool import Spool
-from pacsinfra.pacs.router.worker import ForwarderProcess
 
 LOG = logging.getLogger("pacsinfra.router")
 _STORAGE_UIDS = frozenset(STORAGE_CLASSES.values())
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
+def open_queue(cfg: RouterConfig) -> Queue:
+    """The queue the config names (SQLite file under the spool by default)."""
+    q = cfg.queue
+    if q.backend == "postgresql":
+        from psycopg.conninfo import make_conninfo
+
+        if not q.host:
+            raise ValueError("queue.host is not set (a blueprint fills it from queue.service)")
+        password = q.password.resolve() if q.password is not None else None
+        return Queue.postgresql(make_conninfo(host=q.host, port=q.port, dbname=q.database,
+                                              user=q.user, password=password))
+    path = Path(q.path) if q.path else Path(cfg.spool_dir) / "queue.sqlite"
+    return Queue.sqlite(path)
+
+
 class RouterServer:
     """One router process."""
 
-    def __init__(self, cfg: RouterConfig, log_level: int = logging.INFO) -> None:
+    def __init__(self, cfg: RouterConfig) -> None:
         self.cfg = cfg
         self.spool = Spool(Path(cfg.spool_dir))
         self.queue = open_queue(cfg)
         self.audit = AuditLog(cfg.audit, cfg.ae_title) if cfg.audit.file else None
-        self.forwarder = ForwarderProcess(cfg, log_level)
+        self.forwarder = Forwarder(cfg, self.queue, self.spool, self.audit)
+        self.received = 0
+        self.dropped = 0
+        self._count_lock = threading.Lock()
         self._server: Any = None
+        self._metrics: Any = None
         self._stopped = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -61,14 +81,21 @@ class RouterServer:
         recovered = self.queue.recover(older_than=self._lease())
         if recovered:
             LOG.warning("%d rows were in flight when the router stopped: re-sending", recovered)
-        for dest in sorted(set(self.queue.stats()) - set(cfg.destinations) - set(cfg.groups)):
+        for dest in sorted(set(self.queue.stats()) - set(self.forwarder.targets)):
             LOG.warning("queue rows for %r, which this config no longer names: they wait "
                         "(see `router queue list --dest %s`)", dest, dest)
         swept = self.spool.sweep(self.queue.referenced_spools(), min_age=self._lease())
         if swept:
             LOG.info("removed %d unreferenced spool files", swept)
+        # Spool files go out chunked from disk, never decoded, when the syntax matches.
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         self.forwarder.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        if cfg.metrics_port:
+            from pacsinfra.pacs.router import metrics
+
+            self._metrics = metrics.serve(cfg.metrics_bind, cfg.metrics_port, lambda: metrics.render(
+                self.queue, self.forwarder, self.received, self.dropped))
         ae = make_ae(cfg.ae_title, cfg.limits)
         if cfg.allowed_calling_aes:
             ae.require_calling_aet = list(cfg.allowed_calling_aes)
@@ -87,6 +114,8 @@ class RouterServer:
             self._server.shutdown()
             self._server = None
         self.forwarder.stop()
+        if self._metrics is not None:
+            self._metrics.shutdown()
         self.queue.close()
         if self.audit is not None:
             self.audit.close()
@@ -169,10 +198,12 @@ class RouterServer:
         if str(ds.get("SOPInstanceUID", "")) != sop_uid:
             return Status.DATASET_MISMATCH
         study = str(ds.get("StudyInstanceUID", "")) or sop_uid
-        self.forwarder.count("received")
+        with self._count_lock:
+            self.received += 1
         decision = route(self.cfg.rules, Subject(ds, calling, called))
         if not decision.deliveries:
-            self.forwarder.count("dropped")
+            with self._count_lock:
+                self.dropped += 1
             why = (f"dropped by rule {decision.dropped_by!r}" if decision.dropped_by
                    else "no rule forwards it")
             LOG.info("%s from %s: %s", sop_uid, calling, why)
