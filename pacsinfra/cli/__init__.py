@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "graph": "pacsinfra.cli.engine_cmds:graph",
     "archive": "pacsinfra.cli.archive_cmds:archive",
     "router": "pacsinfra.cli.router_cmds:router",
+    "verify": "pacsinfra.cli.verify_cmds:verify",
 }
 
 

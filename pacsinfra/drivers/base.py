@@ -175,7 +175,26 @@ class MachineSpec:
     power_on: bool = True
 
 
-Spec: TypeAlias = NetworkSpec | StorageSpec | MachineSpec
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One PACS service (archive, router) on one machine: its rendered config file.
+
+    ``config`` is exactly what the service reads (``ArchiveConfig`` / ``RouterConfig``
+    as JSON, with ``service:`` references resolved to host and port). Only drivers
+    that run services themselves (``local``) get these; a changed ``config`` is an
+    in-place update that restarts that service alone.
+    """
+
+    address: str  # "service.archive[0]": the service's i-th host
+    name: str  # "<machine name>-<service>", e.g. "st-mary-pacs-1-archive"
+    service: str  # the blueprint's service name
+    kind: str  # archive | router
+    machine: str  # address of the machine it runs on
+    config: Mapping[str, Any] = field(default_factory=dict)
+    running: bool = True  # observed: a supervisor runs it; desired: always True
+
+
+Spec: TypeAlias = NetworkSpec | StorageSpec | MachineSpec | ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -306,6 +325,7 @@ SPEC_TYPES: dict[str, type] = {
     "network": NetworkSpec,
     "storage": StorageSpec,
     "machine": MachineSpec,
+    "service": ServiceSpec,
 }
 
 
@@ -404,6 +424,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> Spec:
             kwargs["gpu"] = GpuSpec(**kwargs["gpu"])
         kwargs["ssh_authorized_keys"] = tuple(kwargs.get("ssh_authorized_keys", ()))
         kwargs["image"] = dict(kwargs.get("image") or {})
+    elif cls is ServiceSpec:
+        kwargs["config"] = dict(kwargs.get("config") or {})
     else:
         kwargs["settings"] = dict(kwargs.get("settings") or {})
     try:

@@ -17,6 +17,7 @@ DRIVERS: dict[str, str] = {
     "kvm": "pacsinfra.drivers.kvm:KvmDriver",
     "vsphere": "pacsinfra.drivers.vsphere:VsphereDriver",
     "hyperv": "pacsinfra.drivers.hyperv:HypervDriver",
+    "local": "pacsinfra.drivers.local:LocalDriver",
 }
 
 # The PyPI package each driver's SDK comes from, and the extra that installs it.

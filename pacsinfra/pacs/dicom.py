@@ -244,7 +244,7 @@ def _on_conn_open(event: evt.Event) -> None:
         event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY
 
 
-DUL_LOOP_DELAY = 0.0002
+DUL_LOOP_DELAY = 0.0005
 
 # Bind this to evt.EVT_CONN_OPEN (server handlers or associate(evt_handlers=...)).
 TCP_TUNING_HANDLER: tuple[Any, Any] = (evt.EVT_CONN_OPEN, _on_conn_open)

@@ -177,7 +177,7 @@ def machine_specs(
     """One resource per member of ``role``."""
     image = images.get(role.image)
     image_settings = _dump(getattr(image, driver, None)) if image is not None else {}
-    if not image_settings:
+    if not image_settings and driver != "local":  # the local "machine" is this box: no image
         raise PlanError(f"machines.{role_name}: image {role.image!r} has no {driver} entry")
     cpu, mem = role.cpu, role.memory
     gpu = _get(role, "gpu")
@@ -286,6 +286,7 @@ def desired_site(
             )
         )
     hosts_of: dict[str, list[str]] = {s: [] for s in services}
+    machine_names: dict[str, str] = {}
     for role_name, role in (site.machines or {}).items():
         for res in machine_specs(
             name,
@@ -298,6 +299,7 @@ def desired_site(
             driver=drv,
         ):
             out.resources[res.address] = res
+            machine_names[res.address] = res.spec.name
             g.add_node(Node(res.address, "machine", res.spec.name, {"spec": res.spec}))
             for dep in res.depends_on:
                 g.add_dependency(res.address, dep)
@@ -317,7 +319,24 @@ def desired_site(
             g.add_dependency(addr, m)
     _add_dicom_flow(g, services)
     g.check_acyclic()
+    _add_service_resources(out, site, hosts_of, machine_names)
     return out
+
+
+def _add_service_resources(
+    out: DesiredSite, site: Any, hosts_of: Mapping[str, list[str]], names: Mapping[str, str]
+) -> None:
+    """Drivers that run the services themselves (``local``) also get one resource per host."""
+    from pacsinfra.deploy.services import SERVICE_DRIVERS, service_resources
+
+    if out.driver not in SERVICE_DRIVERS:
+        return
+    from pacsinfra.drivers.local.paths import local_root
+
+    hosts = {s: [(a, names[a]) for a in addrs] for s, addrs in hosts_of.items()}
+    root = local_root(getattr(site.provider, out.driver, None))
+    for spec, deps in service_resources(site, site_id=out.site, root=root, hosts_of=hosts):
+        out.resources[spec.address] = Resource(spec=spec, depends_on=deps)
 
 
 def _add_dicom_flow(g: Graph, services: Mapping[str, Any]) -> None:

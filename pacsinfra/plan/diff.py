@@ -34,7 +34,7 @@ from pacsinfra.plan.desired import DesiredSite, Resource
 from pacsinfra.plan.plan import Action, FieldChange, Plan, Step
 from pacsinfra.state.store import State
 
-TYPE_ORDER = {"network": 0, "storage": 1, "machine": 2}
+TYPE_ORDER = {"network": 0, "storage": 1, "machine": 2, "service": 3}
 
 
 @dataclass(frozen=True)

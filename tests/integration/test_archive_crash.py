@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import need_module
@@ -20,9 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 need_module("pynetdicom")
 
+from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.filereader import read_file_meta_info  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pynetdicom import _config as pnd_config  # noqa: E402
+from pynetdicom import build_role, evt  # noqa: E402
 from pynetdicom.sop_class import CTImageStorage, Verification  # noqa: E402
 
 from pacsinfra.pacs.archive.synth import make_instance, write  # noqa: E402
@@ -30,6 +33,7 @@ from pacsinfra.pacs.dicom import TCP_TUNING_HANDLER  # noqa: E402
 
 pnd_config.STORE_SEND_CHUNKED_DATASET = True
 TOTAL = 2000
+GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Q/R GET
 SENDERS = 2
 
 
@@ -42,6 +46,10 @@ def _dataset_bytes(path: Path) -> bytes:
 def _sender(port: int, files: list[Path], acked: dict[str, bool], lock: threading.Lock,
             aet: str) -> None:
     ae = scu_ae(aet)
+    # After the kill a pynetdicom client may sit on a dead association until its DIMSE
+    # timeout: keep that short so the test does not idle.
+    ae.dimse_timeout = 5
+    ae.network_timeout = 5
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE",
                          evt_handlers=[TCP_TUNING_HANDLER])
@@ -115,11 +123,30 @@ def test_kill9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assert _dataset_bytes(stored) == _dataset_bytes(by_sop[sop]), sop
         assert counts == [(len(indexed),)]  # the aggregate agrees with the rows
         assert not list((data / "fast" / ".incoming").iterdir())  # leftovers swept
-        # And it still works after the crash.
+        # Retrievable through the protocol too: C-GET a sample of acknowledged instances
+        # (list-of-UID matching), and the archive still answers after the crash.
+        sample = sorted(ok)[:: max(1, len(ok) // 25)]
+        got: list[bytes] = []
+
+        def on_store(event: Any) -> int:
+            got.append(event.encoded_dataset(include_meta=False))
+            return 0
+
         ae = scu_ae()
         ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", arch2.port, ae_title="ARCHIVE")
+        ae.add_requested_context(GET_MODEL)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", arch2.port, ae_title="ARCHIVE",
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
         assert assoc.is_established and assoc.send_c_echo().Status == 0
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "IMAGE"
+        ident.StudyInstanceUID = study
+        ident.SOPInstanceUID = "\\".join(sample)
+        finals = list(assoc.send_c_get(ident, GET_MODEL))
         assoc.release()
+        assert finals[-1][0].Status == 0
+        assert sorted(got) == sorted(_dataset_bytes(by_sop[sop]) for sop in sample)
     finally:
         assert arch2.stop() == 0

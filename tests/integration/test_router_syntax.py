@@ -51,3 +51,25 @@ def test_fallback_to_what_the_destination_accepts(tmp_path: Path) -> None:
         router.stop()
         implicit_only.stop()
         anything.stop()
+
+
+def test_router_accepts_the_senders_first_choice(tmp_path: Path) -> None:
+    """A sender offering [Explicit LE, JPEG baseline] for an uncompressed file gets Explicit LE."""
+    router = Router(tmp_path / "router", {
+        "destinations": {"any": StatusSCP(0, "ANY").dest()},
+        "rules": [{"name": "all", "forward": ["any"]}],
+    })
+    router.start()
+    try:
+        plain = instance(modality="CT")
+        from pynetdicom import AE
+
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(plain.SOPClassUID, [ExplicitVRLittleEndian, JPEGBaseline8Bit])
+        assoc = ae.associate("127.0.0.1", router.port, ae_title="ROUTER")
+        assert assoc.is_established
+        accepted = [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
+        assoc.release()
+        assert accepted == [ExplicitVRLittleEndian]
+    finally:
+        router.stop()

@@ -16,7 +16,10 @@ import subprocess
 import threading
 from pathlib import Path
 
+from pacsinfra.drivers.kvm.pool import MARKER_PREFIX
 from pacsinfra.errors import AlreadyExists, CapabilityError, NotFound, TaskFailed
+
+STAGING_SUFFIX = ".pacsinfra-staging"
 
 
 class Storage(abc.ABC):
@@ -35,10 +38,22 @@ class Storage(abc.ABC):
     def pool_uuid(self, pool: str) -> str: ...
 
     @abc.abstractmethod
-    def create_pool(self, name: str, path: str, xml: str) -> None: ...
+    def create_pool(self, name: str, path: str, xml: str, marker: str) -> None:
+        """Create pool ``name`` carrying the zero-byte volume ``marker`` (its ownership mark).
+
+        Completes a half-done earlier create of the same pool (a killed process runs
+        no cleanup): calling it again converges.
+        """
+        ...
 
     @abc.abstractmethod
-    def delete_pool(self, name: str) -> None: ...
+    def delete_pool(self, name: str) -> None:
+        """Remove pool ``name`` and its marker volumes (nothing else may be left in it).
+
+        The pool goes first and its marker with it or after it, so a delete killed
+        half-way never leaves an unmarked pool behind.
+        """
+        ...
 
     @abc.abstractmethod
     def volume_names(self, pool: str) -> list[str]: ...
@@ -119,11 +134,26 @@ class DirStorage(Storage):
         return self._dir(pool).is_dir()
 
     def pool_names(self) -> list[str]:
-        names = set(self._index())
+        """Indexed pools, plus directories at the default place of pools not indexed.
+
+        A directory that is an indexed pool's own (``kvm.path: <root>/pools/flashdir``
+        for pool ``site-flash``) is that pool, not a second one; dot-directories are
+        staging areas (see :meth:`create_pool`), never pools.
+        """
+        index = self._index()
+        names = {n for n in index if self.pool_exists(n)}
+        taken = {os.path.realpath(index[n]) for n in names}
         base = self.root / "pools"
         if base.is_dir():
-            names |= {p.name for p in base.iterdir() if p.is_dir()}
-        return sorted(n for n in names if self.pool_exists(n))
+            for p in base.iterdir():
+                if (
+                    p.is_dir()
+                    and not p.name.startswith(".")
+                    and p.name not in index
+                    and os.path.realpath(p) not in taken
+                ):
+                    names.add(p.name)
+        return sorted(names)
 
     def pool_path(self, pool: str) -> str | None:
         d = self._dir(pool)
@@ -134,26 +164,76 @@ class DirStorage(Storage):
 
         return str(uuid.uuid5(uuid.NAMESPACE_URL, str(self._dir(pool))))
 
-    def create_pool(self, name: str, path: str, xml: str) -> None:
+    @staticmethod
+    def _staging(path: Path) -> Path:
+        """Where a pool directory is assembled before it appears, and taken apart after."""
+        return path.parent / f".{path.name}{STAGING_SUFFIX}"
+
+    @staticmethod
+    def _clear_staging(staging: Path, keep: str | None = None) -> None:
+        """Remove markers (all but ``keep``) from a staging directory left by a killed process.
+
+        The directory is pacsinfra's by its name, and only ever holds markers; anything
+        else in it is refused rather than deleted.
+        """
+        if not staging.is_dir():
+            return
+        for f in staging.iterdir():
+            if not f.name.startswith(MARKER_PREFIX):
+                raise TaskFailed(f"staging directory {staging} holds {f.name}; remove it by hand")
+        for f in staging.iterdir():
+            if f.name != keep:
+                f.unlink()
+        if keep is None:
+            staging.rmdir()
+
+    def _write_index(self, index: dict[str, str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self._index_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        os.replace(tmp, self._index_file())
+
+    def create_pool(self, name: str, path: str, xml: str, marker: str) -> None:
+        """The pool directory appears with its marker in it, or not at all.
+
+        It is assembled in ``.<dir>.pacsinfra-staging`` next to it (marker first), the
+        index entry is written, then the directory is renamed into place: a kill at
+        any point leaves either nothing visible under the pool's name or the marked
+        pool, and a rerun reuses the staging directory. An existing directory (made
+        by hand, or a pool renamed into place before its index entry) gets the marker.
+        """
         with self._lock:
-            Path(path).mkdir(parents=True, exist_ok=True)
+            target = Path(path)
+            if target.is_dir():
+                if not (target / marker).exists():
+                    (target / marker).touch()
+            else:
+                staging = self._staging(target)
+                self._clear_staging(staging, keep=marker)
+                staging.mkdir(parents=True, exist_ok=True)
+                (staging / marker).touch()
             index = self._index()
-            index[name] = path
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self._index_file().with_suffix(".tmp")
-            tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-            os.replace(tmp, self._index_file())
+            if index.get(name) != path:
+                index[name] = path
+                self._write_index(index)
+            if not target.is_dir():
+                self._staging(target).rename(target)
 
     def delete_pool(self, name: str) -> None:
+        """Rename the directory away (the pool and its mark vanish together), then remove it."""
         with self._lock:
             d = self._dir(name)
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-            elif d.is_dir():
-                raise TaskFailed(f"pool directory {d} is not empty; remove its volumes first")
+            staging = self._staging(d)
+            if d.is_dir():
+                others = [f.name for f in d.iterdir() if not f.name.startswith(MARKER_PREFIX)]
+                if others:
+                    raise TaskFailed(f"pool directory {d} is not empty; remove its volumes first")
+                self._clear_staging(staging)
+                d.rename(staging)
+            self._clear_staging(staging)
             index = self._index()
             if index.pop(name, None) is not None:
-                self._index_file().write_text(json.dumps(index, indent=1, sort_keys=True))
+                self._write_index(index)
 
     def volume_names(self, pool: str) -> list[str]:
         d = self._dir(pool)

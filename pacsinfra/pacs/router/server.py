@@ -28,6 +28,7 @@ from pacsinfra.pacs.dicom import (
     TRANSFER_SYNTAXES,
     Status,
     make_ae,
+    prefer_requestor_syntaxes,
     ssl_context,
     valid_uid,
 )
@@ -169,6 +170,10 @@ class RouterServer:
             LOG.warning("rejecting %s: %d associations already open", calling, len(same))
             assoc.acse.send_reject(0x02, 0x03, 0x02)
             assoc.is_rejected = True
+            return
+        # Our list puts compressed syntaxes first; keep the sender's own choice so an
+        # uncompressed study is never pushed into a lossy syntax on the way through.
+        prefer_requestor_syntaxes(assoc)
 
     def on_store(self, event: Any) -> int:
         """C-STORE: route, spool durably, queue durably, then Success."""

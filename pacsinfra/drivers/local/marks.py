@@ -1,0 +1,58 @@
+"""The local driver's ownership marks: small JSON files, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pacsinfra.drivers.base import Ownership, Spec, spec_from_dict, spec_to_dict
+
+MARK_FORMAT = "pacsinfra-local/1"
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text``: temp file, fsync, rename, directory fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_mark(path: Path, spec: Spec, owner: Ownership) -> None:
+    """Record ``spec`` and pacsinfra's mark at ``path``."""
+    data = {"format": MARK_FORMAT, "owner": owner.to_dict(), "spec": spec_to_dict(spec)}
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_mark(path: Path) -> tuple[Spec, Ownership | None] | None:
+    """The spec and mark at ``path``; None when absent or unreadable (not ours)."""
+    try:
+        data: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != MARK_FORMAT:
+        return None
+    try:
+        spec = spec_from_dict(data["spec"])
+        raw = data.get("owner")
+        owner = Ownership(**raw) if isinstance(raw, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return spec, owner

@@ -1,0 +1,120 @@
+"""Find what to verify on an applied site: the entry AE, the archives a study goes to, the receiver.
+
+Reads the site's state (the services as they were deployed, with their rendered
+configs), not the blueprint alone: ``pacsinfra verify`` checks what runs, and refuses
+a site that was never applied. The entry is the router when the site has one (else
+the archive). The archives to wait for are the ones the router's rules send a
+synthetic study to, found by running the router's own rule engine on a sample of
+that study; destinations that are load-balanced groups are reported, not waited for
+(the study lands on one member, chosen at run time).
+
+The C-MOVE receiver is the archives' move destination named ``receiver_ae``
+(``PXVERIFY`` by default): the archive only moves to peers it knows, so the
+blueprint declares it (``services.archive.config.peers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pacsinfra.errors import UsageError
+from pacsinfra.pacs.config_common import Peer
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class SiteEndpoints:
+    """Who to send to, who to check, where to receive; ``notes`` explain what was left out."""
+
+    entry: Peer
+    entry_address: str
+    archives: list[Peer]
+    archive_addresses: list[str]
+    receiver: Peer
+    notes: list[str] = field(default_factory=list)
+
+
+def _host(config: Mapping[str, Any]) -> str:
+    bind = str(config.get("bind") or "")
+    return LOOPBACK if bind in ("", "0.0.0.0", "::") else bind
+
+
+def _peer(config: Mapping[str, Any]) -> Peer:
+    return Peer(ae_title=str(config["ae_title"]), host=_host(config), port=int(config["port"]))
+
+
+def _routed_targets(router_cfg: Mapping[str, Any], calling_ae: str) -> tuple[list[str], list[str]]:
+    """(destination names, group names) the router's rules send a synthetic CT study to."""
+    from pacsinfra.pacs.router.config import RouterConfig
+    from pacsinfra.pacs.router.rules import Subject, route
+    from pacsinfra.verify.study import PROFILES, make_study
+
+    cfg = RouterConfig.model_validate(dict(router_cfg))
+    sample = make_study(PROFILES["ct"], series=1, instances=1, scale=0.05)[0]
+    decision = route(cfg.rules, Subject(sample, calling_ae, cfg.ae_title))
+    dests: list[str] = []
+    groups: list[str] = []
+    for d in decision.deliveries:
+        (groups if d.target in cfg.groups else dests).append(d.target)
+    return dests, groups
+
+
+def site_endpoints(
+    services: Sequence[tuple[str, str, Mapping[str, Any]]],
+    *,
+    receiver_ae: str = "PXVERIFY",
+    calling_ae: str = "PXSMOKE",
+) -> SiteEndpoints:
+    """``services``: (address, kind, rendered config) of every deployed service."""
+    routers = [(a, c) for a, k, c in services if k == "router"]
+    archives = [(a, c) for a, k, c in services if k == "archive"]
+    if not archives:
+        raise UsageError("the site runs no archive service: nothing to verify")
+    notes: list[str] = []
+    if routers:
+        entry_addr, entry_cfg = routers[0]
+        if len(routers) > 1:
+            notes.append(f"{len(routers)} routers; verifying through {entry_addr}")
+        dests, groups = _routed_targets(entry_cfg, calling_ae)
+        for g in groups:
+            notes.append(f"group {g!r}: the study lands on one member; not waited for per node")
+        by_endpoint = {(str(c["ae_title"]), _host(c), int(c["port"])): (a, c) for a, c in archives}
+        chosen: list[tuple[str, Mapping[str, Any]]] = []
+        for name in dests:
+            d = entry_cfg["destinations"][name]
+            key = (str(d["ae_title"]), str(d.get("host") or ""), int(d.get("port", 104)))
+            hit = by_endpoint.get(key)
+            if hit is None:
+                notes.append(f"destination {name!r} ({key[0]}@{key[1]}:{key[2]}) is not an "
+                             "archive of this site; not checked")
+            elif hit not in chosen:
+                chosen.append(hit)
+        if not chosen:
+            raise UsageError(
+                f"the router {entry_addr} sends a test study to no archive of this site "
+                "(no rule forwards it to a destination naming an archive service)")
+    else:
+        entry_addr, entry_cfg = archives[0]
+        chosen = list(archives)
+    receiver: Peer | None = None
+    for addr, cfg in chosen:
+        raw = (cfg.get("peers") or {}).get(receiver_ae)
+        if raw is None:
+            raise UsageError(
+                f"{addr}: the archive knows no C-MOVE destination {receiver_ae!r}; add "
+                f"services.<archive>.config.peers.{receiver_ae}: "
+                f"{{ae_title: {receiver_ae}, host: 127.0.0.1, port: <free port>}} to the blueprint")
+        peer = Peer.model_validate(dict(raw))
+        if receiver is not None and (peer.host, peer.port) != (receiver.host, receiver.port):
+            raise UsageError(f"archives disagree on where {receiver_ae} listens: "
+                             f"{receiver.host}:{receiver.port} and {peer.host}:{peer.port}")
+        receiver = peer
+    assert receiver is not None
+    return SiteEndpoints(
+        entry=_peer(entry_cfg), entry_address=entry_addr,
+        archives=[_peer(c) for _, c in chosen], archive_addresses=[a for a, _ in chosen],
+        receiver=receiver, notes=notes,
+    )
