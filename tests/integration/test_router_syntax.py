@@ -55,8 +55,9 @@ def test_fallback_to_what_the_destination_accepts(tmp_path: Path) -> None:
 
 def test_router_accepts_the_senders_first_choice(tmp_path: Path) -> None:
     """A sender offering [Explicit LE, JPEG baseline] for an uncompressed file gets Explicit LE."""
+    dest = StatusSCP(0, "ANY")
     router = Router(tmp_path / "router", {
-        "destinations": {"any": StatusSCP(0, "ANY").dest()},
+        "destinations": {"any": dest.dest()},
         "rules": [{"name": "all", "forward": ["any"]}],
     })
     router.start()
@@ -73,3 +74,4 @@ def test_router_accepts_the_senders_first_choice(tmp_path: Path) -> None:
         assert accepted == [ExplicitVRLittleEndian]
     finally:
         router.stop()
+        dest.stop()

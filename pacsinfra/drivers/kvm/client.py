@@ -525,7 +525,16 @@ class PoolStorage(Storage):
         with translate(f"uuid of pool {pool}"):
             return str(p.UUIDString())
 
-    def create_pool(self, name: str, path: str, xml: str) -> None:
+    def create_pool(self, name: str, path: str, xml: str, marker: str) -> None:
+        """Define (unless defined), build, start and autostart the pool, then add its marker.
+
+        libvirt can hold a volume only in a running pool, so the marker comes last;
+        a create killed before it leaves a pool with the UUID ``xml`` gives it (the
+        driver derives it from the pool's name and address, see ``KvmDriver``), which
+        the driver recognises as its own half-done pool and completes through here.
+        """
+        from pacsinfra.drivers.kvm.pool import render_volume
+
         with translate(f"define pool {name}"):
             p = self._pool(name) or self.conn.storagePoolDefineXML(xml, 0)
             if not p.isActive():
@@ -537,11 +546,25 @@ class PoolStorage(Storage):
             except libvirt.libvirtError as exc:
                 if _code(exc) not in _FALLBACK_CODES:
                     raise
+        if marker not in self.volume_names(name):
+            xml = render_volume(name=marker, capacity=0, allocation=0, fmt="raw")
+            self.create_volume(name, marker, xml, capacity=0, fmt="raw", thick=False)
 
     def delete_pool(self, name: str) -> None:
+        """Delete the marker volumes, stop and undefine the pool.
+
+        An undefined pool's volumes cannot be reached through libvirt, so the markers
+        go first; a delete killed in between leaves an empty pool with the driver's
+        UUID, which a later create of the same pool completes.
+        """
+        from pacsinfra.drivers.kvm.pool import MARKER_PREFIX
+
         p = self._pool(name)
         if p is None:
             return
+        for vol in self.volume_names(name):
+            if vol.startswith(MARKER_PREFIX):
+                self.delete_volume(name, vol)
         with translate(f"delete pool {name}"):
             if p.isActive():
                 p.destroy()
