@@ -17,10 +17,13 @@ venv: $(VENV)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-## The main job on the embedded default.
+## The main job on the embedded default: check and plan the quickstart site, then run
+## a real archive + router on this machine (local provider) and prove it with a study.
 quickstart: system-deps venv
 	$(VENV)/bin/pacsinfra validate examples/quickstart.yaml
 	$(VENV)/bin/pacsinfra plan examples/quickstart.yaml
+	$(VENV)/bin/pacsinfra apply examples/local.yaml --auto-approve
+	$(VENV)/bin/pacsinfra verify examples/local.yaml
 
 ## The whole test suite, installing what it needs.
 test: system-deps venv

@@ -10,6 +10,7 @@ Colours are ANSI via click.style; click strips them when the output is no TTY.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -137,6 +138,11 @@ def spec_summary(spec: Spec | None) -> list[str]:
         return [
             f"tier {spec.tier}, {spec.provisioning}" + (", encrypted" if spec.encrypted else "")
         ]
+    cfg = getattr(spec, "config", None)  # a ServiceSpec (drivers that run services: local)
+    if isinstance(cfg, Mapping) and cfg.get("ae_title"):
+        where = f"{cfg.get('bind', '0.0.0.0')}:{cfg.get('port')}"
+        return [f"{getattr(spec, 'kind', '')} {cfg['ae_title']} on {where}, "
+                f"on {getattr(spec, 'machine', '')}"]
     return []
 
 

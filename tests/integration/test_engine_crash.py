@@ -56,13 +56,6 @@ def test_kill_9_domains_only() -> None:
     _harness("--machines", "12", "--disks", "0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KVM driver (pacsinfra/drivers/kvm): a create killed after a disk volume or pool "
-    "directory is made, before the domain / pool marker exists, leaves an unmarked leftover that "
-    "every later create refuses as AlreadyExists. Remove this marker once the driver replaces "
-    "its own leftovers (contract: Driver.create docstring).",
-)
 def test_kill_9_with_pool_and_disks() -> None:
     """The whole site: a file pool with its marker, one qcow2 disk per machine."""
     _harness("--machines", "6", "--disks", "1")

@@ -7,6 +7,7 @@ volume resize, volume upload) is asserted as the translated error it produces.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import uuid
@@ -582,3 +583,132 @@ def test_engine_plan_apply_replan_destroy(conn: Any, tmp_path: Any) -> None:
         assert driver.list_owned(engine.site) == []
     finally:
         conn.storagePoolLookupByName("default-pool").storageVolLookupByName(image).delete(0)
+
+
+# -- what a kill -9 leaves behind (no cleanup ran): the next create or plan must converge ------
+
+
+def _raw_volume(conn: Any, pool: str, name: str) -> None:
+    """A volume made outside the driver, as a create killed after making it leaves it."""
+    from pacsinfra.drivers.kvm.pool import render_volume
+
+    xml = render_volume(name=name, capacity=1 << 20, allocation=0, fmt="qcow2")
+    conn.storagePoolLookupByName(pool).createXML(xml, 0)
+
+
+FOREIGN_DOMAIN = """<domain type='test'><name>{name}</name><memory>1024</memory>
+<os><type>hvm</type></os><devices><disk type='volume' device='disk'>
+<source pool='{pool}' volume='{volume}'/><target dev='vda' bus='virtio'/></disk></devices></domain>"""
+
+
+def test_leftover_volumes_of_a_killed_create_are_replaced(
+    driver: Any, conn: Any, site: str, infra: Any
+) -> None:
+    ps, _ns = infra
+    spec = machine_spec(site)
+    # killed after the disks and the seed, before the domain was defined
+    for vol in (f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2", f"{spec.name}-seed.iso"):
+        _raw_volume(conn, ps.name, vol)
+    created = driver.create(spec, owner(site, spec.address))
+    assert changed_fields(spec, created) == []
+    data = conn.storagePoolLookupByName(ps.name).storageVolLookupByName(f"{spec.name}-data.qcow2")
+    assert data.info()[1] == 4096 * 1024 * 1024  # made anew at the spec's size, not the 1 MiB left
+
+
+def test_leftover_named_volume_in_use_or_in_a_foreign_pool_is_never_touched(
+    driver: Any, conn: Any, site: str, infra: Any
+) -> None:
+    ps, _ns = infra
+    spec = machine_spec(site, disks=(DiskSpec("os", 1024, ps.name),))
+    vol = f"{spec.name}-os.qcow2"
+    _raw_volume(conn, ps.name, vol)
+    # another domain uses the volume that carries this machine's name: refused, kept
+    other = conn.defineXML(FOREIGN_DOMAIN.format(name=f"{site}-other", pool=ps.name, volume=vol))
+    try:
+        with pytest.raises(AlreadyExists, match=f"domain {site}-other uses it"):
+            driver.create(spec, owner(site, spec.address))
+        assert vol in volumes(conn, ps.name)
+        assert driver.read(spec) is None
+    finally:
+        other.undefine()
+    conn.storagePoolLookupByName(ps.name).storageVolLookupByName(vol).delete(0)
+
+    # a pool without this site's mark: its volumes are not pacsinfra's to replace
+    foreign = conn.storagePoolDefineXML(
+        f"<pool type='dir'><name>{site}-theirs</name><target><path>/pools/{site}/theirs</path>"
+        "</target></pool>",
+        0,
+    )
+    foreign.create(0)
+    try:
+        elsewhere = machine_spec(site, disks=(DiskSpec("os", 1024, f"{site}-theirs"),))
+        _raw_volume(conn, f"{site}-theirs", vol)
+        with pytest.raises(AlreadyExists, match="pool this site does not own"):
+            driver.create(elsewhere, owner(site, spec.address))
+        assert volumes(conn, f"{site}-theirs") == [vol]
+        assert driver.read(elsewhere) is None
+    finally:
+        for v in foreign.listAllVolumes(0):
+            v.delete(0)
+        foreign.destroy()
+        foreign.undefine()
+
+
+def test_machine_delete_killed_before_undefine_converges(
+    driver: Any, conn: Any, site: str, infra: Any
+) -> None:
+    ps, _ns = infra
+    spec = machine_spec(site, power_on=False)
+    driver.create(spec, owner(site, spec.address))
+    # killed after the volumes went, before the undefine: a marked domain without its disks
+    for vol in (f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2"):
+        conn.storagePoolLookupByName(ps.name).storageVolLookupByName(vol).delete(0)
+    observed = driver.read(spec)
+    assert observed is not None and observed.owner is not None
+    assert observed.spec.disks == ()  # gone disks are not reported as disks of size 0
+    fields = changed_fields(spec, observed)
+    assert fields == ["disks"]
+    assert driver.classify_change(spec, observed, "disks") == ChangeKind.NEEDS_POWER_OFF
+    after = driver.update(spec, observed, fields)  # the re-apply: disks made again
+    assert changed_fields(spec, after) == []
+    assert {f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2"} <= set(volumes(conn, ps.name))
+
+
+def test_half_done_pool_and_network_are_completed(driver: Any, conn: Any, site: str) -> None:
+    ps, ns = pool_spec(site), net_spec(site)
+    pmark, nmark = owner(site, ps.address), owner(site, ns.address)
+    # a pool create killed after the definition, before its marker volume
+    rendered = driver.render(ps, pmark)
+    pool = conn.storagePoolDefineXML(rendered.text, 0)
+    assert pool.UUIDString() == rendered.parameters["uuid"]
+    pool.build(0)
+    pool.create(0)
+    # a network create killed after the definition (which carries the mark), before the start
+    conn.networkDefineXML(driver.render(ns, nmark).text)
+    try:
+        assert driver.read(ps) is None  # not there yet: a plan creates it, nothing collides
+        assert all(o.spec.address != ps.address for o in driver.list_owned(site))
+        made = driver.create(ps, pmark)
+        assert made.owner == pmark and made.id == rendered.parameters["uuid"]
+        assert volumes(conn, ps.name) == [rendered.parameters["marker"]]
+        net = driver.create(ns, nmark)
+        assert net.owner == nmark and net.power == PowerState.ON
+        # an empty pool of that name that pacsinfra did not define stays someone else's
+        driver.delete(made)
+        conn.storagePoolDefineXML(
+            f"<pool type='dir'><name>{ps.name}</name><target><path>/pools/{site}/x</path>"
+            "</target></pool>",
+            0,
+        ).create(0)
+        theirs = driver.read(ps)
+        assert theirs is not None and theirs.owner is None
+        with pytest.raises(AlreadyExists, match="not created by pacsinfra"):
+            driver.create(ps, pmark)
+    finally:
+        for obs in driver.list_owned(site):
+            driver.delete(obs)
+        with contextlib.suppress(Exception):
+            p = conn.storagePoolLookupByName(ps.name)
+            p.destroy()
+            p.undefine()
+    assert driver.list_owned(site) == []

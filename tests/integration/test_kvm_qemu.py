@@ -158,6 +158,51 @@ def test_tiny_domain_lifecycle_on_real_qemu(embed_driver: Any) -> None:
     assert not (root / "pools" / "scratch").exists()
 
 
+def test_directory_pools_listed_once_and_never_half_made(embed_driver: Any) -> None:
+    """Embed pools are directories: one listing per pool, and a kill never leaves one unmarked."""
+    from pacsinfra.drivers.kvm.storage import STAGING_SUFFIX
+
+    driver, root = embed_driver
+    site = "ci"
+    # kvm.path ending in another name than the pool's, under <root>/pools
+    pool = StorageSpec(
+        address="storage.flash",
+        name="ci-flash",
+        tier="test",
+        settings={"path": str(root / "pools" / "flashdir")},
+    )
+    mark = Ownership(site, pool.address, "lin")
+    marker = driver.render(pool, mark).parameters["marker"]
+    # a create killed half-way left its staging directory (with a stale marker): invisible
+    staging = root / "pools" / f".flashdir{STAGING_SUFFIX}"
+    staging.mkdir(parents=True)
+    (
+        staging / driver.render(pool, Ownership(site, pool.address, "old")).parameters["marker"]
+    ).touch()
+    assert driver.list_owned(site) == []
+    assert driver.read(pool) is None
+
+    made = driver.create(pool, mark)
+    assert not staging.exists()
+    assert sorted(p.name for p in (root / "pools" / "flashdir").iterdir()) == [marker]
+    owned = driver.list_owned(site)
+    assert [(o.spec.name, o.id) for o in owned] == [("ci-flash", made.id)]
+    assert changed_fields(pool, driver.read(pool)) == []
+    assert driver.create(pool, mark).id == made.id  # idempotent
+
+    # a lost index (pools.json): create finds its marked directory again, makes no second pool
+    index = root / "pools.json"
+    index.write_text("{}")
+    driver.create(pool, mark)
+    assert [o.spec.name for o in driver.list_owned(site)] == ["ci-flash"]
+
+    # delete: the directory goes away with its marker in one rename; nothing is left
+    driver.delete(driver.read(pool))
+    assert driver.read(pool) is None
+    assert driver.list_owned(site) == []
+    assert sorted(p.name for p in (root / "pools").iterdir()) == []
+
+
 # -- a system libvirtd (storage pools, networks with dnsmasq) in private namespaces ----------
 
 START_LIBVIRTD = """\

@@ -137,6 +137,8 @@ def test_local_site_lifecycle(site: Site, tmp_path: Path) -> None:
     archive_port, router_port, _ = site.ports
     bp = str(site.bp)
     site.ok("validate", "--strict", bp)
+    assert "run pacsinfra apply first" in site.cli("verify", bp).stderr  # never applied: exit 2
+    assert site.cli("verify", bp).returncode == 2
 
     out = site.ok("apply", bp, "--auto-approve")
     assert "Apply complete: 4 done (4 create)" in out, out
@@ -200,6 +202,8 @@ def test_local_site_lifecycle(site: Site, tmp_path: Path) -> None:
     from pacsinfra.deploy import supervisor
 
     supervisor.stop(site.run_dir, "archive")
+    r = site.cli("verify", bp, "--wait", "2")
+    assert r.returncode == 1 and "smoke test FAILED" in r.stdout, r.stdout + r.stderr
     plan = json.loads(site.ok("plan", bp, "--json"))
     changing = [s for s in plan["steps"] if s["action"] != "no-op"]
     assert [(s["address"], [f["name"] for f in s["fields"]]) for s in changing] == [

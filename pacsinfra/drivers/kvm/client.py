@@ -441,6 +441,20 @@ class LibvirtClient:
             if start and not net.isActive():
                 net.create()
 
+    def start_network(self, name: str) -> None:
+        """Mark network ``name`` autostart and start it (no-op when it runs)."""
+        net = self._network(name)
+        if net is None:
+            raise NotFound(f"libvirt: network {name} does not exist")
+        with translate(f"start network {name}"):
+            try:
+                net.setAutostart(1)
+            except libvirt.libvirtError as exc:
+                if _code(exc) not in _FALLBACK_CODES:
+                    raise
+            if not net.isActive():
+                net.create()
+
     def delete_network(self, name: str) -> None:
         net = self._network(name)
         if net is None:

@@ -189,10 +189,11 @@ class KvmDriver(Driver):
         if isinstance(spec, NetworkSpec):
             return Rendered("application/xml", net.render_network(spec, owner))
         if isinstance(spec, StorageSpec):
+            uuid = pool_mod.pool_uuid(spec)
             return Rendered(
                 "application/xml",
-                pool_mod.render_pool(spec, self.pool_root()),
-                {"marker": pool_mod.marker_name(owner)},
+                pool_mod.with_uuid(pool_mod.render_pool(spec, self.pool_root()), uuid),
+                {"marker": pool_mod.marker_name(owner), "uuid": uuid},
             )
         raise TypeError(f"unknown spec type {type(spec).__name__}")
 
@@ -260,6 +261,10 @@ class KvmDriver(Driver):
                 out.append(mobs)
         return out
 
+    def read_network(self, name: str) -> Observed | None:
+        """The libvirt network ``name`` (mark and whether it runs), or None when absent."""
+        return self._read_network(name, desired=None)
+
     def _read_network(self, name: str, desired: NetworkSpec | None) -> Observed | None:
         xml = self.lc.network_xml(name)
         if xml is None:
@@ -280,11 +285,24 @@ class KvmDriver(Driver):
                 return owner
         return None
 
+    def _half_done_pool(self, name: str, desired: StorageSpec | None) -> bool:
+        """Whether pool ``name`` is an empty, unmarked pool defined by an interrupted
+        create (or left by an interrupted delete) of ``desired``: it carries the UUID
+        only pacsinfra gives that pool (see :func:`pool.pool_uuid`) and no volume."""
+        if desired is None or desired.name != name:
+            return False
+        storage = self.lc.storage
+        return storage.pool_uuid(name) == pool_mod.pool_uuid(desired) and not storage.volume_names(
+            name
+        )
+
     def _read_pool(self, name: str, desired: StorageSpec | None) -> Observed | None:
         storage = self.lc.storage
         if not storage.pool_exists(name):
             return None
         owner = self.pool_owner(name)
+        if owner is None and self._half_done_pool(name, desired):
+            return None  # not there yet (or any more): create completes it
         spec = pool_mod.parse_pool(name, storage.pool_path(name), owner, desired)
         return Observed(
             spec=spec,
@@ -370,7 +388,11 @@ class KvmDriver(Driver):
         raise AlreadyExists(f"kvm: {kind} {name} already exists ({whose})")
 
     def _create_network(self, spec: NetworkSpec, owner: Ownership) -> Observed:
-        if self.claim("network", spec.name, self._read_network(spec.name, spec), owner):
+        existing = self._read_network(spec.name, spec)
+        if self.claim("network", spec.name, existing, owner):
+            assert existing is not None
+            if existing.power != PowerState.ON:  # an earlier create killed before the start
+                self.lc.start_network(spec.name)
             found = self._read_network(spec.name, spec)
             assert found is not None
             return found
@@ -409,24 +431,26 @@ class KvmDriver(Driver):
 
     # -- pools -----------------------------------------------------------------------
     def _create_pool(self, spec: StorageSpec, owner: Ownership) -> Observed:
+        """Create the pool with its marker; completes a half-done pool of an earlier run.
+
+        On a directory backend the pool appears with its marker or not at all; on
+        libvirt an interrupted create leaves an empty pool with :func:`pool.pool_uuid`,
+        which ``_read_pool`` reports as absent so this completes it.
+        """
         storage = self.lc.storage
         if self.claim("storage pool", spec.name, self._read_pool(spec.name, spec), owner):
             found = self._read_pool(spec.name, spec)
             assert found is not None
             return found
         path = pool_mod.pool_path(spec, self.pool_root())
+        xml = pool_mod.with_uuid(
+            pool_mod.render_pool(spec, self.pool_root()), pool_mod.pool_uuid(spec)
+        )
         try:
-            storage.create_pool(spec.name, path, pool_mod.render_pool(spec, self.pool_root()))
-            storage.create_volume(
-                spec.name,
-                pool_mod.marker_name(owner),
-                pool_mod.marker_volume_xml(owner),
-                capacity=0,
-                fmt="raw",
-                thick=False,
-            )
+            storage.create_pool(spec.name, path, xml, pool_mod.marker_name(owner))
         except Exception:
-            if storage.pool_exists(spec.name) and not storage.volume_names(spec.name):
+            # only a pool this call defined (ours by its UUID) and still empty
+            if self._half_done_pool(spec.name, spec):
                 storage.delete_pool(spec.name)
             raise
         found = self._read_pool(spec.name, spec)
@@ -459,5 +483,4 @@ class KvmDriver(Driver):
                 f"kvm: pool {name} still holds {len(others)} volume(s) ({', '.join(others[:3])}); "
                 "delete their machines first"
             )
-        storage.delete_volume(name, pool_mod.marker_name(owner))
-        storage.delete_pool(name)
+        storage.delete_pool(name)  # the pool before (or with) its marker: see Storage.delete_pool

@@ -9,6 +9,7 @@ re-raising — like terraform-provider-libvirt's cleanupOnError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -91,12 +92,22 @@ def read_machine(driver: KvmDriver, name: str, desired: MachineSpec | None) -> O
     facts = dom.domain_facts(xml)
     pool_of_path = _pool_of_path(driver)
     capacities: dict[str, int] = {}
+    missing: set[str] = set()
     for ref in facts.disks:
         pool = _ref_pool(ref, pool_of_path)
         if pool and ref.volume and lc.storage.pool_exists(pool):
             cap = lc.storage.volume_capacity(pool, ref.volume)
             if cap is not None:
                 capacities[ref.dev] = cap // MIB
+            else:
+                missing.add(ref.dev)
+    if missing:
+        # A disk whose volume is gone from its pool (a delete killed after the volumes
+        # went, before the undefine) is not there: the plan shows it to be added, and
+        # update creates it, instead of "growing" a volume that does not exist.
+        facts = dataclasses.replace(
+            facts, disks=tuple(r for r in facts.disks if r.dev not in missing)
+        )
     state = lc.domain_state(name)
     if state == "absent":
         return None
@@ -142,12 +153,91 @@ def _validate_references(driver: KvmDriver, spec: MachineSpec, seed_pool: str | 
         raise NotFound(f"kvm: {spec.address} refers to what does not exist: {', '.join(missing)}")
 
 
+def _volumes_in_use(driver: KvmDriver) -> tuple[set[tuple[str, str]], set[str], dict[str, str]]:
+    """What every defined domain's disks refer to: (pool, volume) pairs and real file paths.
+
+    Also returns which domain uses each, for messages. Reads every domain: called only
+    when a volume a create is about to make already exists (the rare leftover case).
+    """
+    from xml.etree import ElementTree as ET
+
+    lc = driver.lc
+    pool_of_path = _pool_of_path(driver)
+    refs: set[tuple[str, str]] = set()
+    paths: set[str] = set()
+    user: dict[str, str] = {}
+    for name in lc.domain_names():
+        xml = lc.domain_xml(name)
+        if xml is None:
+            continue
+        # every <disk> (disks, CD-ROMs, LUNs, floppies), not only the ones pacsinfra renders
+        for el in ET.fromstring(xml).iter("disk"):
+            src = el.find("source")
+            if src is None:
+                continue
+            path = src.get("file") or src.get("dev")
+            pool, volume = src.get("pool"), src.get("volume")
+            if pool is None and path:
+                pool = pool_of_path.get(os.path.dirname(path))
+                volume = os.path.basename(path)
+            if pool and volume:
+                refs.add((pool, volume))
+                user[f"{pool}/{volume}"] = name
+            if path:
+                real = os.path.realpath(path)
+                paths.add(real)
+                user[real] = name
+    return refs, paths, user
+
+
+def _clear_leftover(
+    driver: KvmDriver, owner: Ownership, pool: str, vname: str, *, owned_pool: bool = True
+) -> None:
+    """Remove volume ``pool/vname`` if it is a leftover of an interrupted create or delete.
+
+    ``vname`` is a name pacsinfra derives from the machine's (``<machine>-<disk>.qcow2``,
+    ``<machine>-seed.iso``), and the caller has checked that no domain of that name
+    exists. The volume is replaced only when no domain uses it and (with
+    ``owned_pool``) the pool carries this site's mark; anything else is refused.
+    A kill -9 runs no cleanup, so without this every later create would fail.
+    """
+    storage = driver.lc.storage
+    path = storage.volume_path(pool, vname)
+    if path is None:
+        return
+    if owned_pool:
+        mark = driver.pool_owner(pool)
+        if mark is None or mark.site != owner.site:
+            raise AlreadyExists(
+                f"kvm: volume {pool}/{vname} already exists in a pool this site does not own; "
+                "remove it or rename the machine"
+            )
+    refs, paths, user = _volumes_in_use(driver)
+    real = os.path.realpath(path)
+    if (pool, vname) in refs or real in paths:
+        whose = user.get(f"{pool}/{vname}") or user.get(real)
+        raise AlreadyExists(
+            f"kvm: volume {pool}/{vname} already exists and domain {whose} uses it; "
+            "remove it or rename the machine"
+        )
+    storage.delete_volume(pool, vname)
+
+
 def _create_disk(
-    driver: KvmDriver, spec: MachineSpec, index: int, disk: Any, *, from_image: bool
+    driver: KvmDriver,
+    spec: MachineSpec,
+    index: int,
+    disk: Any,
+    *,
+    from_image: bool,
+    owner: Ownership | None = None,
 ) -> tuple[str, str]:
+    """Create the volume of ``disk``; with ``owner`` (a create), replace a leftover first."""
     storage = driver.lc.storage
     vol = pool_mod.disk_volume(spec, disk, from_image=from_image)
-    if storage.volume_capacity(vol.pool, vol.name) is not None:
+    if owner is not None:
+        _clear_leftover(driver, owner, vol.pool, vol.name)
+    if storage.volume_path(vol.pool, vol.name) is not None:
         raise AlreadyExists(
             f"kvm: volume {vol.pool}/{vol.name} already exists (left from an earlier run?); "
             "remove it or rename the machine"
@@ -169,11 +259,22 @@ def _create_disk(
     return vol.pool, vol.name
 
 
-def _write_seed(driver: KvmDriver, spec: MachineSpec, pool: str) -> tuple[str, str]:
+def _write_seed(
+    driver: KvmDriver, spec: MachineSpec, pool: str, owner: Ownership | None = None
+) -> tuple[str, str]:
+    """(Re)build the seed ISO. With ``owner`` (a create) an existing seed is a leftover
+    and replaced only when no domain uses it; without (an update of this machine) the
+    machine's own seed is rebuilt."""
     storage = driver.lc.storage
     iso = cloudinit.build_iso(cloudinit.build_seed(spec))
     vname = dom.seed_volume_name(spec.name)
-    storage.delete_volume(pool, vname)  # a seed is always rebuilt from the spec
+    if owner is not None:
+        # The seed pool may be the operator's (``seed_pool``), given to pacsinfra for
+        # seeds: a seed there is ours by its name, so only "in use" is checked.
+        owned = any(d.storage == pool for d in spec.disks)
+        _clear_leftover(driver, owner, pool, vname, owned_pool=owned)
+    else:
+        storage.delete_volume(pool, vname)  # a seed is always rebuilt from the spec
     xml = pool_mod.render_volume(name=vname, capacity=len(iso), allocation=len(iso), fmt="raw")
     storage.create_volume(pool, vname, xml, capacity=len(iso), fmt="raw", thick=False)
     # False on test:///default, which keeps no volume content: the volume still exists.
@@ -199,8 +300,27 @@ def _cleanup(
             exc.add_note(f"cleanup: {what} failed: {err}")
 
 
+def _start_networks(driver: KvmDriver, spec: MachineSpec, owner: Ownership) -> None:
+    """Start this site's networks the machine uses that are defined but not running.
+
+    A network create killed between its definition and its start leaves it marked
+    but stopped; the next plan adopts it as is, and the domain would not start.
+    """
+    for nic in spec.nics:
+        if nic.network.startswith(("bridge:", "ovs:")):
+            continue
+        found = driver.read_network(nic.network)
+        ours = found is not None and found.owner is not None and found.owner.site == owner.site
+        if ours and found is not None and found.power != PowerState.ON:
+            driver.lc.start_network(nic.network)
+
+
 def create_machine(driver: KvmDriver, spec: MachineSpec, owner: Ownership) -> Observed:
-    """Create volumes, seed and domain, start it; undo everything on failure."""
+    """Create volumes, seed and domain, start it; undo everything on failure.
+
+    Volumes named after the machine that an interrupted earlier create or delete
+    left behind (unused by any domain, in this site's pool) are replaced.
+    """
     lc = driver.lc
     existing = read_machine(driver, spec.name, spec)
     if driver.claim("domain", spec.name, existing, owner):
@@ -219,14 +339,15 @@ def create_machine(driver: KvmDriver, spec: MachineSpec, owner: Ownership) -> Ob
     defined = False
     try:
         for i, disk in enumerate(spec.disks):
-            made.append(_create_disk(driver, spec, i, disk, from_image=(i == 0)))
+            made.append(_create_disk(driver, spec, i, disk, from_image=(i == 0), owner=owner))
         if seed_pool:
-            made.append(_write_seed(driver, spec, seed_pool))
+            made.append(_write_seed(driver, spec, seed_pool, owner))
         if lc.domain_exists(spec.name):  # appeared meanwhile (another process)
             raise AlreadyExists(f"kvm: domain {spec.name} appeared while creating it")
         lc.define_domain(xml)
         defined = True
         if spec.power_on:
+            _start_networks(driver, spec, owner)
             lc.start_domain(spec.name)
     except BaseException as exc:
         # Only what this call made is removed: never a domain someone else defined.
@@ -300,7 +421,14 @@ def update_machine(
         for i, disk in enumerate(spec.disks):
             if disk.name not in have:
                 made.append(
-                    _create_disk(driver, spec, i, disk, from_image=(i == 0 and not actual.disks))
+                    _create_disk(
+                        driver,
+                        spec,
+                        i,
+                        disk,
+                        from_image=(i == 0 and not actual.disks),
+                        owner=current.owner,  # an update killed before the redefinition
+                    )
                 )
     except BaseException as exc:
         _cleanup_volumes_only(driver, made, exc)
@@ -374,7 +502,7 @@ def _apply_update(
 
 
 def delete_machine(driver: KvmDriver, observed: Observed) -> None:
-    """Power off, undefine (nvram, managed save, snapshot metadata) and delete its volumes."""
+    """Power off, delete its volumes, then undefine (nvram, managed save, snapshot metadata)."""
     lc = driver.lc
     spec = observed.spec
     assert isinstance(spec, MachineSpec)
@@ -394,16 +522,20 @@ def delete_machine(driver: KvmDriver, observed: Observed) -> None:
             if pool:
                 volumes.add((pool, ref.volume))
         lc.destroy_domain(name)
-        lc.undefine_domain(name)
     for disk in spec.disks:
         volumes.add((disk.storage, dom.disk_volume_name(name, disk.name)))
     ctx_seed_pool = dom.seed_pool(spec, dom.DomainContext(seed_pool=_seed_pool_setting(driver)))
     if ctx_seed_pool:
         volumes.add((ctx_seed_pool, dom.seed_volume_name(name)))
+    # The volumes go before the definition (the marked object) is removed: a delete
+    # killed half-way leaves a marked domain, deleted again by the next run, never
+    # unmarked volumes.
     for pool, vol in sorted(volumes):
         if pool and lc.storage.pool_exists(pool):
             with contextlib.suppress(NotFound):
                 lc.storage.delete_volume(pool, vol)
+    if xml is not None:
+        lc.undefine_domain(name)
 
 
 def _seed_pool_setting(driver: KvmDriver) -> str | None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
+from xml.etree import ElementTree as ET
 
 from pacsinfra.drivers.base import DiskSpec, MachineSpec, Ownership, StorageSpec
 from pacsinfra.drivers.kvm import templating
@@ -42,6 +44,35 @@ def pool_inputs(spec: StorageSpec, default_root: str = DEFAULT_POOL_ROOT) -> dic
 def render_pool(spec: StorageSpec, default_root: str = DEFAULT_POOL_ROOT) -> str:
     """The pool XML for ``spec`` (pure)."""
     return templating.render("pool.xml.j2", p=pool_inputs(spec, default_root))
+
+
+# Namespace of the UUIDs pacsinfra gives the libvirt pools it defines (see pool_uuid).
+POOL_UUID_NS = uuid.UUID("0b3f6c1e-6a2d-4d57-9a7e-3c1f2b8d4e90")
+
+
+def pool_uuid(spec: StorageSpec) -> str:
+    """The UUID pacsinfra defines pool ``spec`` with (derived from its name and address).
+
+    A libvirt pool can carry its marker volume only once it is defined and running,
+    and loses it before it is undefined; in between (a create or delete killed
+    half-way) the pool is empty and unmarked. This UUID, part of the definition
+    from the first call on, lets the driver recognise such a pool as its own
+    half-done one and complete it, instead of refusing it as someone else's.
+    """
+    return str(uuid.uuid5(POOL_UUID_NS, json.dumps([spec.name, spec.address])))
+
+
+def with_uuid(xml: str, value: str) -> str:
+    """``xml`` (a pool definition) with ``<uuid>value</uuid>`` after its name."""
+    root = ET.fromstring(xml)
+    for old in root.findall("uuid"):
+        root.remove(old)
+    el = ET.Element("uuid")
+    el.text = value
+    name = root.find("name")
+    root.insert(list(root).index(name) + 1 if name is not None else 0, el)
+    el.tail = name.tail if name is not None else None
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 def marker_name(owner: Ownership) -> str:

@@ -300,8 +300,11 @@ class DirStorage(Storage):
         return True
 
     def delete_volume(self, pool: str, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._file(pool, name).unlink()
+        f = self._file(pool, name)
+        # with the staging file of an upload killed before its rename
+        for path in (f, f.with_name(f.name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _qemu_img(*args: str) -> str:

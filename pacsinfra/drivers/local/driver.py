@@ -245,9 +245,17 @@ class LocalDriver(Driver):
                 path.unlink()
             with contextlib.suppress(OSError):
                 mdir.rmdir()
+            self._prune(site, mdir.parent)
             return
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        self._prune(site, path.parent)
+
+    def _prune(self, site: str, directory: Path) -> None:
+        """Remove ``directory`` and then the site directory when they became empty."""
+        for d in (directory, paths.site_dir(self.root, site)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     def wait_for_address(self, observed: Observed, *, timeout: float) -> str:
         """Every local machine is this box."""

@@ -1,0 +1,127 @@
+"""The local driver and the service resources, without starting any process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pacsinfra.apply.engine import Engine
+from pacsinfra.blueprint import load_blueprint
+from pacsinfra.drivers.base import (
+    ChangeKind,
+    MachineSpec,
+    Ownership,
+    ServiceSpec,
+    changed_fields,
+    spec_from_dict,
+    spec_to_dict,
+)
+from pacsinfra.drivers.local import LocalDriver, paths
+from pacsinfra.drivers.local.process import ServiceProcess
+from pacsinfra.drivers.registry import driver_class
+from pacsinfra.plan.desired import desired_site
+from pacsinfra.plan.plan import Action
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "local.yaml"
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    r = tmp_path / "root"
+    monkeypatch.setenv(paths.ROOT_ENV, str(r))
+    return r
+
+
+def test_registered() -> None:
+    assert driver_class("local") is LocalDriver
+
+
+def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(paths.ROOT_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert paths.local_root(None) == tmp_path / "xdg" / "pacsinfra"
+    assert paths.local_root({"root": str(tmp_path / "r")}) == tmp_path / "r"
+    monkeypatch.setenv(paths.ROOT_ENV, str(tmp_path / "env"))
+    assert paths.local_root({"root": str(tmp_path / "r")}) == tmp_path / "env"
+
+
+def test_services_become_resources_with_rendered_configs(root: Path) -> None:
+    d = desired_site(load_blueprint(str(EXAMPLE)).site)
+    arc, rtr = d.resources["service.archive[0]"], d.resources["service.router[0]"]
+    assert isinstance(arc.spec, ServiceSpec) and isinstance(rtr.spec, ServiceSpec)
+    assert arc.depends_on == ("machine.pacs[0]",)
+    assert rtr.depends_on == ("machine.pacs[0]", "service.archive[0]")
+    mdir = root / "local-demo" / "machines" / "local-demo-pacs-1"
+    assert arc.spec.config["data_dir"] == str(mdir / "data" / "archive")
+    assert arc.spec.config["bind"] == "127.0.0.1"
+    dest = rtr.spec.config["destinations"]["archive"]
+    assert (dest["host"], dest["port"], dest["ae_title"]) == ("127.0.0.1", 11112, "ARCHIVE")
+    assert "service" not in dest
+    assert rtr.spec.config["spool_dir"] == str(mdir / "data" / "router")
+    # the rendered configs are what the services read
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+    from pacsinfra.pacs.router.config import RouterConfig
+
+    ArchiveConfig.model_validate(dict(arc.spec.config))
+    RouterConfig.model_validate(dict(rtr.spec.config))
+    assert spec_from_dict(spec_to_dict(rtr.spec)) == rtr.spec
+
+
+def test_other_drivers_get_no_service_resources() -> None:
+    d = desired_site(load_blueprint(str(REPO / "examples" / "quickstart.yaml")).site)
+    assert not [a for a in d.resources if a.startswith("service.")]
+
+
+def test_check_refuses_kinds_it_cannot_run(root: Path) -> None:
+    spec = ServiceSpec(address="service.db[0]", name="s-pacs-1-db", service="db",
+                       kind="database", machine="machine.pacs[0]")
+    assert LocalDriver(None).check(spec) and not LocalDriver(None).check(
+        ServiceSpec(address="service.a[0]", name="s-pacs-1-a", service="a", kind="archive",
+                    machine="machine.pacs[0]"))
+
+
+def test_plan_then_adopt_machine_after_state_loss(root: Path, tmp_path: Path) -> None:
+    loaded = load_blueprint(str(EXAMPLE))
+    with Engine(loaded, tmp_path / "s.json") as eng:
+        plan = eng.plan()
+    assert [(s.address, s.action) for s in plan.steps] == [
+        ("storage.disk", Action.CREATE), ("machine.pacs[0]", Action.CREATE),
+        ("service.archive[0]", Action.CREATE), ("service.router[0]", Action.CREATE)]
+    # a machine created by an earlier (lost) state is adopted, not created twice
+    drv = LocalDriver(None)
+    m = plan.steps[1].desired
+    assert isinstance(m, MachineSpec)
+    drv.create(m, Ownership("local-demo", m.address, "old-lineage"))
+    assert [o.spec.address for o in drv.list_owned("local-demo")] == ["machine.pacs[0]"]
+    with Engine(loaded, tmp_path / "s2.json") as eng:
+        again = {s.address: s.action for s in eng.plan().steps}
+    assert again["machine.pacs[0]"] is Action.ADOPT
+    assert drv.classify(m, "memory_mib") is ChangeKind.IN_PLACE
+
+
+def test_observed_service_shows_stopped_process_and_edited_config(root: Path) -> None:
+    d = desired_site(load_blueprint(str(EXAMPLE)).site)
+    drv = LocalDriver(None)
+    m = d.resources["machine.pacs[0]"].spec
+    s = d.resources["service.router[0]"].spec
+    assert isinstance(s, ServiceSpec)
+    drv.create(m, Ownership("local-demo", m.address, "L"))
+    # the mark and config as a create killed before the start would leave them
+    from pacsinfra.drivers.local.marks import write_mark
+
+    proc = ServiceProcess(root, "local-demo", "local-demo-pacs-1", s)
+    write_mark(proc.mark_path, s, Ownership("local-demo", s.address, "L"))
+    proc.write_config()
+    obs = drv.read(s)
+    assert obs is not None and obs.owner is not None
+    assert changed_fields(s, obs) == ["running"]  # not running: drift, fixed in place
+    proc.config_path.write_text(proc.config_path.read_text().replace("port: 11104", "port: 1"))
+    obs = drv.read(s)
+    assert obs is not None and changed_fields(s, obs) == ["config", "running"]
+    assert drv.classify_change(s, obs, "config") is ChangeKind.IN_PLACE
+    assert drv.classify_change(s, obs, "machine") is ChangeKind.REPLACE
+    drv.delete(obs)
+    assert drv.read(s) is None
+    assert (root / "local-demo" / "machines" / "local-demo-pacs-1").is_dir()
