@@ -660,8 +660,12 @@ def test_machine_delete_killed_before_undefine_converges(
     ps, _ns = infra
     spec = machine_spec(site, power_on=False)
     driver.create(spec, owner(site, spec.address))
+    # a stopped pool hides its volumes: that is not a disk gone
+    conn.storagePoolLookupByName(ps.name).destroy()
+    assert len(driver.read(spec).spec.disks) == 2
+    conn.storagePoolLookupByName(ps.name).create(0)
     # killed after the volumes went, before the undefine: a marked domain without its disks
-    for vol in (f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2"):
+    for vol in (f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2", f"{spec.name}-seed.iso"):
         conn.storagePoolLookupByName(ps.name).storageVolLookupByName(vol).delete(0)
     observed = driver.read(spec)
     assert observed is not None and observed.owner is not None
@@ -671,7 +675,8 @@ def test_machine_delete_killed_before_undefine_converges(
     assert driver.classify_change(spec, observed, "disks") == ChangeKind.NEEDS_POWER_OFF
     after = driver.update(spec, observed, fields)  # the re-apply: disks made again
     assert changed_fields(spec, after) == []
-    assert {f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2"} <= set(volumes(conn, ps.name))
+    made = {f"{spec.name}-os.qcow2", f"{spec.name}-data.qcow2", f"{spec.name}-seed.iso"}
+    assert made <= set(volumes(conn, ps.name))  # the seed too: the domain must be able to start
 
 
 def test_half_done_pool_and_network_are_completed(driver: Any, conn: Any, site: str) -> None:

@@ -43,7 +43,9 @@ cgroup_controllers = ["cpu", "cpuacct"]
 """
 
 
-@pytest.fixture
+# one root for the module: libvirt opens the embedded driver once per process and refuses
+# a second root in the same process, so the tests share it (each on its own site and pools)
+@pytest.fixture(scope="module")
 def embed_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     need_module("libvirt")
     need_binary("qemu-system-x86_64", "qemu-img")
@@ -163,11 +165,11 @@ def test_directory_pools_listed_once_and_never_half_made(embed_driver: Any) -> N
     from pacsinfra.drivers.kvm.storage import STAGING_SUFFIX
 
     driver, root = embed_driver
-    site = "ci"
+    site = "cd"
     # kvm.path ending in another name than the pool's, under <root>/pools
     pool = StorageSpec(
         address="storage.flash",
-        name="ci-flash",
+        name="cd-flash",
         tier="test",
         settings={"path": str(root / "pools" / "flashdir")},
     )
@@ -186,21 +188,25 @@ def test_directory_pools_listed_once_and_never_half_made(embed_driver: Any) -> N
     assert not staging.exists()
     assert sorted(p.name for p in (root / "pools" / "flashdir").iterdir()) == [marker]
     owned = driver.list_owned(site)
-    assert [(o.spec.name, o.id) for o in owned] == [("ci-flash", made.id)]
+    assert [(o.spec.name, o.id) for o in owned] == [("cd-flash", made.id)]
     assert changed_fields(pool, driver.read(pool)) == []
     assert driver.create(pool, mark).id == made.id  # idempotent
 
     # a lost index (pools.json): create finds its marked directory again, makes no second pool
+    import json
+
     index = root / "pools.json"
-    index.write_text("{}")
+    entries = json.loads(index.read_text())
+    del entries["cd-flash"]
+    index.write_text(json.dumps(entries))
     driver.create(pool, mark)
-    assert [o.spec.name for o in driver.list_owned(site)] == ["ci-flash"]
+    assert [o.spec.name for o in driver.list_owned(site)] == ["cd-flash"]
 
     # delete: the directory goes away with its marker in one rename; nothing is left
     driver.delete(driver.read(pool))
     assert driver.read(pool) is None
     assert driver.list_owned(site) == []
-    assert sorted(p.name for p in (root / "pools").iterdir()) == []
+    assert not (root / "pools" / "flashdir").exists() and not staging.exists()
 
 
 # -- a system libvirtd (storage pools, networks with dnsmasq) in private namespaces ----------

@@ -517,6 +517,13 @@ class PoolStorage(Storage):
     def pool_exists(self, pool: str) -> bool:
         return self._pool(pool) is not None
 
+    def pool_active(self, pool: str) -> bool:
+        p = self._pool(pool)
+        if p is None:
+            return False
+        with translate(f"pool {pool} active"):
+            return bool(p.isActive())
+
     def pool_names(self) -> list[str]:
         with translate("list pools"):
             return sorted(str(p.name()) for p in self.conn.listAllStoragePools(0))

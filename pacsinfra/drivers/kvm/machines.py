@@ -99,7 +99,7 @@ def read_machine(driver: KvmDriver, name: str, desired: MachineSpec | None) -> O
             cap = lc.storage.volume_capacity(pool, ref.volume)
             if cap is not None:
                 capacities[ref.dev] = cap // MIB
-            else:
+            elif lc.storage.pool_active(pool):  # a stopped pool hides its volumes
                 missing.add(ref.dev)
     if missing:
         # A disk whose volume is gone from its pool (a delete killed after the volumes
@@ -482,7 +482,11 @@ def _apply_update(
         else:
             storage.resize_volume(disk.storage, dom.disk_volume_name(spec.name, name), size)
     seed_pool = dom.seed_pool(spec, ctx) if ctx.seed else None
-    if seed_pool and (SEED_FIELDS & set(fields)):
+    if seed_pool and (
+        SEED_FIELDS & set(fields)
+        # gone with a delete killed before the undefine: the domain would not start
+        or storage.volume_path(seed_pool, dom.seed_volume_name(spec.name)) is None
+    ):
         _write_seed(driver, spec, seed_pool)
     lc.define_domain(dom.render_domain(spec, owner, ctx, uuid=current.id))
     live = running and bool(CPU_FIELDS & set(fields))
@@ -496,6 +500,7 @@ def _apply_update(
             storage.delete_volume(old.storage, dom.disk_volume_name(spec.name, name))
     state = lc.domain_state(spec.name)
     if spec.power_on and state != "running":
+        _start_networks(driver, spec, owner)
         lc.start_domain(spec.name)
     elif not spec.power_on and state == "running":
         lc.shutdown_domain(spec.name, driver.shutdown_timeout())
@@ -530,7 +535,8 @@ def delete_machine(driver: KvmDriver, observed: Observed) -> None:
     # The volumes go before the definition (the marked object) is removed: a delete
     # killed half-way leaves a marked domain, deleted again by the next run, never
     # unmarked volumes.
-    for pool, vol in sorted(volumes):
+    seed = dom.seed_volume_name(name)
+    for pool, vol in sorted(volumes, key=lambda pv: (pv[1] == seed, pv)):  # the seed last
         if pool and lc.storage.pool_exists(pool):
             with contextlib.suppress(NotFound):
                 lc.storage.delete_volume(pool, vol)

@@ -101,6 +101,10 @@ class Storage(abc.ABC):
         """True when domains must reference disks by path (no libvirt storage driver)."""
         return False
 
+    def pool_active(self, pool: str) -> bool:
+        """Whether the pool's volumes can be listed now (a stopped libvirt pool's cannot)."""
+        return self.pool_exists(pool)
+
 
 class DirStorage(Storage):
     """Directories as pools, files as volumes, for ``qemu:///embed`` (no libvirt storage driver).
