@@ -11,17 +11,13 @@ data, ``<prefix>/share/pacsinfra/templates/systemd``, then the source tree.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import jinja2
-
-from pacsinfra import __version__
-from pacsinfra.errors import DeployError
+from pacsinfra import __version__, templating
+from pacsinfra.errors import CapabilityError, DeployError
 
 Service = Literal["archive", "router"]
 # What may appear in a path or name we write into a unit: no whitespace, quotes, %, or
@@ -31,15 +27,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9_@./+:=-]+$")
 
 def template_dirs() -> list[Path]:
     """Candidate directories holding the systemd templates, in search order."""
-    package_root = Path(__file__).resolve().parents[1]
-    out: list[Path] = []
-    env = os.environ.get("PACSINFRA_TEMPLATES")
-    if env:
-        out.append(Path(env) / "systemd")
-    out.append(package_root / "templates" / "systemd")
-    out.append(Path(sys.prefix) / "share" / "pacsinfra" / "templates" / "systemd")
-    out.append(package_root.parent / "templates" / "systemd")
-    return out
+    return templating.template_dirs("systemd")
 
 
 @dataclass
@@ -93,14 +81,12 @@ def _check(spec: UnitSpec) -> None:
 def render_unit(spec: UnitSpec) -> str:
     """The unit file text for ``spec`` (validated first; DeployError lists every problem)."""
     _check(spec)
-    for d in template_dirs():
-        if (d / f"{spec.service}.service.j2").exists():
-            break
-    else:
-        raise DeployError(f"no {spec.service}.service.j2 in {[str(d) for d in template_dirs()]}")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(d)), trim_blocks=True,
-                             lstrip_blocks=True, undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+    try:
+        env = templating.environment("systemd", f"{spec.service}.service.j2",
+                                     trim_blocks=True, lstrip_blocks=True)
+    except CapabilityError:
+        raise DeployError(f"no {spec.service}.service.j2 in "
+                          f"{[str(d) for d in template_dirs()]}") from None
     text = env.get_template(f"{spec.service}.service.j2").render(
         version=__version__, site=spec.site, ae_title=spec.ae_title, port=spec.port,
         venv=spec.venv, config_path=spec.config_path, user=spec.user, group=spec.group,

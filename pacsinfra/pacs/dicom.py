@@ -80,6 +80,18 @@ def storage_contexts(
     return [build_context(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts]
 
 
+def _proposed(assoc: Association) -> dict[str, list[str]] | None:
+    """Abstract syntax -> the transfer syntaxes the requestor proposed, in its order."""
+    primitive = assoc.requestor.primitive
+    if primitive is None:
+        return None
+    proposed: dict[str, list[str]] = {}
+    for rq in primitive.presentation_context_definition_list or []:
+        proposed.setdefault(str(rq.abstract_syntax), []).extend(
+            str(t) for t in rq.transfer_syntax)
+    return proposed
+
+
 def prefer_requestor_syntaxes(assoc: Association) -> None:
     """Make this association accept, per context, the requestor's *first* syntax we support.
 
@@ -88,13 +100,9 @@ def prefer_requestor_syntaxes(assoc: Association) -> None:
     then be pushed to transcode (possibly lossy). Call from an ``EVT_REQUESTED`` handler
     (before negotiation); only this association's copy of the contexts changes.
     """
-    primitive = assoc.requestor.primitive
-    if primitive is None:
+    proposed = _proposed(assoc)
+    if proposed is None:
         return
-    proposed: dict[str, list[str]] = {}
-    for rq in primitive.presentation_context_definition_list or []:
-        proposed.setdefault(str(rq.abstract_syntax), []).extend(
-            str(t) for t in rq.transfer_syntax)
     out: list[PresentationContext] = []
     for cx in assoc.acceptor.supported_contexts:
         wanted = proposed.get(str(cx.abstract_syntax))
@@ -129,13 +137,9 @@ def accept_proposed(
     deep-copies the AE's supported contexts for each association (~0.1 s for 170
     classes x 39 syntaxes), so the AE keeps a minimal list and this builds the rest.
     """
-    primitive = assoc.requestor.primitive
-    if primitive is None:
+    proposed = _proposed(assoc)
+    if proposed is None:
         return
-    proposed: dict[str, list[str]] = {}
-    for rq in primitive.presentation_context_definition_list or []:
-        proposed.setdefault(str(rq.abstract_syntax), []).extend(
-            str(t) for t in rq.transfer_syntax)
     out: list[PresentationContext] = []
     for abstract, wanted in proposed.items():
         ours = supported.get(abstract, other_syntaxes)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 
 import jinja2
 
+from pacsinfra import templating
 from pacsinfra.errors import CapabilityError
 
 # script name -> contract version; bump the version when a script's JSON contract changes.
@@ -70,32 +69,14 @@ class Script:
 
 def template_dirs() -> list[Path]:
     """Candidate directories holding the Hyper-V templates, in search order."""
-    package_root = Path(__file__).resolve().parents[2]  # .../pacsinfra
-    out: list[Path] = []
-    env = os.environ.get("PACSINFRA_TEMPLATES")
-    if env:
-        out.append(Path(env) / "hyperv")
-    out.append(package_root / "templates" / "hyperv")
-    out.append(Path(sys.prefix) / "share" / "pacsinfra" / "templates" / "hyperv")
-    out.append(package_root.parent / "templates" / "hyperv")
-    return out
+    return templating.template_dirs("hyperv")
 
 
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The shared Jinja2 environment (no autoescape: nothing user-supplied is rendered raw)."""
-    for directory in template_dirs():
-        if (directory / "_script.ps1.j2").is_file():
-            return jinja2.Environment(
-                loader=jinja2.FileSystemLoader(str(directory)),
-                undefined=jinja2.StrictUndefined,
-                autoescape=False,
-                keep_trailing_newline=True,
-                trim_blocks=True,
-                lstrip_blocks=True,
-            )
-    searched = ", ".join(str(d) for d in template_dirs())
-    raise CapabilityError(f"hyperv templates not found (searched: {searched}); set PACSINFRA_TEMPLATES")
+    return templating.environment("hyperv", "_script.ps1.j2", autoescape=False,
+                                  trim_blocks=True, lstrip_blocks=True)
 
 
 def encode_parameters(parameters: Mapping[str, Any]) -> str:
