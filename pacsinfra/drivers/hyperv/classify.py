@@ -8,7 +8,8 @@ means a new machine.
 
 from __future__ import annotations
 
-from pacsinfra.drivers.base import ChangeKind, MachineSpec, NetworkSpec, Observed, Spec, StorageSpec
+from pacsinfra.drivers.base import ChangeKind, MachineSpec, Observed, Spec
+from pacsinfra.drivers.changes import ChangeTables
 
 IN_PLACE, POWER_OFF, REPLACE = ChangeKind.IN_PLACE, ChangeKind.NEEDS_POWER_OFF, ChangeKind.REPLACE
 
@@ -68,40 +69,9 @@ STORAGE_TABLE: dict[str, ChangeKind] = {
 }
 
 
-def classify(spec: Spec, field_name: str) -> ChangeKind:
-    """The worst case for changing ``field_name`` of ``spec`` (unknown fields: REPLACE)."""
-    if isinstance(spec, MachineSpec):
-        table = MACHINE_TABLE
-    elif isinstance(spec, NetworkSpec):
-        table = NETWORK_TABLE
-    elif isinstance(spec, StorageSpec):
-        table = STORAGE_TABLE
-    else:  # pragma: no cover - Spec is a closed union
-        return REPLACE
-    return table.get(field_name, table.get(field_name.split(".")[0], REPLACE))
-
-
-def disk_changes(desired: MachineSpec, actual: MachineSpec) -> ChangeKind:
-    """The worst change among the disks, disk by disk (growth alone is IN_PLACE)."""
-    have = {d.name: d for d in actual.disks}
-    want = {d.name: d for d in desired.disks}
-    kind = IN_PLACE
-    if set(have) != set(want):
-        kind = max(kind, POWER_OFF)
-    for name, w in want.items():
-        h = have.get(name)
-        if h is None:
-            continue
-        if w.size_mib > h.size_mib:
-            kind = max(kind, MACHINE_TABLE["disks.size_mib.grow"])
-        elif w.size_mib < h.size_mib:
-            kind = max(kind, MACHINE_TABLE["disks.size_mib.shrink"])
-        for attr in ("storage", "provisioning", "iops_limit", "mount"):
-            if getattr(w, attr) != getattr(h, attr):
-                kind = max(kind, MACHINE_TABLE[f"disks.{attr}"])
-    if desired.disks and actual.disks and desired.disks[0].name != actual.disks[0].name:
-        kind = REPLACE  # the first disk holds the image
-    return kind
+TABLES = ChangeTables(MACHINE_TABLE, NETWORK_TABLE, STORAGE_TABLE)
+classify = TABLES.classify
+disk_changes = TABLES.disk_changes
 
 
 def nic_changes(desired: MachineSpec, actual: MachineSpec) -> ChangeKind:
