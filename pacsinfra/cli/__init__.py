@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "archive": "pacsinfra.cli.archive_cmds:archive",
     "router": "pacsinfra.cli.router_cmds:router",
     "verify": "pacsinfra.cli.verify_cmds:verify",
+    "backup": "pacsinfra.cli.dr_cmds:backup",
+    "restore": "pacsinfra.cli.dr_cmds:restore",
+    "loadtest": "pacsinfra.cli.loadtest_cmds:loadtest",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -115,10 +116,72 @@ def lifecycle(config: Path) -> None:
     data = Path(cfg.data_dir)
     tiers = {t.name: Tier.from_config(t, data) for t in cfg.tiers if t.kind == "filesystem"}
     index = Index(open_database(cfg.index, data))
+    audit = _audit(cfg)
     try:
-        report = run_lifecycle(cfg, index, tiers)
+        report = run_lifecycle(cfg, index, tiers, audit=audit)
     finally:
         index.close()
+        if audit is not None:
+            audit.close()
+    if cfg.retention_days is not None:
+        click.echo(f"retention ({cfg.retention_days} days): deleted "
+                   f"{len(report.deleted_studies)} studies ({report.deleted_instances} instances)")
     click.echo(f"moved {len(report.moved_studies)} studies ({report.moved_instances} instances)")
     for study, reason in report.failed_studies.items():
         click.echo(f"not moved: {study}: {reason}", err=True)
+
+
+def _audit(cfg: object) -> Any:
+    """The configured audit log, or None."""
+    from pacsinfra.pacs.archive.audit import AuditLog
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+
+    assert isinstance(cfg, ArchiveConfig)
+    if cfg.audit.file or cfg.audit.syslog:
+        return AuditLog(cfg.audit, cfg.ae_title)
+    return None
+
+
+@archive.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), help="archive.yaml")
+@click.option("--data", type=click.Path(path_type=Path), help="data directory (quick form)")
+@click.option("--series", "series_uid", help="delete only this series of the study")
+@click.argument("study_uid")
+def delete(config: Path | None, data: Path | None, series_uid: str | None,
+           study_uid: str) -> None:
+    """Delete a study (index rows first, then its files) and exit; 1 if it is not stored."""
+    from pacsinfra.pacs.archive.audit import AuditLog
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+    from pacsinfra.pacs.archive.db import open_database
+    from pacsinfra.pacs.archive.delete import delete_study
+    from pacsinfra.pacs.archive.index import Index
+    from pacsinfra.pacs.archive.storage import Tier
+    from pacsinfra.pacs.dicom import valid_uid
+
+    for uid in (study_uid, series_uid):
+        if uid is not None and not valid_uid(uid):
+            raise UsageError(f"{uid!r} is not a valid DICOM UID")
+    cfg = load_config(config, None, None, data, (), None)
+    assert isinstance(cfg, ArchiveConfig)
+    data_dir = Path(cfg.data_dir)
+    tiers = {t.name: Tier.from_config(t, data_dir) for t in cfg.tiers if t.kind == "filesystem"}
+    try:
+        index = Index(open_database(cfg.index, data_dir))
+    except OSError as exc:
+        raise PacsinfraError(f"cannot open the archive index in {data_dir}: {exc}") from exc
+    audit = _audit(cfg)
+    try:
+        report = delete_study(index, tiers, study_uid, series_uid=series_uid)
+        if report is not None and isinstance(audit, AuditLog):
+            audit.study_deleted("pacsinfra archive delete", study_uid, report.instances)
+    finally:
+        index.close()
+        if isinstance(audit, AuditLog):
+            audit.close()
+    what = f"series {series_uid} of study {study_uid}" if series_uid else f"study {study_uid}"
+    if report is None:
+        raise PacsinfraError(f"{what} is not in the archive")
+    click.echo(f"deleted {what}: {report.instances} instances, "
+               f"{report.files_removed} files removed")
+    for rel in report.files_kept:
+        click.echo(f"file not removed yet (the next lifecycle pass retries): {rel}", err=True)

@@ -3,7 +3,7 @@
 Sends a synthetic study through the router (or to the archive when there is none),
 waits for it in every archive the router's rules send it to, C-FINDs it at study,
 series and image level, C-MOVEs it to a temporary receiver, compares checksums and
-removes it unless ``--keep`` (SKIP where the archive has no delete). Prints a table
+removes it unless ``--keep`` (through DICOMweb DELETE; SKIP where the archive has no delete). Prints a table
 of steps with their latencies; exit 0 when every step passed (SKIPs do not fail),
 1 otherwise, 2 for bad input (an unapplied site, no receiver declared).
 """
@@ -51,7 +51,7 @@ def verify(blueprint: Path, overlay: str | None, state_path: Path | None, keep: 
     ep = site_endpoints(services, receiver_ae=receiver_ae)
     report = run_smoke(ep.entry, ep.archives, receiver_ae=ep.receiver.ae_title,
                        receiver_host=ep.receiver.host, receiver_port=ep.receiver.port,
-                       wait_timeout=wait)
+                       wait_timeout=wait, deleters={} if keep else ep.deleters)
     if keep:
         for step in report.steps:
             if step.name == "delete" and step.result == SKIP:

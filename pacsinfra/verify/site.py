@@ -11,6 +11,10 @@ that study; destinations that are load-balanced groups are reported, not waited 
 The C-MOVE receiver is the archives' move destination named ``receiver_ae``
 (``PXVERIFY`` by default): the archive only moves to peers it knows, so the
 blueprint declares it (``services.archive.config.peers``).
+
+``deleters`` holds, per archive AE title, a :class:`~pacsinfra.verify.smoke.DicomWebDeleter`
+for every pacsinfra archive with DICOMweb enabled (its bearer token resolved from the
+config's secret reference), so the smoke test can remove its study afterwards.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SiteEndpoints:
     archive_addresses: list[str]
     receiver: Peer
     notes: list[str] = field(default_factory=list)
+    deleters: dict[str, Any] = field(default_factory=dict)  # AE title -> StudyDeleter
 
 
 def _host(config: Mapping[str, Any]) -> str:
@@ -44,6 +49,28 @@ def _host(config: Mapping[str, Any]) -> str:
 
 def _peer(config: Mapping[str, Any]) -> Peer:
     return Peer(ae_title=str(config["ae_title"]), host=_host(config), port=int(config["port"]))
+
+
+def _deleter(addr: str, config: Mapping[str, Any], notes: list[str]) -> Any:
+    """A DICOMweb deleter for an archive's rendered config, or None (with a note why)."""
+    from pacsinfra.errors import PacsinfraError
+    from pacsinfra.pacs.archive.config import DicomWebConfig
+    from pacsinfra.verify.smoke import DicomWebDeleter
+
+    web = DicomWebConfig.model_validate(dict(config.get("dicomweb") or {}))
+    if not web.enabled:
+        return None
+    token = None
+    if web.token is not None:
+        try:
+            token = web.token.resolve()
+        except PacsinfraError as exc:
+            notes.append(f"{addr}: cannot delete the test study: DICOMweb token "
+                         f"({web.token.describe()}) not readable: {exc}")
+            return None
+    host = _host({"bind": web.bind})
+    scheme = "https" if web.tls.enabled else "http"
+    return DicomWebDeleter(f"{scheme}://{host}:{web.port}", token=token, ca_file=web.tls.ca_file)
 
 
 def _routed_targets(router_cfg: Mapping[str, Any], calling_ae: str) -> tuple[list[str], list[str]]:
@@ -113,8 +140,13 @@ def site_endpoints(
                              f"{receiver.host}:{receiver.port} and {peer.host}:{peer.port}")
         receiver = peer
     assert receiver is not None
+    deleters = {}
+    for addr, cfg in chosen:
+        d = _deleter(addr, cfg, notes)
+        if d is not None:
+            deleters[str(cfg["ae_title"])] = d
     return SiteEndpoints(
         entry=_peer(entry_cfg), entry_address=entry_addr,
         archives=[_peer(c) for _, c in chosen], archive_addresses=[a for a, _ in chosen],
-        receiver=receiver, notes=notes,
+        receiver=receiver, notes=notes, deleters=deleters,
     )

@@ -10,8 +10,10 @@ Flow (each step timed and reported, none raised; :class:`SmokeReport` says what 
 5. C-MOVE the study from each archive to a temporary storage SCP (started on a free port)
    and compare, per instance, the SHA-256 of the pixel data and of the sent elements
    re-encoded (:func:`~pacsinfra.verify.study.dataset_digest`).
-6. Delete the study where the archive offers a way (:class:`StudyDeleter`); otherwise the
-   step is SKIP with the reason (a DICOM-only archive such as dcmqrscp has no delete).
+6. Delete the study where the archive offers a way (:class:`StudyDeleter`: the pacsinfra
+   archive's DICOMweb DELETE, Orthanc's REST API), then check C-FIND no longer finds it;
+   otherwise the step is SKIP with the reason (a DICOM-only archive such as dcmqrscp, or a
+   pacsinfra archive with DICOMweb disabled, has no delete).
 
 The receiver's AE title and address must be known to the archive as a move destination.
 """
@@ -121,6 +123,37 @@ class OrthancDeleter:
         for oid in ids:
             self._call("DELETE", f"/studies/{oid}")
         return f"deleted Orthanc study {', '.join(ids)}"
+
+
+class DicomWebDeleter:
+    """Deletes through the pacsinfra archive's DICOMweb ``DELETE /studies/{uid}`` (204 / 404)."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0,
+                 ca_file: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ssl: Any = None
+        if self.base_url.startswith("https:"):
+            import ssl
+
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+
+    def delete_study(self, study_uid: str) -> str:
+        import urllib.error
+
+        req = urllib.request.Request(f"{self.base_url}/studies/{study_uid}", method="DELETE",
+                                     headers=self._headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as exc:  # the message never carries the token
+            if exc.code == 404:
+                raise LookupError(f"the archive does not know study {study_uid}") from exc
+            raise RuntimeError(f"DELETE {self.base_url}/studies/...: HTTP {exc.code}") from exc
+        if status != 204:
+            raise RuntimeError(f"DELETE {self.base_url}/studies/...: HTTP {status}")
+        return f"deleted via DICOMweb DELETE at {self.base_url}"
 
 
 class Receiver:

@@ -36,7 +36,8 @@ def dcmtk(name: str) -> str:
     return found
 
 
-def blueprint(archive: int, router: int, receiver: int, retries: int = 10) -> str:
+def blueprint(archive: int, router: int, receiver: int, web: int, token: Path,
+              retries: int = 10) -> str:
     return f"""\
 apiVersion: pacsinfra/v1
 kind: Site
@@ -58,7 +59,7 @@ services:
     config:
       ae_title: ARCHIVE
       port: {archive}
-      dicomweb: {{enabled: false}}
+      dicomweb: {{enabled: true, bind: 127.0.0.1, port: {web}, token: {{file: "{token}"}}}}
       peers: {{PXVERIFY: {{ae_title: PXVERIFY, host: 127.0.0.1, port: {receiver}}}}}
   router:
     kind: router
@@ -77,12 +78,15 @@ class Site:
         self.root = tmp / "root"
         self.bp = tmp / "site.yaml"
         self.ports = (free_port(), free_port(), free_port())
+        self.web_port = free_port()
+        self.token = tmp / "dicomweb.token"
+        self.token.write_text("verify-delete-token\n")
         self.env = {**os.environ, "PACSINFRA_LOCAL_ROOT": str(self.root)}
         self.env.pop("PACSINFRA_DEBUG", None)
         self.write()
 
     def write(self, retries: int = 10) -> None:
-        self.bp.write_text(blueprint(*self.ports, retries=retries))
+        self.bp.write_text(blueprint(*self.ports, self.web_port, self.token, retries=retries))
 
     @property
     def run_dir(self) -> Path:
@@ -144,16 +148,42 @@ def test_local_site_lifecycle(site: Site, tmp_path: Path) -> None:
     assert "Apply complete: 4 done (4 create)" in out, out
     assert site.processes(), "apply started no process"
 
-    # verify: the table, every step passed (delete is SKIP: the archive has no delete)
+    # verify: the table, every step passed, and the test study removed through DICOMweb
     out = site.ok("verify", bp)
     assert "smoke test PASSED" in out, out
     for step in ("c-store", "arrival", "c-find study", "c-find series", "c-find image",
-                 "c-move+compare"):
+                 "c-move+compare", "delete"):
         assert any(line.startswith(step) and " PASS " in line for line in out.splitlines()), out
     report = json.loads(site.ok("verify", bp, "--json", "--keep"))
     assert report["ok"] is True and report["entry"] == "service.router[0]"
     assert report["archives"] == ["service.archive[0]"]
     assert {s["result"] for s in report["steps"]} <= {"PASS", "SKIP"}
+
+    # The smoke test removes its study through the archive's DICOMweb DELETE (token from
+    # the rendered config's secret reference); C-FIND at the archive no longer finds it.
+    import yaml
+
+    from pacsinfra.verify.site import site_endpoints
+    from pacsinfra.verify.smoke import run_smoke
+
+    arch_cfg = yaml.safe_load(
+        (site.root / SITE / "machines" / MACHINE / "services/archive/config.yaml").read_text())
+    ep = site_endpoints([("service.archive[0]", "archive", arch_cfg)])
+    assert set(ep.deleters) == {"ARCHIVE"}, ep.notes
+    smoke = run_smoke(ep.entry, ep.archives, receiver_ae=ep.receiver.ae_title,
+                      receiver_host=ep.receiver.host, receiver_port=ep.receiver.port,
+                      wait_timeout=60, deleters=ep.deleters)
+    assert smoke.ok, smoke.table()
+    deleted = [s for s in smoke.steps if s.name == "delete"]
+    assert [s.result for s in deleted] == ["PASS"], smoke.table()
+    assert "DICOMweb DELETE" in deleted[0].detail
+    gone = subprocess.run([findscu, "-v", "-S", "-aec", "ARCHIVE", "127.0.0.1", str(archive_port),
+                           "-k", "QueryRetrieveLevel=STUDY",
+                           "-k", f"StudyInstanceUID={smoke.study_uid}"],
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0, gone.stderr
+    text = gone.stdout + gone.stderr  # -v echoes the query: look at the responses only
+    assert "Final Find Response (Success)" in text and "Pending" not in text, text
 
     # DCMTK storescu through the router; findscu at the archive finds the instance
     from pacsinfra.verify.study import PROFILES, make_study

@@ -188,3 +188,45 @@ def test_lifecycle_moves_verifies_and_parks(tmp_path: Path) -> None:
         assert again.moved_studies == [] and again.failed_studies == {}
     finally:
         svc.index.close()
+
+
+def test_delete_series_recounts_and_retention_uses_newest_receive(tmp_path: Path) -> None:
+    from pacsinfra.pacs.archive.delete import expired_studies
+
+    svc = _service(tmp_path, retention_days=10)
+    try:
+        study = make_instance().StudyInstanceUID
+        series = make_instance().SeriesInstanceUID
+        ct = [make_instance(study_uid=study, series_uid=series, patient_id="P", instance_number=i)
+              for i in (1, 2)]
+        mr = make_instance(study_uid=study, patient_id="P", modality="MR")
+        other = make_instance(patient_id="Q")
+        for ds in (*ct, mr, other):
+            assert _store(svc, ds) == Status.SUCCESS
+        mr_inst = svc.index.get(mr.SOPInstanceUID)
+        assert mr_inst is not None
+        report = svc.delete(study, series_uid=mr.SeriesInstanceUID, actor="test")
+        assert report is not None and report.instances == 1 and report.files_removed == 1
+        assert not svc.tiers["fast"].path(mr_inst.rel_path).exists()
+        row = svc.index.db.query("SELECT num_series, num_instances, modalities FROM study "
+                                 "WHERE study_uid = ?", (study,))
+        assert row == [(1, 2, "\\CT\\")]
+        assert svc.counters.deleted == 1
+        assert svc.delete(study, series_uid=mr.SeriesInstanceUID) is None
+
+        now = time.time()
+        with svc.index.db.transaction() as cur:  # one old instance, one recent: kept
+            cur.execute("UPDATE instance SET received_at = ? WHERE sop_uid = ?",
+                        (now - 20 * 86400, ct[0].SOPInstanceUID))
+            cur.execute("UPDATE instance SET received_at = ? WHERE study_uid = ?",
+                        (now - 11 * 86400, other.StudyInstanceUID))
+        assert expired_studies(svc.index, 10, now) == [other.StudyInstanceUID]
+        report2 = run_lifecycle(svc.config, svc.index, svc.tiers, now=now, service=svc)
+        assert report2.deleted_studies == [other.StudyInstanceUID]
+        assert svc.index.get(other.SOPInstanceUID) is None
+        assert svc.index.get(ct[1].SOPInstanceUID) is not None
+        assert svc.index.db.query("SELECT COUNT(*) FROM pending_unlink") == [(0,)]
+        patients = svc.index.db.query("SELECT patient_id FROM patient ORDER BY patient_id")
+        assert patients == [("P",)]
+    finally:
+        svc.index.close()

@@ -22,8 +22,9 @@ _EVENTS = {
     "stored": ("110104", "DCM", "DICOM Instances Transferred"),
     "query": ("110112", "DCM", "Query"),
     "accessed": ("110103", "DCM", "DICOM Instances Accessed"),
+    "deleted": ("110105", "DCM", "DICOM Study Deleted"),
 }
-_ACTION = {"stored": "C", "query": "E", "accessed": "R"}
+_ACTION = {"stored": "C", "query": "E", "accessed": "R", "deleted": "D"}
 
 
 class AuditLog:
@@ -74,6 +75,15 @@ class AuditLog:
             "ParticipantObjectIDTypeCode": {"code": "110180", "displayName": "Study Instance UID"},
             "ParticipantObjectID": study_uid,
             "ParticipantObjectDescription": {"SOPInstanceUID": sop_uid},
+        }], 0)
+
+    def study_deleted(self, actor: str, study_uid: str, instances: int) -> None:
+        """A study (or part of it) was deleted (PS3.15 A.5.3.5 shaped)."""
+        self._emit("deleted", actor, [{
+            "ParticipantObjectTypeCode": 2, "ParticipantObjectTypeCodeRole": 3,
+            "ParticipantObjectIDTypeCode": {"code": "110180", "displayName": "Study Instance UID"},
+            "ParticipantObjectID": study_uid,
+            "ParticipantObjectDescription": {"NumberOfInstances": instances},
         }], 0)
 
     def query(self, calling: str, level: str) -> None:

@@ -81,6 +81,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 reason TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL)""",
         ],
     ),
+    (
+        3,
+        [
+            # Deletion journal: files whose index rows were deleted, written in the same
+            # transaction; a row leaves only after its file is unlinked (crash-safe delete).
+            """CREATE TABLE pending_unlink (
+                tier TEXT NOT NULL, rel_path TEXT NOT NULL,
+                queued_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tier, rel_path))""",
+        ],
+    ),
 ]
 
 

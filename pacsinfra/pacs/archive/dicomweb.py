@@ -130,6 +130,9 @@ class DicomWeb:
             Route(f"{r}/instances", self.qido_instances, methods=["GET"]),
             Route(f"{r}/series/{{series}}/instances", self.qido_instances, methods=["GET"]),
             Route(f"{r}", self.wado, methods=["GET"]),
+            Route(f"{r}", self.delete, methods=["DELETE"]),
+            Route(f"{r}/series/{{series}}", self.delete, methods=["DELETE"]),
+            Route(f"{r}/series/{{series}}/instances/{{sop}}", self.delete, methods=["DELETE"]),
             Route(f"{r}/series/{{series}}", self.wado, methods=["GET"]),
             Route(f"{r}/series/{{series}}/instances/{{sop}}", self.wado, methods=["GET"]),
             Route(f"{r}/metadata", self.metadata, methods=["GET"]),
@@ -322,6 +325,24 @@ class DicomWeb:
         value = ds[tag].value
         body = value if isinstance(value, bytes) else str(value).encode()
         return _multipart([(body, "application/octet-stream")], "application/octet-stream")
+
+    # -- delete ------------------------------------------------------------------------------
+    async def delete(self, request: Request) -> Response:
+        """Delete a study / series / instance: 204, 404 when not indexed, 400 bad UID."""
+        denied = self._denied(request)
+        if denied:
+            return denied
+        p = request.path_params
+        for k in ("study", "series", "sop"):
+            if k in p and not valid_uid(p[k]):
+                return JSONResponse({"error": f"not a UID: {p[k]!r}"}, status_code=400)
+        client = request.client.host if request.client else "DICOMweb"
+        report = await _in_thread(self.service.delete, study_uid=p["study"],
+                                  series_uid=p.get("series"), sop_uid=p.get("sop"),
+                                  actor=f"DICOMweb:{client}")
+        if report is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return Response(status_code=204)
 
     # -- STOW-RS -----------------------------------------------------------------------------
     async def stow(self, request: Request) -> Response:

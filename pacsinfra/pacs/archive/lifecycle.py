@@ -7,6 +7,11 @@ stray copy remains), and a rerun picks up where it stopped (resumable). A study
 whose source does not verify (corrupt or missing file) is parked in
 ``migration_failure`` with the reason and skipped from then on: never retried in a
 loop, never deleted.
+
+Retention: with ``retention_days`` set, each pass also deletes the studies whose
+newest instance was received more than N days ago, through the same crash-safe
+delete path as DICOMweb DELETE (:mod:`pacsinfra.pacs.archive.delete`), and finishes
+any interrupted deletion.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pacsinfra.pacs.archive.config import ArchiveConfig, LifecycleRule
+from pacsinfra.pacs.archive.delete import delete_study, expired_studies, sweep_pending
 from pacsinfra.pacs.archive.index import Index, StoredInstance
 from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
 
@@ -31,6 +38,8 @@ class LifecycleReport:
     moved_studies: list[str] = field(default_factory=list)
     moved_instances: int = 0
     failed_studies: dict[str, str] = field(default_factory=dict)
+    deleted_studies: list[str] = field(default_factory=list)  # retention
+    deleted_instances: int = 0
 
 
 def _candidates(index: Index, rule: LifecycleRule, now: float) -> list[str]:
@@ -77,11 +86,35 @@ def _park(index: Index, study: str, to_tier: str, reason: str) -> None:
             "VALUES (?, ?, ?, ?)", (study, to_tier, reason, time.time()))
 
 
+def _retention(config: ArchiveConfig, index: Index, tiers: dict[str, Tier], now: float,
+               report: LifecycleReport, service: Any, audit: Any) -> None:
+    lock_for = service.lock_for if service is not None else None
+    sweep_pending(index, tiers, lock_for)
+    if config.retention_days is None:
+        return
+    for study in expired_studies(index, config.retention_days, now):
+        if service is not None:  # audit-logged and counted by the running archive
+            done = service.delete(study, actor="retention")
+        else:
+            done = delete_study(index, tiers, study)
+            if done is not None and audit is not None:
+                audit.study_deleted("retention", study, done.instances)
+        if done is not None:
+            LOG.info("retention: deleted study %s (%d instances)", study, done.instances)
+            report.deleted_studies.append(study)
+            report.deleted_instances += done.instances
+
+
 def run_lifecycle(config: ArchiveConfig, index: Index, tiers: dict[str, Tier],
-                  *, now: float | None = None) -> LifecycleReport:
-    """One pass over every lifecycle rule."""
+                  *, now: float | None = None, service: Any = None,
+                  audit: Any = None) -> LifecycleReport:
+    """One pass: retention deletes (``retention_days``), then every lifecycle rule.
+
+    ``service`` (the running archive's) serialises deletes with stores and audits
+    them; without it, ``audit`` (an AuditLog or None) records retention deletes."""
     now = time.time() if now is None else now
     report = LifecycleReport()
+    _retention(config, index, tiers, now, report, service, audit)
     for rule in config.lifecycle:
         src, dst = tiers.get(rule.from_tier), tiers.get(rule.to_tier)
         if src is None or dst is None:

@@ -78,6 +78,14 @@ class ArchiveServer:
             self.tiers[tier.name] = tier
         self.index = Index(open_database(cfg.index, self.data_dir))
         self.service = ArchiveService(cfg, self.index, self.tiers)
+        if self.worker is None:
+            # Finish deletions a crash interrupted (rows gone, files not yet unlinked);
+            # with workers, the supervisor does it before any worker stores.
+            from pacsinfra.pacs.archive.delete import sweep_pending
+
+            swept = sweep_pending(self.index, self.tiers, self.service.lock_for)
+            if swept:
+                LOG.info("removed %d files of interrupted deletions", swept)
         if cfg.audit.file or cfg.audit.syslog:
             from pacsinfra.pacs.archive.audit import AuditLog
 
@@ -104,7 +112,7 @@ class ArchiveServer:
             ae._servers.append(self._server)
         LOG.info("archive %s listening on %s:%d", cfg.ae_title, cfg.bind, cfg.port)
         primary = self.worker in (None, 0)
-        if cfg.lifecycle and primary:
+        if (cfg.lifecycle or cfg.retention_days) and primary:
             self._lifecycle = threading.Thread(target=self._lifecycle_loop, name="lifecycle",
                                                daemon=True)
             self._lifecycle.start()
@@ -126,7 +134,9 @@ class ArchiveServer:
             if index is None:
                 return
             try:
-                report = run_lifecycle(self.config, index, self.tiers)
+                report = run_lifecycle(self.config, index, self.tiers, service=self.service)
+                if report.deleted_studies:
+                    LOG.info("retention: deleted %d studies", len(report.deleted_studies))
                 if report.moved_studies or report.failed_studies:
                     LOG.info("lifecycle: moved %d studies (%d instances), %d failed",
                              len(report.moved_studies), report.moved_instances,
@@ -199,12 +209,22 @@ def supervise(config: ArchiveConfig) -> None:
     # Migrate once, here, so workers never race on schema changes.
     data_dir = Path(config.data_dir)
     ensure_dir(data_dir)
-    open_database(config.index, data_dir).close()
+    tiers: dict[str, Tier] = {}
     for t in config.tiers:
         if t.kind == "filesystem":
             tier = Tier.from_config(t, data_dir)
             ensure_dir(tier.root / ".incoming")
             _sweep(tier)
+            tiers[tier.name] = tier
+    index = Index(open_database(config.index, data_dir))
+    try:
+        from pacsinfra.pacs.archive.delete import sweep_pending
+
+        swept = sweep_pending(index, tiers)
+        if swept:
+            LOG.info("removed %d files of interrupted deletions", swept)
+    finally:
+        index.close()
     ctx = multiprocessing.get_context("spawn")
     dumped = config.model_dump(mode="json")
     stopping = threading.Event()

@@ -80,6 +80,7 @@ class Counters:
         self.duplicates = 0
         self.finds = 0
         self.retrieved = 0
+        self.deleted = 0
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment counter ``name`` by ``n``."""
@@ -298,6 +299,27 @@ class ArchiveService:
                 yield int(Status.CANCEL), None
                 return
             yield int(Status.PENDING), response(q, row)
+
+    # -- deletion ----------------------------------------------------------------------------
+    def lock_for(self, sop_uid: str) -> threading.Lock:
+        """The lock that serialises stores (and file unlinks) of one SOP Instance UID."""
+        return self._locks[hash(sop_uid) & 255]
+
+    def delete(self, study_uid: str, *, series_uid: str | None = None,
+               sop_uid: str | None = None, actor: str = "") -> Any:
+        """Delete a study / series / instance (index first, then files); audit-logged.
+
+        Returns the :class:`~pacsinfra.pacs.archive.delete.DeleteReport`, or None when
+        nothing matched."""
+        from pacsinfra.pacs.archive.delete import delete_study
+
+        report = delete_study(self.index, self.tiers, study_uid, series_uid=series_uid,
+                              sop_uid=sop_uid, lock_for=self.lock_for)
+        if report is not None:
+            self.counters.add("deleted", report.instances)
+            if self.audit is not None:
+                self.audit.study_deleted(actor, study_uid, report.instances)
+        return report
 
     # -- C-MOVE / C-GET ----------------------------------------------------------------------
     def match_instances(self, ident: Any) -> list[StoredInstance]:
