@@ -7,7 +7,7 @@ PKGS=(
   pkg-config libvirt-dev libvirt-daemon libvirt-daemon-system qemu-system-x86 qemu-utils
   dcmtk orthanc openssh-server iproute2 genisoimage xorriso busybox-static graphviz
   golang-go golang-github-vmware-govmomi-dev dnsmasq-base
-  postgresql
+  postgresql systemd openssl
 )
 
 missing=()
