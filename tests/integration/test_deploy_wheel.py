@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import need
 from support.netns_hosts import NetnsHost, netns_hosts  # noqa: F401 - fixture
 
 from pacsinfra import __version__
@@ -22,8 +23,7 @@ SYSTEM_PY = "/usr/bin/python3"  # the target's interpreter, not this venv's
 
 
 def test_build_and_install_idempotent(netns_hosts: list[NetnsHost], tmp_path: Path) -> None:  # noqa: F811
-    if not Path(SYSTEM_PY).exists():
-        pytest.skip("no system python3 to build a target venv with")
+    need(Path(SYSTEM_PY).exists(), "no system python3 to build a target venv with")
     wheel = build_wheel(REPO, tmp_path / "dist")
     assert wheel.name == "pacsinfra" and wheel.version == __version__
     with zipfile.ZipFile(wheel.path) as zf:
