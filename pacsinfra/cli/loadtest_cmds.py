@@ -15,8 +15,6 @@ from typing import Any
 
 import click
 
-from pacsinfra.errors import StateError, UsageError
-
 MIX = ("ct", "mr", "cr", "tomo")
 
 
@@ -54,31 +52,12 @@ def _render(report: Any, entry_address: str) -> None:
 def loadtest(blueprint: Path, overlay: str | None, state_path: Path | None, studies: int,
              concurrency: int, profile: str, scale: float, as_json: bool) -> None:
     """Send N representative studies at a concurrency to an applied site; report throughput."""
-    from pacsinfra.apply.engine import Engine
-    from pacsinfra.blueprint import load_blueprint
-    from pacsinfra.drivers.base import ServiceSpec
     from pacsinfra.verify.load import run_load
-    from pacsinfra.verify.site import _peer
+    from pacsinfra.verify.site import deployed_services, entry_endpoint
 
-    loaded = load_blueprint(str(blueprint), site=overlay)
-    engine = Engine(loaded, state_path)
-    with engine:
-        state = engine.read_state()
-    if state is None:
-        raise UsageError(f"{blueprint}: no state at {engine.store.describe()}; "
-                         "run pacsinfra apply first")
-    services = [(r.address, r.spec.kind, r.spec.config) for r in state.resources.values()
-                if isinstance(r.spec, ServiceSpec)]
-    if not services:
-        raise StateError(f"{blueprint}: the state records no services; run "
-                         "`python -m pacsinfra.verify load --target AE@host:port` instead")
-    # Same entry as verify.site.site_endpoints: the first router, else the first archive.
-    routers = [(a, c) for a, k, c in services if k == "router"]
-    archives = [(a, c) for a, k, c in services if k == "archive"]
-    if not (routers or archives):
-        raise UsageError(f"{blueprint}: the site runs no router or archive to load")
-    entry_address, entry_cfg = (routers or archives)[0]
-    entry = _peer(entry_cfg)
+    _, services = deployed_services(blueprint, overlay, state_path,
+                                 fallback="python -m pacsinfra.verify load --target AE@host:port")
+    entry_address, entry = entry_endpoint(services)
     profiles = list(MIX) if profile == "mix" else [profile]
     report = run_load(entry, profiles=profiles, concurrency=concurrency, studies=studies,
                       scale=scale, calling_ae="PXLOAD")

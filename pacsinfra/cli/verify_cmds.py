@@ -15,8 +15,6 @@ from pathlib import Path
 
 import click
 
-from pacsinfra.errors import StateError, UsageError
-
 
 @click.command()
 @click.argument("blueprint", type=click.Path(path_type=Path))
@@ -30,24 +28,11 @@ from pacsinfra.errors import StateError, UsageError
 def verify(blueprint: Path, overlay: str | None, state_path: Path | None, keep: bool,
            as_json: bool, receiver_ae: str, wait: float) -> None:
     """Store, find, move back and compare a synthetic study on an applied site."""
-    from pacsinfra.apply.engine import Engine
-    from pacsinfra.blueprint import load_blueprint
-    from pacsinfra.drivers.base import ServiceSpec
-    from pacsinfra.verify.site import site_endpoints
+    from pacsinfra.verify.site import deployed_services, site_endpoints
     from pacsinfra.verify.smoke import SKIP, run_smoke
 
-    loaded = load_blueprint(str(blueprint), site=overlay)
-    engine = Engine(loaded, state_path)
-    with engine:
-        state = engine.read_state()
-    if state is None:
-        raise UsageError(f"{blueprint}: no state at {engine.store.describe()}; run pacsinfra apply first")
-    services = [(r.address, r.spec.kind, r.spec.config) for r in state.resources.values()
-                if isinstance(r.spec, ServiceSpec)]
-    if not services:
-        raise StateError(
-            f"{blueprint}: the state records no services (only the local provider deploys "
-            "them today); run `python -m pacsinfra.verify smoke --entry AE@host:port` instead")
+    site_name, services = deployed_services(blueprint, overlay, state_path,
+                                 fallback="python -m pacsinfra.verify smoke --entry AE@host:port")
     ep = site_endpoints(services, receiver_ae=receiver_ae)
     report = run_smoke(ep.entry, ep.archives, receiver_ae=ep.receiver.ae_title,
                        receiver_host=ep.receiver.host, receiver_port=ep.receiver.port,
@@ -63,7 +48,7 @@ def verify(blueprint: Path, overlay: str | None, state_path: Path | None, keep: 
         out["notes"] = ep.notes
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(f"verify {loaded.site.metadata.name}: through {ep.entry_address} "
+        click.echo(f"verify {site_name}: through {ep.entry_address} "
                    f"({ep.entry.ae_title}@{ep.entry.host}:{ep.entry.port}) to "
                    + ", ".join(ep.archive_addresses))
         for note in ep.notes:

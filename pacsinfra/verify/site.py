@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pacsinfra.errors import UsageError
@@ -150,3 +151,42 @@ def site_endpoints(
         archives=[_peer(c) for _, c in chosen], archive_addresses=[a for a, _ in chosen],
         receiver=receiver, notes=notes, deleters=deleters,
     )
+
+
+Services = list[tuple[str, str, Mapping[str, Any]]]
+
+
+def deployed_services(blueprint: Path, overlay: str | None, state_path: Path | None,
+                      *, fallback: str) -> tuple[str, Services]:
+    """The site's name, and (address, kind, rendered config) of every service its state records.
+
+    Raises UsageError for a site never applied and StateError for one whose state holds
+    no services (``fallback`` names the command that works without a blueprint).
+    """
+    from pacsinfra.apply.engine import Engine
+    from pacsinfra.blueprint import load_blueprint
+    from pacsinfra.drivers.base import ServiceSpec
+    from pacsinfra.errors import StateError
+
+    loaded = load_blueprint(str(blueprint), site=overlay)
+    engine = Engine(loaded, state_path)
+    with engine:
+        state = engine.read_state()
+    if state is None:
+        raise UsageError(f"{blueprint}: no state at {engine.store.describe()}; "
+                         "run pacsinfra apply first")
+    services: Services = [(r.address, r.spec.kind, r.spec.config)
+                          for r in state.resources.values() if isinstance(r.spec, ServiceSpec)]
+    if not services:
+        raise StateError(f"{blueprint}: the state records no services (only the local provider "
+                         f"deploys them today); run `{fallback}` instead")
+    return loaded.site.metadata.name, services
+
+
+def entry_endpoint(services: Services) -> tuple[str, Peer]:
+    """The site's front door: the first router, else the first archive (address, peer)."""
+    for kind in ("router", "archive"):
+        for address, k, config in services:
+            if k == kind:
+                return address, _peer(config)
+    raise UsageError("the site runs no router or archive")
