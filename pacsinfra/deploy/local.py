@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from pacsinfra.deploy.transport import Command, Result
+from pacsinfra.fsutil import fsync_dir
 
 
 def atomic_copy(src: Path | str, dst: Path | str, mode: int) -> None:
@@ -30,11 +31,7 @@ def atomic_copy(src: Path | str, dst: Path | str, mode: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dirfd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    fsync_dir(dst.parent)
 
 
 class LocalTransport:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsinfra.errors import PacsinfraError, UsageError
+from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.storage import Tier, dataset_sha256
 
@@ -56,15 +57,6 @@ class BackupSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, **self.__dict__}
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

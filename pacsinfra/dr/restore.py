@@ -23,10 +23,10 @@ from pacsinfra.dr.backup import (
     MANIFEST_NAME,
     SUMMARY_NAME,
     copy_fsync,
-    fsync_dir,
     fsync_tree,
 )
 from pacsinfra.errors import PacsinfraError, UsageError
+from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.storage import dataset_sha256
 
 

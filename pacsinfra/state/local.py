@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pacsinfra.errors import StateError, StateLockedError
+from pacsinfra.fsutil import fsync_dir
 from pacsinfra.state.store import LockInfo, ResourceState, State, assert_no_secrets, utcnow
 
 DEFAULT_DIR = ".pacsinfra"
@@ -40,14 +41,6 @@ def default_state_path(blueprint: Path, site: str, overlay: str | None) -> Path:
     """
     stem = f"{site}-{overlay}" if overlay else site
     return blueprint.resolve().parent / DEFAULT_DIR / f"{stem}.state.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStateStore:
@@ -121,7 +114,7 @@ class LocalStateStore:
                 finally:
                     os.close(fd)
                 os.replace(tmp, self.path)
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             except OSError as exc:
                 state.serial -= 1
                 with contextlib.suppress(OSError):

@@ -18,8 +18,8 @@ import yaml
 from pacsinfra.deploy import supervisor
 from pacsinfra.drivers.base import ServiceSpec
 from pacsinfra.drivers.local import paths
-from pacsinfra.drivers.local.marks import write_atomic
 from pacsinfra.errors import DeployError, ServiceCheckError
+from pacsinfra.fsutil import write_atomic
 
 VERIFICATION = "1.2.840.10008.1.1"
 HEALTH_AE = "PXHEALTH"

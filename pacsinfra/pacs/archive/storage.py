@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.config import TierConfig
 
 TMP_MARK = ".tmp-"
@@ -49,14 +50,6 @@ class Tier:
         return self.root / rel
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def ensure_dir(path: Path) -> None:
     """Create ``path`` and missing parents, fsyncing each new entry into its parent."""
     missing: list[Path] = []
@@ -69,7 +62,7 @@ def ensure_dir(path: Path) -> None:
             d.mkdir()
         except FileExistsError:  # another association created it first; it is fsynced by them
             continue
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = None) -> int:
@@ -102,7 +95,7 @@ def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return size
 
 
@@ -112,7 +105,7 @@ def remove_durable(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def dataset_sha256(path: Path, ds_offset: int) -> str:

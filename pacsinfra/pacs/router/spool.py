@@ -14,15 +14,9 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from pacsinfra.fsutil import fsync_dir
+
 INCOMING = ".incoming"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -34,7 +28,7 @@ class Spool:
         for d in [root, self.incoming, *(root / f"{i:02x}" for i in range(256))]:
             if not d.exists():
                 d.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
 
     def write(self, chunks: Iterable[bytes]) -> str:
         """Write ``chunks`` durably; return the file's name relative to the root."""
@@ -55,7 +49,7 @@ class Spool:
         os.close(fd)
         final = self.root / rel
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return rel
 
     def path(self, rel: str) -> Path:
