@@ -83,6 +83,18 @@ def test_round_trip(web: Any) -> None:
     frames = client.retrieve_instance_frames(study, series, sent[1].SOPInstanceUID, [1])
     assert frames == [sent[1].PixelData]
 
+    # bulk data of one element, and the errors of the single-instance routes
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    inst_url = f"{url}/studies/{study}/series/{series}/instances/{sent[1].SOPInstanceUID}"
+    bulk = requests.get(f"{inst_url}/bulk/7FE00010", headers=auth, timeout=10)
+    assert bulk.status_code == 200 and sent[1].PixelData in bulk.content
+    assert requests.get(f"{inst_url}/bulk/zz", headers=auth, timeout=10).status_code == 400
+    assert requests.get(f"{inst_url}/frames/x", headers=auth, timeout=10).status_code == 400
+    assert requests.get(f"{inst_url}/frames/9", headers=auth, timeout=10).status_code == 404
+    missing = f"{url}/studies/{study}/series/{series}/instances/{generate_uid()}/bulk/7FE00010"
+    assert requests.get(missing, headers=auth, timeout=10).status_code == 404
+    assert requests.get(f"{inst_url}/bulk/7FE00010", timeout=10).status_code == 401
+
 
 def test_token_required(web: Any) -> None:
     _, url = web

@@ -12,9 +12,9 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -34,6 +34,7 @@ from pacsinfra.pacs.archive.query import compile_query, response
 from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.dicom import Status, valid_uid
 
+_P = TypeVar("_P")
 LOG = logging.getLogger("pacsinfra.archive.dicomweb")
 DICOM_JSON = "application/dicom+json"
 
@@ -157,6 +158,33 @@ class DicomWeb:
         return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
 
+    @overload
+    def _resolve(self, request: Request) -> list[StoredInstance] | Response: ...
+
+    @overload
+    def _resolve(self, request: Request, *, single: bool,
+                 parse: Callable[[Mapping[str, str]], _P]
+                 ) -> tuple[list[StoredInstance], _P] | Response: ...
+
+    def _resolve(self, request: Request, *, single: bool = False,
+                 parse: Callable[[Mapping[str, str]], Any] | None = None) -> Any:
+        """The instances a WADO-RS path names, or the error response (401, 400, 404).
+
+        ``parse`` reads further path parameters (frame numbers, a tag); a ValueError from
+        it is a 400 like a bad UID. ``single``: the path must name exactly one instance.
+        """
+        denied = self._denied(request)
+        if denied:
+            return denied
+        try:
+            instances = self._instances(request)
+            extra = parse(request.path_params) if parse is not None else None
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if (len(instances) != 1) if single else not instances:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return instances if parse is None else (instances, extra)
+
     def _instances(self, request: Request) -> list[StoredInstance]:
         p = request.path_params
         keys = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
@@ -236,15 +264,9 @@ class DicomWeb:
     # -- WADO-RS -----------------------------------------------------------------------------
     async def wado(self, request: Request) -> Response:
         """Instances of a study / series / one instance, exactly as stored."""
-        denied = self._denied(request)
-        if denied:
-            return denied
-        try:
-            instances = self._instances(request)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if not instances:
-            return JSONResponse({"error": "not found"}, status_code=404)
+        instances = self._resolve(request)
+        if isinstance(instances, Response):
+            return instances
         parts = []
         for inst in instances:
             parts.append((self._path(inst).read_bytes(),
@@ -256,15 +278,9 @@ class DicomWeb:
 
     async def metadata(self, request: Request) -> Response:
         """DICOM JSON of each instance, bulk data replaced by BulkDataURIs."""
-        denied = self._denied(request)
-        if denied:
-            return denied
-        try:
-            instances = self._instances(request)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if not instances:
-            return JSONResponse({"error": "not found"}, status_code=404)
+        instances = self._resolve(request)
+        if isinstance(instances, Response):
+            return instances
         base = self._base(request)
         out = []
         for inst in instances:
@@ -281,17 +297,11 @@ class DicomWeb:
 
     async def frames(self, request: Request) -> Response:
         """Pixel data frames (1-based list), uncompressed or as encapsulated."""
-        denied = self._denied(request)
-        if denied:
-            return denied
-        try:
-            instances = self._instances(request)
-            wanted = [int(f) for f in request.path_params["frames"].split(",")]
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if len(instances) != 1:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        inst = instances[0]
+        found = self._resolve(request, single=True, parse=lambda p: [
+            int(f) for f in p["frames"].split(",")])
+        if isinstance(found, Response):
+            return found
+        (inst,), wanted = found
         ds = dcmread(self._path(inst))
         if "PixelData" not in ds:
             return JSONResponse({"error": "no pixel data"}, status_code=404)
@@ -309,17 +319,11 @@ class DicomWeb:
 
     async def bulk(self, request: Request) -> Response:
         """One bulk data element's value."""
-        denied = self._denied(request)
-        if denied:
-            return denied
-        try:
-            instances = self._instances(request)
-            tag = Tag(int(request.path_params["tag"], 16))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if len(instances) != 1:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        ds = dcmread(self._path(instances[0]))
+        found = self._resolve(request, single=True, parse=lambda p: Tag(int(p["tag"], 16)))
+        if isinstance(found, Response):
+            return found
+        (inst,), tag = found
+        ds = dcmread(self._path(inst))
         if tag not in ds:
             return JSONResponse({"error": "no such element"}, status_code=404)
         value = ds[tag].value
