@@ -57,7 +57,8 @@ def test_outage_backoff_then_everything_in_study_order(tmp_path: Path) -> None:
                     assert a["at"] >= log[k - 1]["next_at"] - 0.01  # never retried early
             gaps = [b["at"] - a["at"] for a, b in zip(log, log[1:], strict=False)]
             assert gaps[-1] > gaps[0] * 2  # it backs off
-        assert all(r["state"] == "pending" for r in rows)
+        # nothing delivered or dead-lettered during the outage; a head may be caught mid-attempt
+        assert all(r["state"] in ("pending", "inflight") for r in rows), rows
         orth.start()
         wait_for(lambda: router.drained(), 40, "queue to drain after the outage")
         order = _orthanc_order(orth)
