@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,23 +16,12 @@ from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.db import open_database
 from pacsinfra.pacs.archive.index import Index
 from pacsinfra.pacs.archive.service import ArchiveService
+from pacsinfra.pacs.archive.sink import ArchiveSink
 from pacsinfra.pacs.archive.storage import Tier, ensure_dir, sweep_temp_files
 from pacsinfra.pacs.dicom import ssl_context
+from pacsinfra.pacs.fastscp.server import FastPath, start_server
 
 LOG = logging.getLogger("pacsinfra.archive")
-
-
-def _reuse_port_server_class() -> Any:
-    """pynetdicom's threaded server with SO_REUSEPORT, so worker processes share a port."""
-    from pynetdicom.transport import ThreadedAssociationServer
-
-    class ReusePortServer(ThreadedAssociationServer):
-        def server_bind(self) -> None:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            super().server_bind()
-
-    return ReusePortServer
 
 
 def _sweep(tier: Tier) -> None:
@@ -93,23 +81,14 @@ class ArchiveServer:
         # Unknown SOP classes are negotiable only when the site asks for it.
         pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = cfg.accept_unknown_sop_classes
         ae = self.service.make_ae()
-        if self.worker is None:
-            self._server = ae.start_server(
-                (cfg.bind, cfg.port),
-                block=False,
-                evt_handlers=self.service.handlers(),
-                ssl_context=ssl_context(cfg.tls, server=True),
-            )
-        else:
-            self._server = ae.make_server(
-                (cfg.bind, cfg.port),
-                evt_handlers=self.service.handlers(),
-                ssl_context=ssl_context(cfg.tls, server=True),
-                server_class=_reuse_port_server_class(),
-            )
-            threading.Thread(target=self._server.serve_forever, name="acceptor",
-                             daemon=True).start()
-            ae._servers.append(self._server)
+        # Storage-only associations are streamed to disk by fastscp; everything else
+        # (queries, retrieves, TLS, role selection) is served by pynetdicom.
+        fast = FastPath(ae, ArchiveSink(self.service), self.service.streaming_contexts(),
+                        per_ae_limit=cfg.limits.max_associations_per_ae,
+                        draining=lambda: bool(self.service and self.service.draining))
+        self._server = start_server(
+            ae, (cfg.bind, cfg.port), fast, evt_handlers=self.service.handlers(),
+            ssl_context=ssl_context(cfg.tls, server=True), reuse_port=self.worker is not None)
         LOG.info("archive %s listening on %s:%d", cfg.ae_title, cfg.bind, cfg.port)
         primary = self.worker in (None, 0)
         if (cfg.lifecycle or cfg.retention_days) and primary:

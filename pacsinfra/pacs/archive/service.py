@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,11 @@ class ArchiveService:
         ae.add_supported_context(Verification)
         return ae
 
+    def streaming_contexts(self) -> dict[str, list[str]]:
+        """What the streaming storage path accepts: storage classes and Verification."""
+        return {uid: list(syntaxes) for uid, syntaxes in _SUPPORTED.items()
+                if uid in _STORAGE_UIDS or uid == Verification}
+
     def on_requested(self, event: Any) -> None:
         """Per-calling-AE association limit; accept each context in the sender's preferred syntax."""
         assoc = event.assoc
@@ -184,6 +189,23 @@ class ArchiveService:
                   raw: bytes, calling: str) -> Status:
         """Store one instance as received (``raw`` = dataset bytes, ``meta`` = encoded file
         meta group); the status to answer. Shared by C-STORE and STOW-RS."""
+        tier = self.default_tier
+
+        def persist(path: Path) -> None:
+            write_durable(path, (_PREAMBLE, meta, raw), tmp_dir=tier.root / ".incoming")
+
+        return self.store_checked(
+            sop_class=sop_class, sop_uid=sop_uid, transfer_syntax=transfer_syntax, raw=raw,
+            calling=calling, sha=hashlib.sha256(raw).hexdigest(),
+            meta_tag=hashlib.sha256(meta).hexdigest()[:4], ds_offset=len(_PREAMBLE) + len(meta),
+            size=len(_PREAMBLE) + len(meta) + len(raw), room_needed=None, persist=persist)
+
+    def store_checked(self, *, sop_class: str, sop_uid: str, transfer_syntax: str, raw: bytes,
+                      calling: str, sha: str, meta_tag: str, ds_offset: int, size: int,
+                      room_needed: int | None, persist: Callable[[Path], None]) -> Status:
+        """Check, write (``persist(final_path)``), index: the whole store, whoever received
+        the bytes. ``raw`` is the dataset, ``sha`` its sha256; ``room_needed``: bytes the
+        write will still add to the tier (None: ``size``; 0 when they are already there)."""
         ts = transfer_syntax
         if sop_class not in _STORAGE_UIDS and not self.config.accept_unknown_sop_classes:
             return Status.SOP_CLASS_NOT_SUPPORTED
@@ -200,16 +222,14 @@ class ArchiveService:
         if not valid_uid(study) or not valid_uid(series):
             return Status.CANNOT_UNDERSTAND
         tier = self.default_tier
-        size = len(_PREAMBLE) + len(meta) + len(raw)
-        if not tier.has_room(size):
+        if not tier.has_room(size if room_needed is None else room_needed):
             LOG.error("tier %s above %s%% full: refusing %s", tier.name,
                       tier.max_usage_percent, sop_uid)
             return Status.OUT_OF_RESOURCES
-        sha = hashlib.sha256(raw).hexdigest()
         # The content hash in the name: two different objects claiming one SOP Instance
         # UID (overwrite, or racing worker processes) never share a file, so an index row
         # always describes the bytes at its path.
-        tag = sha[:16] + hashlib.sha256(meta).hexdigest()[:4]  # dataset + file meta
+        tag = sha[:16] + meta_tag  # dataset + file meta
         rel = str(uid_path(Path(), study, series, sop_uid))[: -len(".dcm")] + f".{tag}.dcm"
         with self._locks[hash(sop_uid) & 255]:
             existing = self.index.get(sop_uid)
@@ -226,14 +246,14 @@ class ArchiveService:
                     return Status.DUPLICATE_SOP_INSTANCE
             path = tier.path(rel)
             try:
-                write_durable(path, (_PREAMBLE, meta, raw), tmp_dir=tier.root / ".incoming")
+                persist(path)
             except OSError as exc:
                 LOG.error("C-STORE %s: write failed: %s", sop_uid, exc)
                 return Status.OUT_OF_RESOURCES  # ENOSPC, EIO, EROFS, ...: all mean "not stored"
             record = InstanceRecord(
                 sop_uid=sop_uid, series_uid=series, study_uid=study, sop_class_uid=sop_class,
                 transfer_syntax=ts, tier=tier.name, rel_path=rel, size=size, sha256=sha,
-                ds_offset=len(_PREAMBLE) + len(meta), received_at=time.time(),
+                ds_offset=ds_offset, received_at=time.time(),
                 calling_ae=calling,
                 **{k: v for k, v in attrs.items()
                    if k not in ("sop_uid", "series_uid", "study_uid", "sop_class_uid")},

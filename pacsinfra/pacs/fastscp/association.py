@@ -1,0 +1,259 @@
+"""One storage association served by the streaming SCP, on the thread that accepted it.
+
+The loop reads a PDU header, then the whole PDU into one reusable buffer, and walks
+its PDVs: command fragments are collected and decoded when the last arrives;
+data set fragments go straight to the instance's :class:`IncomingFile`. When a data
+set is complete the sink decides the status (it renames, indexes, queues); only
+then is the C-STORE-RSP sent. Anything malformed aborts the association (A-ABORT);
+an instance whose data set did not arrive whole is discarded, never answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import encode_file_meta
+
+from pacsinfra.pacs.fastscp import command, pdu
+from pacsinfra.pacs.fastscp.incoming import IncomingFile
+from pacsinfra.pacs.fastscp.negotiate import Negotiated
+
+LOG = logging.getLogger("pacsinfra.fastscp")
+_PDV = struct.Struct(">LBB")
+_UNLIMITED_CAP = 256 << 20  # a peer's PDU when we advertise "no limit"
+_OUT_OF_RESOURCES = 0xA700
+
+
+class ProtocolError(Exception):
+    """The peer broke PS3.8: the association is aborted."""
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What a C-STORE-RQ says, plus the association it came on."""
+
+    sop_class: str
+    sop_uid: str
+    transfer_syntax: str
+    calling: str
+    called: str
+    message_id: int
+    peer: str  # host address of the requestor
+
+
+class StoreSink(Protocol):
+    """Where instances go (the archive's tiers, the router's spool)."""
+
+    def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
+        """A file to stream the data set into, or a failure status to answer once the
+        data set has been read (and dropped)."""
+
+    def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
+        """The whole data set is in ``incoming``: make it durable and return the status.
+        The sink owns the file from here (keeps it or discards it)."""
+
+
+def file_meta(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """The encoded File Meta Information group, as pynetdicom's ``Event.file_meta``."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+    return bytes(encode_file_meta(meta))
+
+
+class _Requestor:
+    """What the servers' limit checks read of an association's requestor."""
+
+    def __init__(self, ae_title: str) -> None:
+        self.ae_title = ae_title
+
+
+class FastAssociation:
+    """A running association; quacks enough like pynetdicom's for limits and shutdown."""
+
+    is_acceptor = True
+
+    def __init__(self, sock: socket.socket, neg: Negotiated, sink: StoreSink, *,
+                 max_pdu: int, peer: str) -> None:
+        self.sock = sock
+        self.neg = neg
+        self.sink = sink
+        self.max_pdu = max_pdu
+        self.peer = peer
+        self.requestor = _Requestor(neg.calling)
+        self.is_established = False
+        self.is_aborted = False
+        self._send_lock = threading.Lock()
+        self._command: list[bytes] = []
+        self._request: StoreRequest | None = None
+        self._context = 0
+        self._target: IncomingFile | int | None = None
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, accept_pdu: bytes) -> None:
+        """Send the A-ASSOCIATE-AC, then serve until release, abort or error."""
+        cap = self.max_pdu or _UNLIMITED_CAP
+        buf = bytearray(max(min(cap, 4 << 20), 64 << 10) + 6)
+        try:
+            self._send(accept_pdu)
+            self.is_established = True
+            while True:
+                kind, length = pdu.read_header(self.sock, buf)
+                if kind == pdu.P_DATA_TF:
+                    if length > cap + 6:  # a few bytes of slack for sloppy senders
+                        raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds our "
+                                            f"maximum PDU {cap}")
+                    if length > len(buf):
+                        buf = bytearray(length)
+                    view = memoryview(buf)[:length]
+                    pdu.recv_exact(self.sock, view)
+                    self._p_data(view)
+                elif kind == pdu.A_RELEASE_RQ:
+                    pdu.recv_exact(self.sock, memoryview(bytearray(length)))
+                    if self._target is not None:
+                        raise ProtocolError("A-RELEASE-RQ in the middle of a data set")
+                    self._send(pdu.release_rp())
+                    return
+                elif kind == pdu.A_ABORT:
+                    LOG.info("association from %s aborted by the peer", self.neg.calling)
+                    self.is_aborted = True
+                    return
+                else:
+                    raise ProtocolError(f"unexpected PDU type 0x{kind:02X}")
+        except pdu.PeerClosed as exc:
+            if self._target is not None:
+                LOG.warning("association from %s ended in the middle of %s: %s",
+                            self.neg.calling, self._request.sop_uid if self._request else "?",
+                            exc)
+        except ProtocolError as exc:
+            LOG.warning("aborting association from %s: %s", self.neg.calling, exc)
+            self._abort()
+        except Exception:  # noqa: BLE001 - a bug: abort this association, serve the others
+            LOG.exception("aborting association from %s", self.neg.calling)
+            self._abort()
+        finally:
+            self._drop_target()
+            self.is_established = False
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def abort(self) -> None:
+        """Abort from another thread (shutdown): the loop ends on its next read."""
+        self._abort()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- PDVs ---------------------------------------------------------------------------------
+    def _p_data(self, body: memoryview) -> None:
+        pos, end = 0, len(body)
+        while pos < end:
+            if end - pos < 6:
+                raise ProtocolError("truncated PDV item")
+            length, ctx, control = _PDV.unpack_from(body, pos)
+            stop = pos + 4 + length
+            if length < 2 or stop > end:
+                raise ProtocolError(f"PDV length {length} does not fit its PDU")
+            data = body[pos + 6:stop]
+            pos = stop
+            if ctx not in self.neg.accepted:
+                raise ProtocolError(f"PDV on presentation context {ctx}, which is not accepted")
+            if control & 0x01:
+                if self._target is not None:
+                    raise ProtocolError("command fragment in the middle of a data set")
+                self._command.append(bytes(data))
+                if control & 0x02:
+                    raw, self._command = b"".join(self._command), []
+                    self._on_command(ctx, raw)
+            else:
+                if self._target is None or ctx != self._context:
+                    raise ProtocolError("data set fragment without a C-STORE-RQ")
+                if isinstance(self._target, IncomingFile):
+                    self._target.write(data)
+                if control & 0x02:
+                    self._on_dataset_end()
+
+    def _on_command(self, ctx: int, raw: bytes) -> None:
+        try:
+            cmd = command.decode(raw)
+        except command.BadCommand as exc:
+            raise ProtocolError(f"bad command set: {exc}") from exc
+        field = cmd.get(command.COMMAND_FIELD)
+        msg_id = int(cmd.get(command.MESSAGE_ID, 0))
+        sop_class = str(cmd.get(command.AFFECTED_SOP_CLASS, ""))
+        if field == command.C_ECHO_RQ:
+            self._send(pdu.p_data(ctx, 0x03, command.echo_rsp(msg_id, sop_class or
+                                                               self.neg.accepted[ctx][0])))
+            return
+        if field == command.C_CANCEL_RQ:
+            return
+        if field != command.C_STORE_RQ:
+            raise ProtocolError(f"command 0x{field or 0:04X} is not served on a storage "
+                                "association")
+        if cmd.get(command.DATASET_TYPE) == command.NO_DATASET:
+            raise ProtocolError("C-STORE-RQ without a data set")
+        abstract, ts = self.neg.accepted[ctx]
+        req = StoreRequest(sop_class=sop_class or abstract,
+                           sop_uid=str(cmd.get(command.AFFECTED_SOP_INSTANCE, "")),
+                           transfer_syntax=ts, calling=self.neg.calling, called=self.neg.called,
+                           message_id=msg_id, peer=self.peer)
+        self._request, self._context = req, ctx
+        try:
+            self._target = self.sink.open(req, file_meta(req.sop_class, req.sop_uid, ts))
+        except Exception:  # noqa: BLE001 - cannot even open: refuse this instance
+            LOG.exception("C-STORE %s: cannot open an incoming file", req.sop_uid)
+            self._target = _OUT_OF_RESOURCES
+
+    def _on_dataset_end(self) -> None:
+        req, target = self._request, self._target
+        assert req is not None and target is not None
+        self._target = None
+        if isinstance(target, IncomingFile):
+            try:
+                status = self.sink.finish(req, target)
+            except Exception:  # noqa: BLE001 - never Success on a bug
+                LOG.exception("C-STORE %s failed unexpectedly", req.sop_uid)
+                target.discard()
+                status = _OUT_OF_RESOURCES
+        else:
+            status = target
+        rsp = command.store_rsp(req.message_id, req.sop_class, req.sop_uid, int(status))
+        self._send(pdu.p_data(self._context, 0x03, rsp))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _drop_target(self) -> None:
+        target, self._target = self._target, None
+        if isinstance(target, IncomingFile):
+            target.discard()
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                raise pdu.PeerClosed(str(exc)) from exc
+
+    def _abort(self) -> None:
+        if self.is_aborted:
+            return
+        self.is_aborted = True
+        try:
+            with self._send_lock:
+                self.sock.sendall(pdu.abort(2, 0))
+        except OSError:
+            pass
