@@ -6,6 +6,7 @@ and only the tags listed in :data:`INDEXED` are kept.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from io import BytesIO
@@ -15,6 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
+
+# What the readers here accept: anything indexable that struct.unpack_from reads.
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 # keyword -> InstanceRecord field
 INDEXED: dict[str, str] = {
@@ -61,12 +65,16 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _UNDEFINED = 0xFFFFFFFF
 
 
-def check_structure(data: bytes, implicit: bool, little: bool) -> None:
+def check_structure(data: Buffer, implicit: bool, little: bool) -> int:
     """Walk every element header; raise :class:`DatasetUnreadable` if any length overruns.
 
     Catches truncated datasets and lying lengths that a stop-before-pixels parse would
-    not see (e.g. Pixel Data declared longer than what arrived).
+    not see (e.g. Pixel Data declared longer than what arrived). Returns the offset of
+    the first top-level element at or after (7FE0,0010) Pixel Data (``len(data)`` if
+    none): everything the index needs lies before it. Only element headers are read,
+    so ``data`` may be an mmap of a large file (the pixel data is never touched).
     """
+    first_pixel = [len(data)]
     e = "<" if little else ">"
     u16 = struct.Struct(e + "H")
     u32 = struct.Struct(e + "I")
@@ -82,6 +90,8 @@ def check_structure(data: bytes, implicit: bool, little: bool) -> None:
             need(pos, 8)
             group = u16.unpack_from(data, pos)[0]
             elem = u16.unpack_from(data, pos + 2)[0]
+            if not in_item and (group, elem) >= (0x7FE0, 0x0010) and pos < first_pixel[0]:
+                first_pixel[0] = pos
             if group == 0xFFFE:
                 if in_item and elem == 0xE00D:
                     return pos + 8
@@ -90,7 +100,7 @@ def check_structure(data: bytes, implicit: bool, little: bool) -> None:
                 length = u32.unpack_from(data, pos + 4)[0]
                 pos += 8
             else:
-                vr = data[pos + 4 : pos + 6]
+                vr = bytes(data[pos + 4 : pos + 6])
                 if vr in _LONG_VRS:
                     need(pos, 12)
                     length = u32.unpack_from(data, pos + 8)[0]
@@ -128,15 +138,17 @@ def check_structure(data: bytes, implicit: bool, little: bool) -> None:
                 pos += length
 
     dataset(0, end, in_item=False)
+    return first_pixel[0]
 
 
-def read_indexed(raw: bytes, transfer_syntax: str) -> dict[str, str]:
+def read_indexed(raw: Buffer, transfer_syntax: str) -> dict[str, str]:
     """The indexed attributes of ``raw`` (dataset bytes without file meta) as strings.
 
-    Raises :class:`DatasetUnreadable` on truncated or malformed input.
+    ``raw`` is any buffer (bytes, memoryview, mmap); only the bytes before Pixel Data
+    are copied. Raises :class:`DatasetUnreadable` on truncated or malformed input.
     """
     ts = UID(transfer_syntax)
-    data = raw
+    data: Buffer = raw
     if ts == "1.2.840.10008.1.2.1.99":  # deflated: the whole dataset is a raw deflate stream
         try:
             data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
@@ -148,10 +160,10 @@ def read_indexed(raw: bytes, transfer_syntax: str) -> dict[str, str]:
     def stop(tag: Any, vr: Any, length: Any) -> bool:
         return int(tag) >= 0x7FE00010
 
-    check_structure(data, implicit, little)
+    cut = check_structure(data, implicit, little)
     try:
         ds: Dataset = read_dataset(
-            BytesIO(data), implicit, little, stop_when=stop, specific_tags=_TAGS
+            BytesIO(bytes(data[:cut])), implicit, little, stop_when=stop, specific_tags=_TAGS
         )
         out = {field: _text(ds.get(kw)) for kw, field in INDEXED.items()}
     except Exception as exc:  # pydicom raises many types on garbage; all mean "unreadable"

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (
     _STORAGE_CLASSES as STORAGE_CLASSES,
 )
 
-from pacsinfra.pacs.archive.attrs import DatasetUnreadable, read_indexed
+from pacsinfra.pacs.archive.attrs import Buffer, DatasetUnreadable, read_indexed
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.index import Index, InstanceRecord, StoredInstance
 from pacsinfra.pacs.archive.query import LEVELS, QueryError, compile_query, response
@@ -200,7 +200,7 @@ class ArchiveService:
             meta_tag=hashlib.sha256(meta).hexdigest()[:4], ds_offset=len(_PREAMBLE) + len(meta),
             size=len(_PREAMBLE) + len(meta) + len(raw), room_needed=None, persist=persist)
 
-    def store_checked(self, *, sop_class: str, sop_uid: str, transfer_syntax: str, raw: bytes,
+    def store_checked(self, *, sop_class: str, sop_uid: str, transfer_syntax: str, raw: Buffer,
                       calling: str, sha: str, meta_tag: str, ds_offset: int, size: int,
                       room_needed: int | None, persist: Callable[[Path], None]) -> Status:
         """Check, write (``persist(final_path)``), index: the whole store, whoever received

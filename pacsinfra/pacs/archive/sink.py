@@ -52,12 +52,17 @@ class ArchiveSink:
 
         meta = incoming.meta
         try:
-            status = self.service.store_checked(
-                sop_class=req.sop_class, sop_uid=req.sop_uid,
-                transfer_syntax=req.transfer_syntax, raw=incoming.dataset,
-                calling=req.calling, sha=incoming.sha256(),
-                meta_tag=hashlib.sha256(meta).hexdigest()[:4], ds_offset=incoming.ds_offset,
-                size=incoming.size, room_needed=0, persist=persist)
+            if incoming.error is not None:  # ENOSPC, EIO while streaming: not stored
+                LOG.error("C-STORE %s: write failed: %s", req.sop_uid, incoming.error)
+                status = int(Status.OUT_OF_RESOURCES)
+            else:
+                with incoming.mapped() as raw:
+                    status = self.service.store_checked(
+                        sop_class=req.sop_class, sop_uid=req.sop_uid,
+                        transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling,
+                        sha=incoming.sha256(), meta_tag=hashlib.sha256(meta).hexdigest()[:4],
+                        ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
+                        persist=persist)
         finally:
             incoming.discard()  # after a successful rename there is nothing left to remove
         if status != Status.SUCCESS:

@@ -4,8 +4,9 @@ Fragments are written as they arrive; every ~1 MiB the kernel is asked to start
 writing them to the device (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux), so
 the data reaches the disk while the rest is still on the wire and the final
 :meth:`IncomingFile.seal` (``fsync``) waits only for the tail. The dataset bytes
-are hashed (sha256) on the way and kept in memory for the sink's attribute parse.
-A write error (ENOSPC, EIO) is remembered, the rest of the data is discarded, and
+are hashed (sha256) on the way and never copied or kept: the sink reads the
+attributes it needs through :meth:`IncomingFile.mapped` (an mmap of the page cache,
+of which only element headers are touched). A write error (ENOSPC, EIO) is remembered, the rest of the data is discarded, and
 the sink answers a failure: the sender keeps its copy.
 """
 
@@ -15,8 +16,11 @@ import ctypes
 import ctypes.util
 import hashlib
 import logging
+import mmap
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LOG = logging.getLogger("pacsinfra.fastscp")
@@ -49,9 +53,9 @@ class IncomingFile:
         self.size = 0
         self.error: OSError | None = None
         self._sha = hashlib.sha256()
-        self._chunks: list[bytes] = []
         self._kicked = 0
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        # read-write: mapped() maps the file to read the attributes back
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         self._write(memoryview(PREAMBLE))
         self._write(memoryview(meta))
 
@@ -72,18 +76,29 @@ class IncomingFile:
             self._kicked = self.size
 
     def write(self, data: memoryview) -> None:
-        """Append a dataset fragment."""
-        chunk = bytes(data)
-        self._chunks.append(chunk)
-        self._sha.update(chunk)
-        self._write(memoryview(chunk))
+        """Append a dataset fragment (``data`` is only read during the call)."""
+        self._sha.update(data)
+        self._write(data)
 
-    @property
-    def dataset(self) -> bytes:
-        """The dataset bytes received so far (everything after the file meta)."""
-        if len(self._chunks) > 1:
-            self._chunks = [b"".join(self._chunks)]
-        return self._chunks[0] if self._chunks else b""
+    @contextmanager
+    def mapped(self) -> Iterator[memoryview]:
+        """The dataset bytes written so far, as a read-only view of the file (mmap);
+        valid inside the ``with`` block, even after :meth:`seal`."""
+        fd = self._fd
+        if fd is None:
+            raise OSError("incoming file already closed")
+        if self.size <= self.ds_offset:
+            yield memoryview(b"")
+            return
+        with mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            dataset = view[self.ds_offset:]
+            try:
+                yield dataset
+            finally:
+                # every export must be released before the mmap closes
+                dataset.release()
+                view.release()
 
     def sha256(self) -> str:
         """sha256 (hex) of the dataset bytes, as the index stores it."""
@@ -114,4 +129,3 @@ class IncomingFile:
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 LOG.warning("could not remove %s: %s", self.path, exc)
-        self._chunks = []
