@@ -230,3 +230,25 @@ def test_delete_series_recounts_and_retention_uses_newest_receive(tmp_path: Path
         assert patients == [("P",)]
     finally:
         svc.index.close()
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("field,value", [
+    ("PatientName", "Doe^John "), ("PatientName", " Doe^John"), ("PatientName", ""),
+    ("PatientName", "Müller^Jörg"), ("PatientName", "A\\B"), ("SeriesNumber", "001"),
+    ("SeriesNumber", " 7"), ("SeriesNumber", "+5"), ("InstanceNumber", "1\\2"),
+    ("StudyDescription", "Chest  PA "), ("AccessionNumber", "ACC-1/2"),
+    ("StudyDate", "20240115"), ("PatientID", "id\tx"),
+])
+def test_plain_fast_path_equals_pydicom(ts: str, field: str, value: str) -> None:
+    """The byte-level fast path never gives a different answer from pydicom's decode."""
+    from pacsinfra.pacs.archive.attrs import _pydicom_text
+
+    ds = make_instance(patient_id="P1")
+    if "ü" in value:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.add_new(field, {"PatientName": "PN", "SeriesNumber": "IS", "InstanceNumber": "IS",
+                       "StudyDescription": "LO", "AccessionNumber": "SH", "StudyDate": "DA",
+                       "PatientID": "LO"}[field], value)
+    raw = _encode(ds, ts)
+    assert read_indexed(raw, ts) == _pydicom_text(raw, ts == ImplicitVRLittleEndian, True)

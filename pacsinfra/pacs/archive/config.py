@@ -50,6 +50,10 @@ class TierConfig(Strict):
     access_key: SecretRef | None = None
     secret_key: SecretRef | None = None
     max_usage_percent: float = Field(95, gt=0, le=100)  # refuse stores above this
+    # Evict a newly stored file's pages from the page cache once it is durable: keeps
+    # write-once images from crowding out the index and makes ingest cheaper (see
+    # pacsinfra.pacs.fastscp.incoming). False: keep them cached for immediate reads.
+    drop_cache_after_store: bool = True
 
     @model_validator(mode="after")
     def _kind_fields(self) -> TierConfig:

@@ -46,6 +46,7 @@ class ArchiveServer:
         self.index: Index | None = None
         self.service: ArchiveService | None = None
         self._server: Any = None
+        self._sink: ArchiveSink | None = None
         self._web: Any = None
         self._stopped = threading.Event()
 
@@ -83,7 +84,8 @@ class ArchiveServer:
         ae = self.service.make_ae()
         # Storage-only associations are streamed to disk by fastscp; everything else
         # (queries, retrieves, TLS, role selection) is served by pynetdicom.
-        fast = FastPath(ae, ArchiveSink(self.service), self.service.streaming_contexts(),
+        self._sink = ArchiveSink(self.service)
+        fast = FastPath(ae, self._sink, self.service.streaming_contexts(),
                         per_ae_limit=cfg.limits.max_associations_per_ae,
                         draining=lambda: bool(self.service and self.service.draining))
         self._server = start_server(
@@ -145,6 +147,9 @@ class ArchiveServer:
                 assoc.abort()
             srv.shutdown()
             self._server = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
         if self._web is not None:
             self._web.stop()
             self._web = None

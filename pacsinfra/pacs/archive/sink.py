@@ -4,6 +4,8 @@ The streaming SCP writes each data set straight into a temp file under the
 default tier's ``.incoming`` directory (same filesystem, swept at start-up), so
 the durable write the archive owes before Success is an ``fsync`` of what is
 already on its way to disk, a rename and a directory ``fsync``, not a second copy.
+The ``fsync`` runs on a helper thread while this one hashes and parses the data
+set (both release the GIL, so on two cores they overlap); the rename waits for it.
 The checks, duplicate policy and index commit are :meth:`ArchiveService.store_checked`,
 the same code C-STORE through pynetdicom and STOW-RS run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pacsinfra.fsutil import fsync_dir
@@ -28,8 +31,9 @@ LOG = logging.getLogger("pacsinfra.archive")
 class ArchiveSink:
     """Stream into the default tier, then check, rename into place and index."""
 
-    def __init__(self, service: ArchiveService) -> None:
+    def __init__(self, service: ArchiveService, fsync_threads: int = 8) -> None:
         self.service = service
+        self._fsync = ThreadPoolExecutor(fsync_threads, thread_name_prefix="fsync")
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
         """A temp file in the default tier, or a refusal when the tier is full."""
@@ -43,28 +47,41 @@ class ArchiveSink:
 
     def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
         """fsync, rename, index (or refuse); the temp file is gone afterwards either way."""
-
-        def persist(path: Path) -> None:
-            incoming.seal()  # raises the write error (ENOSPC, EIO) if there was one
-            ensure_dir(path.parent)
-            os.replace(incoming.path, path)
-            fsync_dir(path.parent)
-
-        meta = incoming.meta
+        status = int(Status.OUT_OF_RESOURCES)
         try:
             if incoming.error is not None:  # ENOSPC, EIO while streaming: not stored
                 LOG.error("C-STORE %s: write failed: %s", req.sop_uid, incoming.error)
-                status = int(Status.OUT_OF_RESOURCES)
             else:
-                with incoming.mapped() as raw:
-                    status = self.service.store_checked(
-                        sop_class=req.sop_class, sop_uid=req.sop_uid,
-                        transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling,
-                        sha=incoming.sha256(), meta_tag=hashlib.sha256(meta).hexdigest()[:4],
-                        ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
-                        persist=persist)
+                status = self._store(req, incoming)
         finally:
-            incoming.discard()  # after a successful rename there is nothing left to remove
+            # after a successful rename there is nothing left to remove, only pages to drop
+            incoming.discard(drop_cache=status == Status.SUCCESS and
+                             self.service.default_tier.drop_cache)
         if status != Status.SUCCESS:
             self.service.counters.add("failed")
-        return int(status)
+        return status
+
+    def _store(self, req: StoreRequest, incoming: IncomingFile) -> int:
+        with incoming.mapped() as raw:
+            sealing = self._fsync.submit(incoming.seal)
+
+            def persist(path: Path) -> None:
+                sealing.result()  # raises the write/fsync error (ENOSPC, EIO) if any
+                ensure_dir(path.parent)
+                os.replace(incoming.path, path)
+                fsync_dir(path.parent)
+
+            try:
+                return int(self.service.store_checked(
+                    sop_class=req.sop_class, sop_uid=req.sop_uid,
+                    transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling,
+                    sha=hashlib.sha256(raw).hexdigest(),
+                    meta_tag=hashlib.sha256(incoming.meta).hexdigest()[:4],
+                    ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
+                    persist=persist))
+            finally:
+                sealing.exception()  # never leave the fsync running on a file we delete
+
+    def close(self) -> None:
+        """Stop the fsync helpers (after the listener has stopped)."""
+        self._fsync.shutdown(wait=True)

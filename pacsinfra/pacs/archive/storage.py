@@ -31,6 +31,7 @@ class Tier:
     name: str
     root: Path
     max_usage_percent: float
+    drop_cache: bool = True  # evict new files' pages once durable (TierConfig)
 
     @classmethod
     def from_config(cls, cfg: TierConfig, data_dir: Path) -> Tier:
@@ -38,7 +39,7 @@ class Tier:
         path = Path(cfg.path) if cfg.path else Path(cfg.name)
         if not path.is_absolute():
             path = data_dir / path
-        return cls(cfg.name, path, cfg.max_usage_percent)
+        return cls(cfg.name, path, cfg.max_usage_percent, cfg.drop_cache_after_store)
 
     def has_room(self, nbytes: int) -> bool:
         """False when writing ``nbytes`` would take the filesystem past the threshold."""

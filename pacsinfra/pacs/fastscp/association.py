@@ -61,8 +61,39 @@ class StoreSink(Protocol):
         The sink owns the file from here (keeps it or discards it)."""
 
 
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    # Explicit VR little endian, short form (every group 0002 VR used here but OB)
+    if vr == b"OB":
+        return struct.pack("<HH2sHL", 0x0002, group_elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, group_elem, vr, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+_IMPLEMENTATION = (
+    _element(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID))
+    + _element(0x0013, b"SH", (lambda v: v + b" " if len(v) % 2 else v)(
+        PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")))
+)
+
+
 def file_meta(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
-    """The encoded File Meta Information group, as pynetdicom's ``Event.file_meta``."""
+    """The encoded File Meta Information group (PS3.10 7.1), byte for byte what
+    pydicom's ``encode_file_meta`` makes of pynetdicom's ``Event.file_meta``; built
+    directly because that costs ~0.25 ms an instance."""
+    body = (_element(0x0001, b"OB", b"\x00\x01")
+            + _element(0x0002, b"UI", _ui(sop_class))
+            + _element(0x0003, b"UI", _ui(sop_uid))
+            + _element(0x0010, b"UI", _ui(transfer_syntax))
+            + _IMPLEMENTATION)
+    return _element(0x0000, b"UL", struct.pack("<L", len(body))) + body
+
+
+def file_meta_pydicom(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """:func:`file_meta` the slow way, through pydicom (the reference in tests)."""
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = UID(sop_class)

@@ -4,9 +4,9 @@ Fragments are written as they arrive; every ~1 MiB the kernel is asked to start
 writing them to the device (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux), so
 the data reaches the disk while the rest is still on the wire and the final
 :meth:`IncomingFile.seal` (``fsync``) waits only for the tail. The dataset bytes
-are hashed (sha256) on the way and never copied or kept: the sink reads the
-attributes it needs through :meth:`IncomingFile.mapped` (an mmap of the page cache,
-of which only element headers are touched). A write error (ENOSPC, EIO) is remembered, the rest of the data is discarded, and
+are never copied or kept: the sink reads them back through
+:meth:`IncomingFile.mapped` (an mmap of the page cache) to hash them and to parse
+the attributes it needs, while the ``fsync`` runs. A write error (ENOSPC, EIO) is remembered, the rest of the data is discarded, and
 the sink answers a failure: the sender keeps its copy.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import logging
 import mmap
 import os
@@ -52,7 +51,6 @@ class IncomingFile:
         self.ds_offset = len(PREAMBLE) + len(meta)
         self.size = 0
         self.error: OSError | None = None
-        self._sha = hashlib.sha256()
         self._kicked = 0
         # read-write: mapped() maps the file to read the attributes back
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
@@ -77,13 +75,13 @@ class IncomingFile:
 
     def write(self, data: memoryview) -> None:
         """Append a dataset fragment (``data`` is only read during the call)."""
-        self._sha.update(data)
         self._write(data)
 
     @contextmanager
     def mapped(self) -> Iterator[memoryview]:
         """The dataset bytes written so far, as a read-only view of the file (mmap);
-        valid inside the ``with`` block, even after :meth:`seal`."""
+        valid inside the ``with`` block, even after :meth:`seal` (which may run on
+        another thread meanwhile: the map holds its own reference to the file)."""
         fd = self._fd
         if fd is None:
             raise OSError("incoming file already closed")
@@ -100,27 +98,29 @@ class IncomingFile:
                 dataset.release()
                 view.release()
 
-    def sha256(self) -> str:
-        """sha256 (hex) of the dataset bytes, as the index stores it."""
-        return self._sha.hexdigest()
-
     def seal(self) -> None:
-        """fsync and close; raises the first write error, if there was one."""
-        fd, self._fd = self._fd, None
+        """fsync (the file stays open); raises the first write error, if there was one."""
+        fd = self._fd
         if fd is None:
             raise OSError("incoming file already closed")
-        try:
-            if self.error is not None:
-                raise self.error
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.error is not None:
+            raise self.error
+        os.fsync(fd)
 
-    def discard(self) -> None:
-        """Close (if open) and delete the temporary file; never raises."""
+    def discard(self, *, drop_cache: bool = False) -> None:
+        """Close, and delete the temporary file if it is still there; never raises.
+
+        ``drop_cache``: the file was sealed and kept (renamed into place); evict its
+        now-clean pages from the page cache (``POSIX_FADV_DONTNEED``). An archive's
+        new files are rarely read again soon, and on virtual machines a write into
+        recycled page-cache pages is several times cheaper than into fresh ones
+        (measured here: 0.1 vs 1.2 ms for 512 KB).
+        """
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
+                if drop_cache:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 os.close(fd)
             except OSError:
                 pass
