@@ -225,6 +225,14 @@ def uid_path(root: Path, study: str, series: str, sop: str) -> Path:
     return path
 
 
+def open_associations(server: Any, calling: str, *, exclude: object = None) -> int:
+    """How many established associations of ``server`` the calling AE ``calling`` has
+    (``exclude``: the one asking); both paths' per-calling-AE limit reads this."""
+    return sum(1 for a in server.active_associations
+               if a is not exclude and a.is_established
+               and str(a.requestor.ae_title).strip() == calling)
+
+
 def tune_socket(sock: socket.socket) -> None:
     """TCP_NODELAY (no Nagle stall between small PDVs) and larger kernel buffers."""
     try:

@@ -252,3 +252,25 @@ def test_plain_fast_path_equals_pydicom(ts: str, field: str, value: str) -> None
                        "PatientID": "LO"}[field], value)
     raw = _encode(ds, ts)
     assert read_indexed(raw, ts) == _pydicom_text(raw, ts == ImplicitVRLittleEndian, True)
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3", "1.2.34", "2.25." + "9" * 58])
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit])
+def test_streaming_file_meta_is_what_pydicom_writes(sop_uid: str, ts: str) -> None:
+    """fastscp builds the file meta group by hand; pydicom's encoding of pynetdicom's
+    file meta is the reference (odd and even UID lengths, long UIDs)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+    from pynetdicom.dsutils import encode_file_meta
+
+    from pacsinfra.pacs.fastscp.association import file_meta
+
+    ref = FileMetaDataset()
+    ref.FileMetaInformationVersion = b"\x00\x01"
+    ref.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2")
+    ref.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ref.TransferSyntaxUID = UID(ts)
+    ref.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    ref.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+    assert file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, ts) == bytes(encode_file_meta(ref))

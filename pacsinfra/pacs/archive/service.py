@@ -36,6 +36,7 @@ from pacsinfra.pacs.dicom import (
     accept_proposed,
     associate_kwargs,
     make_ae,
+    open_associations,
     scu_contexts,
     uid_path,
     valid_uid,
@@ -139,14 +140,10 @@ class ArchiveService:
         server = assoc._server
         if server is None:
             return
-        same = [
-            a for a in server.active_associations
-            if a is not assoc and a.is_established
-            and str(a.requestor.ae_title).strip() == calling
-        ]
-        if self.draining or len(same) >= self.config.limits.max_associations_per_ae:
+        same = open_associations(server, calling, exclude=assoc)
+        if self.draining or same >= self.config.limits.max_associations_per_ae:
             LOG.warning("rejecting %s: %s", calling, "shutting down" if self.draining
-                        else f"{len(same)} associations already open")
+                        else f"{same} associations already open")
             assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded
             # As pynetdicom does for its own rejections: kill() lets the DUL flush the
             # A-ASSOCIATE-RJ before the socket is closed.
@@ -190,6 +187,7 @@ class ArchiveService:
         """Store one instance as received (``raw`` = dataset bytes, ``meta`` = encoded file
         meta group); the status to answer. Shared by C-STORE and STOW-RS."""
         tier = self.default_tier
+        ds_offset = len(_PREAMBLE) + len(meta)
 
         def persist(path: Path) -> None:
             write_durable(path, (_PREAMBLE, meta, raw), tmp_dir=tier.root / ".incoming")
@@ -197,15 +195,15 @@ class ArchiveService:
         return self.store_checked(
             sop_class=sop_class, sop_uid=sop_uid, transfer_syntax=transfer_syntax, raw=raw,
             calling=calling, sha=hashlib.sha256(raw).hexdigest(),
-            meta_tag=hashlib.sha256(meta).hexdigest()[:4], ds_offset=len(_PREAMBLE) + len(meta),
-            size=len(_PREAMBLE) + len(meta) + len(raw), room_needed=None, persist=persist)
+            meta_tag=hashlib.sha256(meta).hexdigest()[:4], ds_offset=ds_offset,
+            size=ds_offset + len(raw), room_needed=ds_offset + len(raw), persist=persist)
 
     def store_checked(self, *, sop_class: str, sop_uid: str, transfer_syntax: str, raw: Buffer,
                       calling: str, sha: str, meta_tag: str, ds_offset: int, size: int,
-                      room_needed: int | None, persist: Callable[[Path], None]) -> Status:
+                      room_needed: int, persist: Callable[[Path], None]) -> Status:
         """Check, write (``persist(final_path)``), index: the whole store, whoever received
         the bytes. ``raw`` is the dataset, ``sha`` its sha256; ``room_needed``: bytes the
-        write will still add to the tier (None: ``size``; 0 when they are already there)."""
+        write will still add to the tier (0 when they are already there)."""
         ts = transfer_syntax
         if sop_class not in _STORAGE_UIDS and not self.config.accept_unknown_sop_classes:
             return Status.SOP_CLASS_NOT_SUPPORTED
@@ -222,7 +220,7 @@ class ArchiveService:
         if not valid_uid(study) or not valid_uid(series):
             return Status.CANNOT_UNDERSTAND
         tier = self.default_tier
-        if not tier.has_room(size if room_needed is None else room_needed):
+        if not tier.has_room(room_needed):
             LOG.error("tier %s above %s%% full: refusing %s", tier.name,
                       tier.max_usage_percent, sop_uid)
             return Status.OUT_OF_RESOURCES

@@ -17,10 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import encode_file_meta
 
 from pacsinfra.pacs.fastscp import command, pdu
 from pacsinfra.pacs.fastscp.incoming import IncomingFile
@@ -90,18 +87,6 @@ def file_meta(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
             + _element(0x0010, b"UI", _ui(transfer_syntax))
             + _IMPLEMENTATION)
     return _element(0x0000, b"UL", struct.pack("<L", len(body))) + body
-
-
-def file_meta_pydicom(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
-    """:func:`file_meta` the slow way, through pydicom (the reference in tests)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
-    return bytes(encode_file_meta(meta))
 
 
 class _Requestor:

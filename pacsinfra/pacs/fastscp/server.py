@@ -25,7 +25,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsinfra.pacs.dicom import tune_socket
+from pacsinfra.pacs.dicom import open_associations, tune_socket
 from pacsinfra.pacs.fastscp import pdu
 from pacsinfra.pacs.fastscp.association import FastAssociation, StoreSink
 from pacsinfra.pacs.fastscp.negotiate import encode_accept, encode_reject, negotiate, parse_request
@@ -56,12 +56,11 @@ class FastPath:
             return REJECT_CALLING_AE
         if self.draining():
             return REJECT_LIMIT
-        everyone = self.server.active_associations if self.server is not None else []
-        established = [a for a in everyone if a.is_established]
-        if len(everyone) >= self.ae.maximum_associations:
+        if self.server is None:
+            return None
+        if len(self.server.active_associations) >= self.ae.maximum_associations:
             return REJECT_LIMIT
-        same = [a for a in established if str(a.requestor.ae_title).strip() == calling]
-        if len(same) >= self.per_ae_limit:
+        if open_associations(self.server, calling) >= self.per_ae_limit:
             return REJECT_LIMIT
         return None
 

@@ -28,6 +28,7 @@ from pacsinfra.pacs.dicom import (
     TRANSFER_SYNTAXES,
     Status,
     make_ae,
+    open_associations,
     prefer_requestor_syntaxes,
     ssl_context,
     valid_uid,
@@ -163,11 +164,9 @@ class RouterServer:
         server = assoc._server
         if server is None:
             return
-        same = [a for a in server.active_associations
-                if a is not assoc and a.is_established
-                and str(a.requestor.ae_title).strip() == calling]
-        if len(same) >= self.cfg.limits.max_associations_per_ae:
-            LOG.warning("rejecting %s: %d associations already open", calling, len(same))
+        same = open_associations(server, calling, exclude=assoc)
+        if same >= self.cfg.limits.max_associations_per_ae:
+            LOG.warning("rejecting %s: %d associations already open", calling, same)
             assoc.acse.send_reject(0x02, 0x03, 0x02)
             assoc.is_rejected = True
             return
