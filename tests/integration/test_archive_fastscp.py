@@ -8,6 +8,7 @@ the next association.
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -142,3 +143,136 @@ def test_those_associations_took_the_streaming_path(archive: Archive, tmp_path: 
     while "bad command set" not in archive.logs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "aborting association from TESTSCU: bad command set" in archive.logs()
+
+
+def _find_pdus(ctx: int, ident: bytes, msg_id: int, *, cancel: bool) -> bytes:
+    """A C-FIND-RQ (command + identifier), then optionally a C-CANCEL-RQ, as raw PDUs."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    def command(**values: object) -> bytes:
+        cmd = Dataset()
+        cmd.CommandGroupLength = 0
+        for k, v in values.items():
+            setattr(cmd, k, v)
+        raw = encode(cmd, True, True)
+        assert raw is not None
+        return raw
+
+    model = "1.2.840.10008.5.1.4.1.2.2.1"
+    out = _p_data((ctx, 0x03, command(AffectedSOPClassUID=model, CommandField=0x0020,
+                                      MessageID=msg_id, Priority=0, CommandDataSetType=0)))
+    out += _p_data((ctx, 0x02, ident))
+    if cancel:
+        out += _p_data((ctx, 0x03, command(CommandField=0x0FFF,
+                                           MessageIDBeingRespondedTo=msg_id,
+                                           CommandDataSetType=0x0101)))
+    return out
+
+
+def _raw_association(port: int, model: str, syntax: str) -> socket.socket:
+    """A plain socket with an association established by hand (A-ASSOCIATE-RQ encoded
+    with pynetdicom's PDU classes), context 1 = (model, syntax); nobody else reads it."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+    from pynetdicom.presentation import build_context
+
+    prim = A_ASSOCIATE()
+    prim.application_context_name = "1.2.840.10008.3.1.1.1"
+    prim.calling_ae_title = "TESTSCU"
+    prim.called_ae_title = "ARCHIVE"
+    cx = build_context(model, [syntax])
+    cx.context_id = 1
+    prim.presentation_context_definition_list = [cx]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    impl = ImplementationClassUIDNotification()
+    impl.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.1"
+    prim.user_information = [length, impl]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(prim)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(bytes(rq.encode()))
+    kind, body = _read_pdu(sock)
+    assert kind == 0x02, f"association not accepted (PDU type 0x{kind:02X})"
+    return sock
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    def exact(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            assert chunk, "connection closed"
+            buf += chunk
+        return buf
+
+    kind, length = _HEADER.unpack(exact(6))
+    return kind, exact(length)
+
+
+def _responses(sock: socket.socket) -> list[int]:
+    """Statuses of the C-FIND-RSPs on ``sock``, up to the final one."""
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+
+    statuses: list[int] = []
+    command = b""
+    while True:
+        kind, body = _read_pdu(sock)
+        assert kind == 0x04, f"PDU type 0x{kind:02X} instead of P-DATA-TF"
+        pos = 0
+        while pos < len(body):
+            length, _ctx, control = struct.unpack_from(">LBB", body, pos)
+            data, pos = body[pos + 6:pos + 4 + length], pos + 4 + length
+            if not control & 0x01:
+                continue  # an identifier
+            command += data
+            if control & 0x02:
+                status = int(read_dataset(BytesIO(command), True, True).Status)
+                command = b""
+                statuses.append(status)
+                if status not in (0xFF00, 0xFF01):
+                    return statuses
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_find_on_the_streaming_path_and_cancel(archive: Archive, tmp_path: Path,
+                                               syntax: str) -> None:
+    """C-FIND is answered by fastscp (identifiers in Implicit or Explicit VR LE); a
+    C-CANCEL-RQ that is already waiting when the answers start ends it with Cancel."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    pid = f"FASTFIND{syntax[-1]}"
+    for _ in range(3):
+        ae = scu_ae()
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", archive.port, ae_title="ARCHIVE")
+        ds = make_instance(rows=8, cols=8, patient_id=pid)
+        assert assoc.send_c_store(write(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm")).Status == 0
+        assoc.release()
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.PatientID = pid
+    ident.StudyInstanceUID = ""
+    raw = encode(ident, syntax == "1.2.840.10008.1.2", True)
+    assert raw is not None
+    sock = _raw_association(archive.port, "1.2.840.10008.5.1.4.1.2.2.1", syntax)
+    try:
+        sock.sendall(_find_pdus(1, raw, 1, cancel=False))
+        assert _responses(sock) == [0xFF00] * 3 + [0x0000]
+        sock.sendall(_find_pdus(1, raw, 2, cancel=True))
+        assert _responses(sock) == [0xFE00]
+        # the association still works after a cancel, and releases normally
+        sock.sendall(_find_pdus(1, raw, 3, cancel=False))
+        assert _responses(sock) == [0xFF00] * 3 + [0x0000]
+        sock.sendall(_HEADER.pack(0x05, 4) + b"\x00" * 4)
+        assert _read_pdu(sock)[0] == 0x06  # A-RELEASE-RP
+    finally:
+        sock.close()

@@ -82,12 +82,14 @@ class ArchiveServer:
         # Unknown SOP classes are negotiable only when the site asks for it.
         pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = cfg.accept_unknown_sop_classes
         ae = self.service.make_ae()
-        # Storage-only associations are streamed to disk by fastscp; everything else
-        # (queries, retrieves, TLS, role selection) is served by pynetdicom.
+        # Storage and C-FIND associations are served by fastscp (instances streamed to
+        # disk, matches encoded directly); everything else (retrieves, TLS, role
+        # selection, mixed proposals) by pynetdicom.
         self._sink = ArchiveSink(self.service)
         fast = FastPath(ae, self._sink, self.service.streaming_contexts(),
                         per_ae_limit=cfg.limits.max_associations_per_ae,
-                        draining=lambda: bool(self.service and self.service.draining))
+                        draining=lambda: bool(self.service and self.service.draining),
+                        queries=self._sink)
         self._server = start_server(
             ae, (cfg.bind, cfg.port), fast, evt_handlers=self.service.handlers(),
             ssl_context=ssl_context(cfg.tls, server=True), reuse_port=self.worker is not None)

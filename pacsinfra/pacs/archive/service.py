@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import (
@@ -129,9 +130,12 @@ class ArchiveService:
         return ae
 
     def streaming_contexts(self) -> dict[str, list[str]]:
-        """What the streaming storage path accepts: storage classes and Verification."""
-        return {uid: list(syntaxes) for uid, syntaxes in _SUPPORTED.items()
-                if uid in _STORAGE_UIDS or uid == Verification}
+        """What the streaming path accepts: storage classes, Verification, and C-FIND
+        with identifiers in Implicit or Explicit VR Little Endian."""
+        out = {uid: list(syntaxes) for uid, syntaxes in _SUPPORTED.items()
+               if uid in _STORAGE_UIDS or uid == Verification}
+        out.update({uid: list(_QR_SYNTAXES[:2]) for uid in _QR_FIND})
+        return out
 
     def on_requested(self, event: Any) -> None:
         """Per-calling-AE association limit; accept each context in the sender's preferred syntax."""
@@ -292,12 +296,25 @@ class ArchiveService:
 
     # -- C-FIND ------------------------------------------------------------------------------
     def on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
-        """C-FIND at any level of the patient and study root models."""
-        self.counters.add("finds")
+        """C-FIND at any level of the patient and study root models (pynetdicom)."""
         try:
             ident = event.identifier
+        except Exception:  # noqa: BLE001 - an identifier pydicom cannot decode
+            LOG.exception("C-FIND failed")
+            self.counters.add("finds")
+            yield int(Status.CANNOT_UNDERSTAND), None
+            return
+        yield from self.find(ident, str(event.request.AffectedSOPClassUID),
+                             str(event.assoc.requestor.ae_title).strip(),
+                             cancelled=lambda: bool(event.is_cancelled))
+
+    def find(self, ident: Dataset, model: str, calling: str, *,
+             cancelled: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, Any]]:
+        """(status, identifier Dataset or None) for each match of a C-FIND, then a
+        failure or Cancel status if it ends so; shared by pynetdicom and fastscp."""
+        self.counters.add("finds")
+        try:
             level = str(ident.get("QueryRetrieveLevel", "")).upper()
-            model = str(event.request.AffectedSOPClassUID)
             if level not in LEVELS or (model in _STUDY_ROOT and level == "PATIENT"):
                 yield int(Status.DATASET_MISMATCH), None
                 return
@@ -311,9 +328,9 @@ class ArchiveService:
             yield int(Status.CANNOT_UNDERSTAND), None
             return
         if self.audit is not None:
-            self.audit.query(str(event.assoc.requestor.ae_title).strip(), level)
+            self.audit.query(calling, level)
         for row in rows:
-            if event.is_cancelled:
+            if cancelled():
                 yield int(Status.CANCEL), None
                 return
             yield int(Status.PENDING), response(q, row)

@@ -15,21 +15,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
+
+from pydicom.filereader import read_dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.dsutils import encode
 
 from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.storage import TMP_MARK, ensure_dir
 from pacsinfra.pacs.dicom import Status
-from pacsinfra.pacs.fastscp.association import StoreRequest
+from pacsinfra.pacs.fastscp.association import FindRequest, StoreRequest
 from pacsinfra.pacs.fastscp.incoming import IncomingFile
 
 LOG = logging.getLogger("pacsinfra.archive")
 
 
 class ArchiveSink:
-    """Stream into the default tier, then check, rename into place and index."""
+    """Stream into the default tier, then check, rename into place and index; and
+    answer C-FIND on the same path."""
 
     def __init__(self, service: ArchiveService, fsync_threads: int = 8) -> None:
         self.service = service
@@ -81,6 +88,19 @@ class ArchiveSink:
                     persist=persist))
             finally:
                 sealing.exception()  # never leave the fsync running on a file we delete
+
+    def find(self, req: FindRequest, identifier: bytes) -> Iterator[tuple[int, bytes | None]]:
+        """C-FIND on a streaming association: the service's matches, encoded here (one
+        small data set each, not pynetdicom's per-response machinery)."""
+        implicit = req.transfer_syntax == ImplicitVRLittleEndian
+        try:
+            ident = read_dataset(BytesIO(identifier), implicit, True)
+        except Exception as exc:  # noqa: BLE001 - an identifier pydicom cannot decode
+            LOG.warning("C-FIND from %s: unreadable identifier: %s", req.calling, exc)
+            yield int(Status.CANNOT_UNDERSTAND), None
+            return
+        for status, ds in self.service.find(ident, req.sop_class, req.calling):
+            yield status, (encode(ds, implicit, True) if ds is not None else None)
 
     def close(self) -> None:
         """Stop the fsync helpers (after the listener has stopped)."""

@@ -5,9 +5,10 @@ selection, user identity). An association that proposes only storage and
 verification over plain TCP is served here instead, on its own thread, with no
 queue hand-offs and no polling: each P-DATA PDU is read into one buffer, and the
 data set fragments are written to the instance's temporary file *as they arrive*
-(hashed on the way, with the kernel told to start writing them back at once), so
-when the last fragment lands only a short ``fsync`` remains before the sink can
-rename, index and answer. Nothing is answered Success before the sink says so.
+(the kernel told to start writing them back every MiB), so when the last fragment
+lands only a short ``fsync`` remains; the sink (the archive's, the router's) reads
+the attributes it needs back through an mmap meanwhile, then renames, indexes or
+queues, and answers. Nothing is answered Success before the sink says so.
 
 - :mod:`.pdu` — reading PDUs from a socket; encoding the few this side sends.
 - :mod:`.command` — DIMSE command sets (Implicit VR Little Endian, group 0000).

@@ -11,9 +11,11 @@ an instance whose data set did not arrive whole is discarded, never answered.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +29,9 @@ LOG = logging.getLogger("pacsinfra.fastscp")
 _PDV = struct.Struct(">LBB")
 _UNLIMITED_CAP = 256 << 20  # a peer's PDU when we advertise "no limit"
 _OUT_OF_RESOURCES = 0xA700
+_UNABLE_TO_PROCESS = 0xC000
+_CANCEL = 0xFE00
+_PENDING = (0xFF00, 0xFF01)
 
 
 class ProtocolError(Exception):
@@ -56,6 +61,26 @@ class StoreSink(Protocol):
     def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
         """The whole data set is in ``incoming``: make it durable and return the status.
         The sink owns the file from here (keeps it or discards it)."""
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    """What a C-FIND-RQ says, plus the association it came on."""
+
+    sop_class: str  # the information model (Patient Root, Study Root)
+    transfer_syntax: str  # of the identifier, and of the identifiers answered
+    calling: str
+    message_id: int
+    peer: str
+
+
+class QuerySink(Protocol):
+    """Who answers C-FIND on a streaming association (the archive's index)."""
+
+    def find(self, req: FindRequest, identifier: bytes) -> Iterator[tuple[int, bytes | None]]:
+        """(status, identifier in ``req.transfer_syntax``) per pending match; a status
+        that is not Pending ends the operation; when the iterator just ends, the
+        association answers Success."""
 
 
 def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -102,10 +127,11 @@ class FastAssociation:
     is_acceptor = True
 
     def __init__(self, sock: socket.socket, neg: Negotiated, sink: StoreSink, *,
-                 max_pdu: int, peer: str) -> None:
+                 max_pdu: int, peer: str, queries: QuerySink | None = None) -> None:
         self.sock = sock
         self.neg = neg
         self.sink = sink
+        self.queries = queries
         self.max_pdu = max_pdu
         self.peer = peer
         self.requestor = _Requestor(neg.calling)
@@ -116,6 +142,10 @@ class FastAssociation:
         self._request: StoreRequest | None = None
         self._context = 0
         self._target: IncomingFile | int | None = None
+        self._find: FindRequest | None = None  # a C-FIND whose identifier is arriving
+        self._identifier = bytearray()
+        self._answering = False  # sending C-FIND responses: only C-CANCEL may come in
+        self._cancelled = False
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, accept_pdu: bytes) -> None:
@@ -138,7 +168,7 @@ class FastAssociation:
                     self._p_data(view)
                 elif kind == pdu.A_RELEASE_RQ:
                     pdu.recv_exact(self.sock, memoryview(bytearray(length)))
-                    if self._target is not None:
+                    if self._receiving:
                         raise ProtocolError("A-RELEASE-RQ in the middle of a data set")
                     self._send(pdu.release_rp())
                     return
@@ -190,19 +220,29 @@ class FastAssociation:
             if ctx not in self.neg.accepted:
                 raise ProtocolError(f"PDV on presentation context {ctx}, which is not accepted")
             if control & 0x01:
-                if self._target is not None:
+                if self._receiving:
                     raise ProtocolError("command fragment in the middle of a data set")
                 self._command.append(bytes(data))
                 if control & 0x02:
                     raw, self._command = b"".join(self._command), []
                     self._on_command(ctx, raw)
             else:
-                if self._target is None or ctx != self._context:
-                    raise ProtocolError("data set fragment without a C-STORE-RQ")
+                if not self._receiving or ctx != self._context:
+                    raise ProtocolError("data set fragment without a C-STORE-RQ or C-FIND-RQ")
+                if self._find is not None:
+                    self._identifier += data
+                    if control & 0x02:
+                        self._on_identifier_end()
+                    continue
                 if isinstance(self._target, IncomingFile):
                     self._target.write(data)
                 if control & 0x02:
                     self._on_dataset_end()
+
+    @property
+    def _receiving(self) -> bool:
+        """A data set (C-STORE) or identifier (C-FIND) is partly received."""
+        return self._target is not None or self._find is not None
 
     def _on_command(self, ctx: int, raw: bytes) -> None:
         try:
@@ -212,11 +252,24 @@ class FastAssociation:
         field = cmd.get(command.COMMAND_FIELD)
         msg_id = int(cmd.get(command.MESSAGE_ID, 0))
         sop_class = str(cmd.get(command.AFFECTED_SOP_CLASS, ""))
+        if field == command.C_CANCEL_RQ:
+            self._cancelled = self._answering
+            return
+        if self._answering:
+            raise ProtocolError(f"command 0x{field or 0:04X} while C-FIND responses are "
+                                "being sent (no asynchronous operations were negotiated)")
+        if field == command.C_FIND_RQ and self.queries is not None:
+            if cmd.get(command.DATASET_TYPE) == command.NO_DATASET:
+                raise ProtocolError("C-FIND-RQ without an identifier")
+            abstract, ts = self.neg.accepted[ctx]
+            self._find = FindRequest(sop_class=sop_class or abstract, transfer_syntax=ts,
+                                     calling=self.neg.calling, message_id=msg_id, peer=self.peer)
+            self._context = ctx
+            self._identifier = bytearray()
+            return
         if field == command.C_ECHO_RQ:
             self._send(pdu.p_data(ctx, 0x03, command.echo_rsp(msg_id, sop_class or
                                                                self.neg.accepted[ctx][0])))
-            return
-        if field == command.C_CANCEL_RQ:
             return
         if field != command.C_STORE_RQ:
             raise ProtocolError(f"command 0x{field or 0:04X} is not served on a storage "
@@ -250,6 +303,64 @@ class FastAssociation:
             status = target
         rsp = command.store_rsp(req.message_id, req.sop_class, req.sop_uid, int(status))
         self._send(pdu.p_data(self._context, 0x03, rsp))
+
+    def _on_identifier_end(self) -> None:
+        req, identifier = self._find, bytes(self._identifier)
+        assert req is not None and self.queries is not None
+        self._find, self._identifier = None, bytearray()
+        ctx, final = self._context, 0x0000
+        self._answering, self._cancelled = True, False
+        try:
+            answers = self.queries.find(req, identifier)
+            for status, data in answers:
+                if self._cancel_arrived():
+                    final = _CANCEL
+                    break
+                if status not in _PENDING:
+                    final = status
+                    break
+                self._send_message(ctx, command.find_rsp(
+                    req.message_id, req.sop_class, status, with_dataset=data is not None), data)
+            close = getattr(answers, "close", None)
+            if close is not None:
+                close()  # a generator left early releases what it holds now
+        except (ProtocolError, pdu.PeerClosed):
+            raise
+        except Exception:  # noqa: BLE001 - a bug or index failure: a failure status, not Success
+            LOG.exception("C-FIND from %s failed", req.calling)
+            final = _UNABLE_TO_PROCESS
+        finally:
+            self._answering = False
+        self._send_message(ctx, command.find_rsp(req.message_id, req.sop_class, final,
+                                                 with_dataset=False), None)
+
+    def _cancel_arrived(self) -> bool:
+        """Read what the peer sent while responses go out (a C-CANCEL-RQ, normally)."""
+        while not self._cancelled:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+            header = bytearray(6)
+            kind, length = pdu.read_header(self.sock, header)
+            if kind == pdu.A_ABORT:
+                self.is_aborted = True
+                raise pdu.PeerClosed("aborted by the peer during C-FIND")
+            if kind != pdu.P_DATA_TF or length > 1 << 16:
+                raise ProtocolError(f"PDU type 0x{kind:02X} ({length} bytes) during C-FIND")
+            body = memoryview(bytearray(length))
+            pdu.recv_exact(self.sock, body)
+            self._p_data(body)  # a C-CANCEL-RQ sets _cancelled; anything else is refused
+        return True
+
+    def _send_message(self, ctx: int, cmd: bytes, data: bytes | None) -> None:
+        """A command set and its data set, fragmented to the peer's maximum PDU."""
+        out = [pdu.p_data(ctx, 0x03, cmd)]
+        if data:
+            step = max((self.neg.peer_max_pdu or _UNLIMITED_CAP) - 6, 1)
+            for pos in range(0, len(data), step):
+                last = pos + step >= len(data)
+                out.append(pdu.p_data(ctx, 0x02 if last else 0x00, data[pos:pos + step]))
+        self._send(b"".join(out))
 
     # -- helpers ------------------------------------------------------------------------------
     def _drop_target(self) -> None:

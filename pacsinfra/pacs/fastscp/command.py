@@ -1,7 +1,7 @@
 """DIMSE command sets (PS3.7 E): group 0000, always Implicit VR Little Endian.
 
-Only what a storage SCP needs: decode a request's elements into a dict, encode a
-C-STORE-RSP or C-ECHO-RSP. A command set is a handful of short elements, so a
+Only what a storage (and query) SCP needs: decode a request's elements into a
+dict, encode a C-STORE-RSP, C-FIND-RSP or C-ECHO-RSP. A command set is a handful of short elements, so a
 struct walk is both simpler and much cheaper than building a pydicom Dataset.
 """
 
@@ -11,10 +11,13 @@ import struct
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101
+HAS_DATASET = 0x0000  # any other value than NO_DATASET; 0x0000 is what toolkits send
 
 AFFECTED_SOP_CLASS = 0x0002
 COMMAND_FIELD = 0x0100
@@ -85,4 +88,13 @@ def echo_rsp(message_id: int, sop_class: str, status: int = 0) -> bytes:
     return _with_group_length(
         _ui(AFFECTED_SOP_CLASS, sop_class) + _us(COMMAND_FIELD, C_ECHO_RSP)
         + _us(MESSAGE_ID_RESPONDED, message_id) + _us(DATASET_TYPE, NO_DATASET)
+        + _us(STATUS, status))
+
+
+def find_rsp(message_id: int, sop_class: str, status: int, *, with_dataset: bool) -> bytes:
+    """A C-FIND-RSP command set (pending ones carry an identifier)."""
+    return _with_group_length(
+        _ui(AFFECTED_SOP_CLASS, sop_class) + _us(COMMAND_FIELD, C_FIND_RSP)
+        + _us(MESSAGE_ID_RESPONDED, message_id)
+        + _us(DATASET_TYPE, HAS_DATASET if with_dataset else NO_DATASET)
         + _us(STATUS, status))

@@ -3,10 +3,11 @@
 Each accepted connection already has its own thread (pynetdicom's
 ``ThreadingMixIn``). There, before pynetdicom sees a byte, the A-ASSOCIATE-RQ is
 *peeked* (``MSG_PEEK``, nothing consumed): if :func:`~.negotiate.negotiate` says it
-is ours (plain TCP, only storage and verification contexts), :class:`FastPath`
+is ours (plain TCP; only storage, verification and, with a query sink, C-FIND
+contexts), :class:`FastPath`
 consumes it and runs a :class:`~.association.FastAssociation`; otherwise the
-connection goes to pynetdicom untouched, as if this module did not exist (C-FIND,
-C-MOVE, C-GET, TLS, role selection, user identity, anything malformed).
+connection goes to pynetdicom untouched, as if this module did not exist (C-MOVE,
+C-GET, TLS, role selection, user identity, anything malformed).
 
 Both kinds count against the same limits: ``active_associations`` lists both, so
 the services' per-calling-AE checks and shutdown drains see every association.
@@ -27,7 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsinfra.pacs.dicom import open_associations, tune_socket
 from pacsinfra.pacs.fastscp import pdu
-from pacsinfra.pacs.fastscp.association import FastAssociation, StoreSink
+from pacsinfra.pacs.fastscp.association import FastAssociation, QuerySink, StoreSink
 from pacsinfra.pacs.fastscp.negotiate import encode_accept, encode_reject, negotiate, parse_request
 
 LOG = logging.getLogger("pacsinfra.fastscp")
@@ -40,9 +41,11 @@ class FastPath:
     """The policy and bookkeeping of the streaming path for one listening AE."""
 
     def __init__(self, ae: AE, sink: StoreSink, supported: Mapping[str, Sequence[str]], *,
-                 per_ae_limit: int, draining: Callable[[], bool] = lambda: False) -> None:
+                 per_ae_limit: int, draining: Callable[[], bool] = lambda: False,
+                 queries: QuerySink | None = None) -> None:
         self.ae = ae
         self.sink = sink
+        self.queries = queries  # answers C-FIND when ``supported`` lists query models
         self.supported = supported
         self.per_ae_limit = per_ae_limit
         self.draining = draining
@@ -83,7 +86,7 @@ class FastPath:
         sock.settimeout(self.ae.network_timeout)
         peer = str(address[0]) if isinstance(address, tuple) else str(address)
         assoc = FastAssociation(sock, neg, self.sink, max_pdu=self.ae.maximum_pdu_size,
-                                peer=peer)
+                                peer=peer, queries=self.queries)
         with self._lock:
             reason = self._reject_reason(neg.calling)
             if reason is None:

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,18 @@ from pacsinfra.pacs.dicom import (
     ssl_context,
     valid_uid,
 )
+from pacsinfra.pacs.fastscp.server import FastPath, start_server
 from pacsinfra.pacs.router.audit import AuditLog
 from pacsinfra.pacs.router.config import RouterConfig, TagEdit
 from pacsinfra.pacs.router.forwarder import Forwarder
 from pacsinfra.pacs.router.queue import NewItem, Queue
 from pacsinfra.pacs.router.rules import Subject, apply_edits, route
+from pacsinfra.pacs.router.sink import RouterSink
 from pacsinfra.pacs.router.spool import Spool
 
 LOG = logging.getLogger("pacsinfra.router")
 _STORAGE_UIDS = frozenset(STORAGE_CLASSES.values())
+Verification = "1.2.840.10008.1.1"
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
@@ -73,6 +77,7 @@ class RouterServer:
         self.dropped = 0
         self._count_lock = threading.Lock()
         self._server: Any = None
+        self._sink: RouterSink | None = None
         self._metrics: Any = None
         self._stopped = threading.Event()
 
@@ -101,11 +106,18 @@ class RouterServer:
         ae = make_ae(cfg.ae_title, cfg.limits)
         if cfg.allowed_calling_aes:
             ae.require_calling_aet = list(cfg.allowed_calling_aes)
-        ae.add_supported_context("1.2.840.10008.1.1")  # Verification
+        ae.add_supported_context(Verification)
         for sop in sorted(_STORAGE_UIDS):
             ae.add_supported_context(sop, TRANSFER_SYNTAXES)
-        self._server = ae.start_server(
-            (cfg.bind, cfg.port), block=False, ssl_context=ssl_context(cfg.tls, server=True),
+        # Storage-only associations over plain TCP are streamed into the spool by
+        # fastscp; TLS and anything unusual are served by pynetdicom.
+        self._sink = RouterSink(self)
+        supported = {sop: list(TRANSFER_SYNTAXES) for sop in _STORAGE_UIDS}
+        supported[Verification] = list(TRANSFER_SYNTAXES)
+        fast = FastPath(ae, self._sink, supported,
+                        per_ae_limit=cfg.limits.max_associations_per_ae)
+        self._server = start_server(
+            ae, (cfg.bind, cfg.port), fast, ssl_context=ssl_context(cfg.tls, server=True),
             evt_handlers=[TCP_TUNING_HANDLER, (evt.EVT_REQUESTED, self.on_requested),
                           (evt.EVT_C_ECHO, lambda e: 0), (evt.EVT_C_STORE, self.on_store)])
         LOG.info("router %s listening on %s:%d", cfg.ae_title, cfg.bind, cfg.port)
@@ -115,6 +127,8 @@ class RouterServer:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._sink is not None:
+            self._sink.close()
         self.forwarder.stop()
         if self._metrics is not None:
             self._metrics.shutdown()
@@ -186,19 +200,39 @@ class RouterServer:
         req = event.request
         sop_class = str(req.AffectedSOPClassUID)
         sop_uid = str(req.AffectedSOPInstanceUID)
-        calling = str(event.assoc.requestor.ae_title).strip()
-        called = str(event.assoc.acceptor.ae_title).strip()
-        if sop_class not in _STORAGE_UIDS:
-            return Status.SOP_CLASS_NOT_SUPPORTED
-        if not valid_uid(sop_uid):
-            return Status.CANNOT_UNDERSTAND
+        if (refusal := self.refusal(sop_class, sop_uid)) is not None:
+            return refusal
         raw: bytes = req.DataSet.getvalue()
         data = b"".join((_PREAMBLE, encode_file_meta(event.file_meta), raw))
+        calling = str(event.assoc.requestor.ae_title).strip()
         try:
             ds = dcmread(BytesIO(data), stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - unparseable data set
             LOG.warning("C-STORE %s from %s: unreadable: %s", sop_uid, calling, exc)
             return Status.CANNOT_UNDERSTAND
+        return self.admit(sop_uid, calling, str(event.assoc.acceptor.ae_title).strip(), ds,
+                          keep_received=lambda: self.spool.write([data]),
+                          read_received=lambda: data)
+
+    @staticmethod
+    def refusal(sop_class: str, sop_uid: str) -> Status | None:
+        """The status refusing a C-STORE from its command alone, or None."""
+        if sop_class not in _STORAGE_UIDS:
+            return Status.SOP_CLASS_NOT_SUPPORTED
+        if not valid_uid(sop_uid):
+            return Status.CANNOT_UNDERSTAND
+        return None
+
+    def admit(self, sop_uid: str, calling: str, called: str, ds: Any, *,
+              keep_received: Callable[[], str], read_received: Callable[[], bytes]) -> Status:
+        """Route a received instance (``ds``: its attributes, pixel data not needed),
+        spool what the rules ask for and queue it; the status to answer. Shared by
+        C-STORE through pynetdicom and the streaming path.
+
+        ``keep_received()`` makes the file as received durable in the spool and returns
+        its spool name; ``read_received()`` returns its bytes (for tag morphing), and is
+        only called before ``keep_received``.
+        """
         if str(ds.get("SOPInstanceUID", "")) != sop_uid:
             return Status.DATASET_MISMATCH
         study = str(ds.get("StudyInstanceUID", "")) or sop_uid
@@ -214,17 +248,19 @@ class RouterServer:
             if self.audit is not None:
                 self.audit.dropped(calling, study, sop_uid, why)
             return Status.SUCCESS
+        keys = [tuple(e.model_dump_json() for e in d.edits) for d in decision.deliveries]
         files: dict[tuple[str, ...], str] = {}  # edits (as JSON) -> spool file
-        rows: list[NewItem] = []
         try:
-            for d in decision.deliveries:
-                key = tuple(e.model_dump_json() for e in d.edits)
-                if key not in files:
-                    files[key] = self.spool.write([data] if not d.edits
-                                                  else [self._morphed(data, d.edits)])
-                rows.append(NewItem(d.target, study, sop_uid, files[key], d.rule,
-                                    held=d.per_study))
-            self.queue.enqueue(rows)
+            # Morphed variants first: they are made from the received file, which
+            # keep_received() may move into the spool.
+            for d, key in zip(decision.deliveries, keys, strict=True):
+                if key and key not in files:
+                    files[key] = self.spool.write([self._morphed(read_received(), d.edits)])
+            if () in keys:
+                files[()] = keep_received()
+            self.queue.enqueue([NewItem(d.target, study, sop_uid, files[key], d.rule,
+                                        held=d.per_study)
+                                for d, key in zip(decision.deliveries, keys, strict=True)])
         except Exception as exc:  # noqa: BLE001 - disk full, queue trouble: refuse, keep nothing
             LOG.error("C-STORE %s: could not queue: %s", sop_uid, exc)
             for rel in files.values():

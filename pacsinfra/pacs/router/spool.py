@@ -33,7 +33,6 @@ class Spool:
     def write(self, chunks: Iterable[bytes]) -> str:
         """Write ``chunks`` durably; return the file's name relative to the root."""
         name = uuid.uuid4().hex
-        rel = f"{name[:2]}/{name}.dcm"
         tmp = self.incoming / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -47,8 +46,19 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
+        return self.adopt(tmp, name)
+
+    def adopt(self, tmp: Path, name: str | None = None) -> str:
+        """Move a complete, fsynced file from ``.incoming`` into the spool, durably;
+        return its spool name (``name``: the random part, drawn when not given)."""
+        name = name or uuid.uuid4().hex
+        rel = f"{name[:2]}/{name}.dcm"
         final = self.root / rel
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(final.parent)
         return rel
 
