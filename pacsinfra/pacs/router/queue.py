@@ -10,8 +10,14 @@ study for its destination (and the ready rows right behind it), so two rows of o
 study are never in flight at once and never overtake each other, even across retries.
 
 Every write is one committed transaction; SQLite runs in WAL mode with
-``synchronous=FULL`` so a commit that returned is on disk. The backends differ only
-in connection handling and placeholder style (:class:`_Backend`).
+``synchronous=FULL`` so a commit that returned is on disk. The send side's own
+bookkeeping (claim, done, failed, release) commits without waiting for the disk
+(``tx(durable=False)``: SQLite ``synchronous=NORMAL``, PostgreSQL
+``synchronous_commit=off``): losing it to a power cut only puts rows back a step,
+and they are sent again (at-least-once; the archive de-duplicates). It survives a
+process crash either way, and the next durable commit (an enqueue, the housekeeping
+that deletes done rows before their spool files go) makes it durable too. The
+backends differ only in connection handling and placeholder style (:class:`_Backend`).
 """
 
 from __future__ import annotations
@@ -99,8 +105,9 @@ class _Backend(abc.ABC):
     """A connection and a lock; ``tx()`` yields a cursor inside one committed transaction."""
 
     @abc.abstractmethod
-    def tx(self) -> Any:
-        """Context manager: a cursor taking ``?`` placeholders; commit on success."""
+    def tx(self, durable: bool = True) -> Any:
+        """Context manager: a cursor taking ``?`` placeholders; commit on success
+        (``durable``: the commit returns once it is on disk)."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -126,16 +133,22 @@ class _Sqlite(_Backend):
                 cur.execute(stmt.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
 
     @contextmanager
-    def tx(self) -> Iterator[Any]:
+    def tx(self, durable: bool = True) -> Iterator[Any]:
         with self.lock:
             cur = self.conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            if not durable:
+                cur.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at this commit
             try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            finally:
+                if not durable:
+                    cur.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self.lock:
@@ -153,10 +166,12 @@ class _Postgres(_Backend):
                 cur.execute(stmt.format(pk="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION"))
 
     @contextmanager
-    def tx(self) -> Iterator[Any]:
+    def tx(self, durable: bool = True) -> Iterator[Any]:
         with self.lock:
             cur = self.conn.cursor()
             try:
+                if not durable:
+                    cur.execute("SET LOCAL synchronous_commit = off")
                 yield _PgCursor(cur)
             except BaseException:
                 self.conn.rollback()
@@ -273,7 +288,7 @@ class Queue:
         """
         now = time.time() if now is None else now
         not_in = f"AND i.study_uid NOT IN ({_in(skip)}) " if skip else ""
-        with self._db.tx() as cur:
+        with self._db.tx(durable=False) as cur:
             head = cur.execute(
                 f"SELECT {_COLS} FROM items i WHERE i.dest = ? AND i.state = 'pending' "
                 f"AND i.next_at <= ? {not_in}AND NOT EXISTS (SELECT 1 FROM items j WHERE "
@@ -299,7 +314,7 @@ class Queue:
         now = time.time() if now is None else now
         if not ids:
             return []
-        with self._db.tx() as cur:
+        with self._db.tx(durable=False) as cur:
             rows = cur.execute(
                 f"UPDATE items SET state = 'inflight', node = ?, updated_at = ? "
                 f"WHERE state = 'pending' AND id IN ({_in(ids)}) RETURNING id",
@@ -312,7 +327,7 @@ class Queue:
         now = time.time() if now is None else now
         if not ids:
             return
-        with self._db.tx() as cur:
+        with self._db.tx(durable=False) as cur:
             cur.execute(
                 f"UPDATE items SET state = 'done', keep_until = ?, updated_at = ?, "
                 f"last_status = 0, last_error = NULL WHERE id IN ({_in(ids)})",
@@ -325,7 +340,7 @@ class Queue:
         """One failed attempt: back to pending at ``next_at``, or dead when ``next_at`` is None."""
         now = time.time() if now is None else now
         state = "dead" if next_at is None else "pending"
-        with self._db.tx() as cur:
+        with self._db.tx(durable=False) as cur:
             cur.execute(
                 "UPDATE items SET state = ?, attempts = attempts + 1, next_at = ?, "
                 "updated_at = ?, last_status = ?, last_error = ? WHERE id = ?",
@@ -340,7 +355,7 @@ class Queue:
         now = time.time() if now is None else now
         if not ids:
             return
-        with self._db.tx() as cur:
+        with self._db.tx(durable=False) as cur:
             cur.execute(f"UPDATE items SET state = 'pending', updated_at = ? "
                         f"WHERE state = 'inflight' AND id IN ({_in(ids)})", (now, *ids))
 
