@@ -12,7 +12,8 @@ GPU modes:
   only shared-GPU mode Hyper-V has, so ``vgpu`` on Hyper-V is an error pointing here.
 - ``passthrough``: a whole PCI device — KVM (VFIO hostdev), vSphere (DirectPath I/O),
   Hyper-V (Discrete Device Assignment).
-- ``local`` runs services on this box: no GPUs, no reservations, no VLANs.
+- ``local`` runs services on this box, ``static`` on hosts that already exist (over SSH):
+  neither makes machines, so no GPUs, no reservations, no VLANs, no images.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ GPU_MODES: Final[dict[str, frozenset[str]]] = {
     "vsphere": frozenset({"vgpu", "passthrough"}),
     "hyperv": frozenset({"partition", "passthrough"}),
     "local": frozenset(),
+    "static": frozenset(),
 }
+
+#: Drivers whose machines already exist (this box, or hosts reached over SSH): they need
+#: no image and no NICs, and their storage classes are directories, not hypervisor objects.
+EXISTING_HOSTS: Final[frozenset[str]] = frozenset({"local", "static"})
 
 #: Features beyond GPUs; a blueprint asking for a missing one is an error.
 FEATURES: Final[dict[str, frozenset[str]]] = {
@@ -42,6 +48,7 @@ FEATURES: Final[dict[str, frozenset[str]]] = {
          "jumbo_frames", "iops_limit", "iops_reservation", "anti_affinity"}
     ),
     "local": frozenset(),
+    "static": frozenset(),
 }
 
 FEATURE_TEXT: Final[dict[str, str]] = {
@@ -70,4 +77,4 @@ def drivers_that_can(feature: str) -> list[str]:
     return sorted(d for d, f in FEATURES.items() if feature in f)
 
 
-__all__ = ["FEATURES", "FEATURE_TEXT", "GPU_MODES", "can", "drivers_that_can"]
+__all__ = ["EXISTING_HOSTS", "FEATURES", "FEATURE_TEXT", "GPU_MODES", "can", "drivers_that_can"]

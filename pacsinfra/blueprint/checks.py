@@ -10,9 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pacsinfra.blueprint.capabilities import FEATURE_TEXT, GPU_MODES, can, drivers_that_can
+from pacsinfra.blueprint.capabilities import (
+    EXISTING_HOSTS,
+    FEATURE_TEXT,
+    GPU_MODES,
+    can,
+    drivers_that_can,
+)
 from pacsinfra.blueprint.checks_net import check_addresses, check_networks
 from pacsinfra.blueprint.checks_services import check_phi, check_services, phi_classes
+from pacsinfra.blueprint.checks_static import check_static
 from pacsinfra.blueprint.diagnose import format_path
 from pacsinfra.blueprint.model import MachineRole, Site
 from pacsinfra.blueprint.overlay import did_you_mean
@@ -21,7 +28,8 @@ from pacsinfra.blueprint.yaml_safe import Loc
 from pacsinfra.errors import Diagnostic
 
 MAX_HOSTNAME = 63
-_PROVIDER_CODES = frozenset({"capability", "image-driver", "provider", "no-nic", "archive-tier"})
+_PROVIDER_CODES = frozenset({"capability", "image-driver", "provider", "no-nic", "archive-tier",
+                             "static-host"})
 
 
 class Reporter:
@@ -134,6 +142,8 @@ def check_provider(site: Site, r: Reporter) -> None:
               "the hyperv driver needs provider.hyperv.host",
               hint="add provider: {hyperv: {host: hv01, user: ..., password: {env: HV_PASSWORD}}}",
               code="provider")
+    if drv == "static":
+        check_static(site, r)
     roles = sorted(site.machines)
     per_role: list[tuple[tuple[Any, ...], Any]] = []
     if p.kvm is not None and p.kvm.cpu_pinning:
@@ -173,7 +183,7 @@ def check_storage(site: Site, r: Reporter) -> None:
             if val is not None and not can(drv, feat):
                 r.warn(base + (feat,), f"the {drv} driver cannot apply {FEATURE_TEXT[feat]}; "
                        "it will be ignored", hint=_drivers_hint(feat), code="capability")
-        if sc.tier == "archive" and sc.object is None and drv != "local":
+        if sc.tier == "archive" and sc.object is None and drv not in EXISTING_HOSTS:
             r.warn(base + ("tier",), "an archive tier without 'object' storage (endpoint, bucket)",
                    hint="archive tier means object storage; add object: {endpoint: ..., bucket: ...}",
                    code="archive-tier")
@@ -205,7 +215,7 @@ def check_machines(site: Site, r: Reporter) -> None:
             r.add(base + ("image",), f"unknown image {role.image!r}",
                   hint=did_you_mean(role.image, site.images, "images"), code="unknown-ref",
                   ref=("images", role.image))
-        elif getattr(site.images[role.image], drv, None) is None and drv != "local":
+        elif drv not in EXISTING_HOSTS and getattr(site.images[role.image], drv, None) is None:
             r.add(base + ("image",), f"image {role.image!r} has no {drv} entry",
                   hint=f"add images.{role.image}.{drv}", code="image-driver")
         _check_cpu_mem(role, base, drv, core_mhz, r)
@@ -265,7 +275,7 @@ def check_machines(site: Site, r: Reporter) -> None:
                 r.warn(base + ("placement", "anti_affinity"),
                        f"{role.count} machines kept apart on only {len(host_names)} hosts",
                        hint="add hosts or lower count", code="anti-affinity")
-        if not role.nics and drv != "local":
+        if not role.nics and drv not in EXISTING_HOSTS:
             r.warn(base, "a role without NICs is unreachable", hint="add nics: [{network: ...}]",
                    code="no-nic", key=True)
 

@@ -204,6 +204,14 @@ def pydantic_diagnostics(
             elif pattern.startswith("^(ssh-ed25519"):
                 msg = f"{_short(inp)} is not an SSH public key"
                 hint = "write it as known_hosts does: 'ssh-ed25519 AAAAC3Nza... [comment]'"
+            elif pattern.startswith("^(/|~/)"):
+                msg = f"{_short(inp)} is not an absolute path"
+                hint = "start it with / (or ~/ on the pacsinfra machine), no spaces"
+            elif pattern.startswith("^([A-Za-z0-9]([A-Za-z0-9.-]"):
+                msg = f"{_short(inp)} is not a host address"
+                hint = "an IP address or a DNS name"
+            elif pattern.startswith("^[a-z_][a-z0-9_.-]"):
+                msg = f"{_short(inp)} is not a user name"
             else:
                 msg = f"{_short(inp)} does not match the pattern {pattern}"
         elif etype in _BOUNDS:

@@ -22,7 +22,7 @@ from pacsinfra.blueprint.services import AnyService, Service
 from pacsinfra.blueprint.types import Cidr, IpAddress, Mhz, Name, Size
 from pacsinfra.secrets import SecretRef
 
-DRIVERS = ("kvm", "vsphere", "hyperv", "local")
+DRIVERS = ("kvm", "vsphere", "hyperv", "local", "static")
 PURPOSES = ("dicom", "database", "viewer", "management", "backup", "storage")
 
 
@@ -103,6 +103,49 @@ class LocalProvider(_Strict):
     root: str | None = None
 
 
+_HOST_KEY = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}( .*)?$"
+# an IPv4/IPv6 address or a DNS name
+_HOST_ADDRESS = r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]+)$"
+_ABS_PATH = r"^(/|~/)[^\s]*$"
+HostKey = Annotated[str, Field(pattern=_HOST_KEY)]
+
+
+class StaticLogin(_Strict):
+    """How to log in to existing hosts and where pacsinfra lives there (all optional).
+
+    Set once under ``provider.static`` as defaults, or per host to override them.
+    """
+
+    port: int | None = Field(None, ge=1, le=65535)
+    user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")  # root by default
+    key_file: str | None = None  # private key file on the pacsinfra machine (~ expanded)
+    key: SecretRef | None = None  # or the private key itself, from a secret reference
+    known_hosts: str | None = None  # an OpenSSH known_hosts file holding the host key
+    python: str | None = Field(None, pattern=_ABS_PATH)  # interpreter that builds the venv
+    root: str | None = Field(None, pattern=_ABS_PATH)  # venv, configs, data, run dirs
+    find_links: str | None = None  # a wheelhouse *on the host*: install offline (--no-index)
+    system_site_packages: bool | None = None  # dependencies from the host's python (no-deps)
+
+
+class StaticHost(StaticLogin):
+    """One existing host (bare metal, a pre-made VM) that a machine of the site is.
+
+    Its SSH host key is pinned here (``host_keys``) or in ``known_hosts``: pacsinfra never
+    trusts a key on first use.
+    """
+
+    address: str = Field(pattern=_HOST_ADDRESS)
+    host_keys: list[HostKey] = Field(default_factory=list)
+
+
+class StaticProvider(StaticLogin):
+    """Hosts that already exist, reached over SSH: machine name -> host."""
+
+    hosts: dict[str, StaticHost] = Field(default_factory=dict)
+    wheel: str | None = None  # a pacsinfra wheel to install (default: built from this checkout)
+    records: str | None = None  # where the no-op network/storage marks are kept, on this machine
+
+
 class HostCapacity(_Strict):
     """A host's capacity, declared so reservations can be checked before anything exists."""
 
@@ -117,11 +160,12 @@ class HostCapacity(_Strict):
 class Provider(_Strict):
     """Which hypervisor, and how to reach it. Secrets are references, never values."""
 
-    driver: Literal["kvm", "vsphere", "hyperv", "local"]
+    driver: Literal["kvm", "vsphere", "hyperv", "local", "static"]
     kvm: KvmProvider | None = None
     vsphere: VsphereProvider | None = None
     hyperv: HypervProvider | None = None
     local: LocalProvider | None = None
+    static: StaticProvider | None = None
     hosts: list[HostCapacity] = Field(default_factory=list)
 
 
@@ -357,9 +401,6 @@ class MachineRole(_Strict):
     _role_name: str = ""
 
 
-_HOST_KEY = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}( .*)?$"
-
-
 class DeploySettings(_Strict):
     """How services are installed on the machines (used by the deploy stage).
 
@@ -430,6 +471,9 @@ __all__ = [
     "Provider",
     "Service",
     "Site",
+    "StaticHost",
+    "StaticLogin",
+    "StaticProvider",
     "StorageClass",
     "VsphereProvider",
 ]

@@ -133,6 +133,7 @@ def install_wheel(
     python: str = "python3",
     no_deps: bool = False,
     find_links: str | None = None,
+    system_site_packages: bool = False,
     timeout: float = 600.0,
 ) -> InstallResult:
     """Install ``wheel`` into ``venv`` on the target (creating the venv); skip when already there.
@@ -140,6 +141,8 @@ def install_wheel(
     ``no_deps`` installs only pacsinfra (the target provides the rest); ``find_links`` is a
     directory *on the target* holding dependency wheels, used with ``--no-index`` for
     sites without a package index. Otherwise pip resolves dependencies from its index.
+    ``system_site_packages`` creates the venv seeing the interpreter's own packages (a host
+    whose dependencies come from its OS packages; combine with ``no_deps``).
     """
     vpy = f"{venv}/bin/python"
     record = {"name": wheel.name, "version": wheel.version, "content_hash": wheel.content_hash}
@@ -149,7 +152,8 @@ def install_wheel(
         if probe.rc == 0:
             return InstallResult(transport.name, False, wheel.version, wheel.content_hash, vpy)
     if not transport.exists(vpy):
-        check(transport, [python, "-m", "venv", venv], timeout)
+        extra = ["--system-site-packages"] if system_site_packages else []
+        check(transport, [python, "-m", "venv", *extra, venv], timeout)
     remote_whl = f"{venv}/wheels/{wheel.filename}"
     transport.put(wheel.path, remote_whl, 0o644)
     cmd = [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check",

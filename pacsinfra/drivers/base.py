@@ -181,8 +181,8 @@ class ServiceSpec:
 
     ``config`` is exactly what the service reads (``ArchiveConfig`` / ``RouterConfig``
     as JSON, with ``service:`` references resolved to host and port). Only drivers
-    that run services themselves (``local``) get these; a changed ``config`` is an
-    in-place update that restarts that service alone.
+    that run services themselves (``local``, ``static``) get these; a changed ``config``
+    is an in-place update that restarts that service alone.
     """
 
     address: str  # "service.archive[0]": the service's i-th host
@@ -192,6 +192,8 @@ class ServiceSpec:
     machine: str  # address of the machine it runs on
     config: Mapping[str, Any] = field(default_factory=dict)
     running: bool = True  # observed: a supervisor runs it; desired: always True
+    # where the pacsinfra machine and the other services reach its machine (None: this box)
+    host: str | None = None
 
 
 Spec: TypeAlias = NetworkSpec | StorageSpec | MachineSpec | ServiceSpec

@@ -18,6 +18,7 @@ DRIVERS: dict[str, str] = {
     "vsphere": "pacsinfra.drivers.vsphere:VsphereDriver",
     "hyperv": "pacsinfra.drivers.hyperv:HypervDriver",
     "local": "pacsinfra.drivers.local:LocalDriver",
+    "static": "pacsinfra.drivers.static:StaticDriver",
 }
 
 # The PyPI package each driver's SDK comes from, and the extra that installs it.

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacsinfra.blueprint.capabilities import EXISTING_HOSTS
 from pacsinfra.drivers.base import (
     DiskSpec,
     GpuSpec,
@@ -177,7 +178,8 @@ def machine_specs(
     """One resource per member of ``role``."""
     image = images.get(role.image)
     image_settings = _dump(getattr(image, driver, None)) if image is not None else {}
-    if not image_settings and driver != "local":  # the local "machine" is this box: no image
+    # local and static machines exist already (this box, hosts over SSH): no image
+    if not image_settings and driver not in EXISTING_HOSTS:
         raise PlanError(f"machines.{role_name}: image {role.image!r} has no {driver} entry")
     cpu, mem = role.cpu, role.memory
     gpu = _get(role, "gpu")
@@ -326,16 +328,15 @@ def desired_site(
 def _add_service_resources(
     out: DesiredSite, site: Any, hosts_of: Mapping[str, list[str]], names: Mapping[str, str]
 ) -> None:
-    """Drivers that run the services themselves (``local``) also get one resource per host."""
-    from pacsinfra.deploy.services import SERVICE_DRIVERS, service_resources
+    """Drivers that run the services themselves (``local``, ``static``) also get one resource
+    per host."""
+    from pacsinfra.deploy.services import SERVICE_DRIVERS, layout_for, service_resources
 
     if out.driver not in SERVICE_DRIVERS:
         return
-    from pacsinfra.drivers.local.paths import local_root
-
     hosts = {s: [(a, names[a]) for a in addrs] for s, addrs in hosts_of.items()}
-    root = local_root(getattr(site.provider, out.driver, None))
-    for spec, deps in service_resources(site, site_id=out.site, root=root, hosts_of=hosts):
+    layout = layout_for(out.driver, site, out.site)
+    for spec, deps in service_resources(site, layout=layout, hosts_of=hosts):
         out.resources[spec.address] = Resource(spec=spec, depends_on=deps)
 
 

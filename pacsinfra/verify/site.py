@@ -43,16 +43,36 @@ class SiteEndpoints:
     deleters: dict[str, Any] = field(default_factory=dict)  # AE title -> StudyDeleter
 
 
-def _host(config: Mapping[str, Any]) -> str:
+def _host(config: Mapping[str, Any], host: str | None = None) -> str:
+    """Where a listener is reached: its specific bind address, else its machine's address
+    (``host``: a static host's address; None on the local provider: loopback)."""
     bind = str(config.get("bind") or "")
-    return LOOPBACK if bind in ("", "0.0.0.0", "::") else bind
+    if bind in ("", "0.0.0.0", "::"):
+        return host or LOOPBACK
+    return bind
 
 
-def _peer(config: Mapping[str, Any]) -> Peer:
-    return Peer(ae_title=str(config["ae_title"]), host=_host(config), port=int(config["port"]))
+def _peer(config: Mapping[str, Any], host: str | None = None) -> Peer:
+    return Peer(ae_title=str(config["ae_title"]), host=_host(config, host),
+                port=int(config["port"]))
 
 
-def _deleter(addr: str, config: Mapping[str, Any], notes: list[str]) -> Any:
+#: (address, kind, rendered config) or (address, kind, rendered config, machine address)
+ServiceEntry = tuple[str, str, Mapping[str, Any]] | tuple[str, str, Mapping[str, Any], str | None]
+
+
+def _entries(services: Sequence[ServiceEntry]) -> list[tuple[str, str, Mapping[str, Any], str | None]]:
+    return [(e[0], e[1], e[2], e[3] if len(e) > 3 else None) for e in services]  # type: ignore[misc]
+
+
+def _receiver_hint(host: str | None) -> str:
+    """Where the receiver must listen: loopback on this box, else an address of the
+    machine running verify that the archive's host can reach."""
+    return "127.0.0.1" if host is None else "<an address of this machine the archive reaches>"
+
+
+def _deleter(addr: str, config: Mapping[str, Any], notes: list[str],
+             host: str | None = None) -> Any:
     """A DICOMweb deleter for an archive's rendered config, or None (with a note why)."""
     from pacsinfra.errors import PacsinfraError
     from pacsinfra.pacs.archive.config import DicomWebConfig
@@ -69,9 +89,9 @@ def _deleter(addr: str, config: Mapping[str, Any], notes: list[str]) -> Any:
             notes.append(f"{addr}: cannot delete the test study: DICOMweb token "
                          f"({web.token.describe()}) not readable: {exc}")
             return None
-    host = _host({"bind": web.bind})
+    where = _host({"bind": web.bind}, host)
     scheme = "https" if web.tls.enabled else "http"
-    return DicomWebDeleter(f"{scheme}://{host}:{web.port}", token=token, ca_file=web.tls.ca_file)
+    return DicomWebDeleter(f"{scheme}://{where}:{web.port}", token=token, ca_file=web.tls.ca_file)
 
 
 def _routed_targets(router_cfg: Mapping[str, Any], calling_ae: str) -> tuple[list[str], list[str]]:
@@ -91,14 +111,17 @@ def _routed_targets(router_cfg: Mapping[str, Any], calling_ae: str) -> tuple[lis
 
 
 def site_endpoints(
-    services: Sequence[tuple[str, str, Mapping[str, Any]]],
+    services: Sequence[ServiceEntry],
     *,
     receiver_ae: str = "PXVERIFY",
     calling_ae: str = "PXSMOKE",
 ) -> SiteEndpoints:
-    """``services``: (address, kind, rendered config) of every deployed service."""
-    routers = [(a, c) for a, k, c in services if k == "router"]
-    archives = [(a, c) for a, k, c in services if k == "archive"]
+    """``services``: (address, kind, rendered config[, machine address]) of every deployed
+    service; a service bound to every interface is reached at its machine's address."""
+    entries = _entries(services)
+    hosts = {a: h for a, _, _, h in entries}
+    routers = [(a, c) for a, k, c, _ in entries if k == "router"]
+    archives = [(a, c) for a, k, c, _ in entries if k == "archive"]
     if not archives:
         raise UsageError("the site runs no archive service: nothing to verify")
     notes: list[str] = []
@@ -109,7 +132,8 @@ def site_endpoints(
         dests, groups = _routed_targets(entry_cfg, calling_ae)
         for g in groups:
             notes.append(f"group {g!r}: the study lands on one member; not waited for per node")
-        by_endpoint = {(str(c["ae_title"]), _host(c), int(c["port"])): (a, c) for a, c in archives}
+        by_endpoint = {(str(c["ae_title"]), _host(c, hosts[a]), int(c["port"])): (a, c)
+                       for a, c in archives}
         chosen: list[tuple[str, Mapping[str, Any]]] = []
         for name in dests:
             d = entry_cfg["destinations"][name]
@@ -134,7 +158,8 @@ def site_endpoints(
             raise UsageError(
                 f"{addr}: the archive knows no C-MOVE destination {receiver_ae!r}; add "
                 f"services.<archive>.config.peers.{receiver_ae}: "
-                f"{{ae_title: {receiver_ae}, host: 127.0.0.1, port: <free port>}} to the blueprint")
+                f"{{ae_title: {receiver_ae}, host: {_receiver_hint(hosts[addr])}, "
+                "port: <free port>} to the blueprint")
         peer = Peer.model_validate(dict(raw))
         if receiver is not None and (peer.host, peer.port) != (receiver.host, receiver.port):
             raise UsageError(f"archives disagree on where {receiver_ae} listens: "
@@ -143,22 +168,23 @@ def site_endpoints(
     assert receiver is not None
     deleters = {}
     for addr, cfg in chosen:
-        d = _deleter(addr, cfg, notes)
+        d = _deleter(addr, cfg, notes, hosts[addr])
         if d is not None:
             deleters[str(cfg["ae_title"])] = d
     return SiteEndpoints(
-        entry=_peer(entry_cfg), entry_address=entry_addr,
-        archives=[_peer(c) for _, c in chosen], archive_addresses=[a for a, _ in chosen],
+        entry=_peer(entry_cfg, hosts[entry_addr]), entry_address=entry_addr,
+        archives=[_peer(c, hosts[a]) for a, c in chosen], archive_addresses=[a for a, _ in chosen],
         receiver=receiver, notes=notes, deleters=deleters,
     )
 
 
-Services = list[tuple[str, str, Mapping[str, Any]]]
+Services = list[tuple[str, str, Mapping[str, Any], str | None]]
 
 
 def deployed_services(blueprint: Path, overlay: str | None, state_path: Path | None,
                       *, fallback: str) -> tuple[str, Services]:
-    """The site's name, and (address, kind, rendered config) of every service its state records.
+    """The site's name, and (address, kind, rendered config, machine address) of every service
+    its state records (the machine address is None on the local provider).
 
     Raises UsageError for a site never applied and StateError for one whose state holds
     no services (``fallback`` names the command that works without a blueprint).
@@ -175,18 +201,18 @@ def deployed_services(blueprint: Path, overlay: str | None, state_path: Path | N
     if state is None:
         raise UsageError(f"{blueprint}: no state at {engine.store.describe()}; "
                          "run pacsinfra apply first")
-    services: Services = [(r.address, r.spec.kind, r.spec.config)
+    services: Services = [(r.address, r.spec.kind, r.spec.config, r.spec.host)
                           for r in state.resources.values() if isinstance(r.spec, ServiceSpec)]
     if not services:
-        raise StateError(f"{blueprint}: the state records no services (only the local provider "
-                         f"deploys them today); run `{fallback}` instead")
+        raise StateError(f"{blueprint}: the state records no services (only the local and "
+                         f"static providers deploy them today); run `{fallback}` instead")
     return loaded.site.metadata.name, services
 
 
 def entry_endpoint(services: Services) -> tuple[str, Peer]:
     """The site's front door: the first router, else the first archive (address, peer)."""
     for kind in ("router", "archive"):
-        for address, k, config in services:
+        for address, k, config, host in services:
             if k == kind:
-                return address, _peer(config)
+                return address, _peer(config, host)
     raise UsageError("the site runs no router or archive")

@@ -43,6 +43,8 @@ class NetnsHost:
     key_file: Path
     workdir: Path  # a directory for this host's files (hosts share the file system)
     proc: subprocess.Popen[bytes] | None = None
+    root_address: str = ""  # the root namespace's end of this host's veth (.4i+1)
+    root_veth: str = ""
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -143,6 +145,7 @@ class NetnsLab:
             self.hosts.append(NetnsHost(
                 name=f"host{i}", netns=ns, address=host_ip, port=22, host_key_line=key_line,
                 known_hosts=known_hosts, key_file=client_key, workdir=hdir / "work", proc=proc,
+                root_address=root_ip, root_veth=veth_root,
             ))
         known_hosts.write_text("\n".join(lines) + "\n")
         for h in self.hosts:
@@ -167,6 +170,25 @@ class NetnsLab:
             _run("ip", "link", "del", veth, check=False)  # usually gone with its peer
         self._netns.clear()
         self._veths.clear()
+
+
+def route_between(hosts: list[NetnsHost]) -> None:
+    """Let the hosts reach each other and the root-namespace end of every lab link.
+
+    Each host gets a route per lab address (the other hosts, the other links' root ends)
+    through its own veth — no default route, so nothing leaves for any other address —
+    and the root namespace forwards what arrives on *these veths only*
+    (``conf/<veth>/forwarding``; the machine's ``ip_forward`` is left as it is). Undone
+    with the namespaces and veths at teardown.
+    """
+    for h in hosts:
+        for o in hosts:
+            if o is h:
+                continue
+            for addr in (o.address, o.root_address):
+                _run("ip", "netns", "exec", h.netns, "ip", "route", "replace", f"{addr}/32",
+                     "via", h.root_address)
+        Path(f"/proc/sys/net/ipv4/conf/{h.root_veth}/forwarding").write_text("1\n")
 
 
 def _wait_port(host: NetnsHost, timeout: float) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pacsinfra.drivers import service_common as common
 from pacsinfra.drivers.base import (
     ChangeKind,
     Driver,
@@ -41,10 +42,6 @@ from pacsinfra.drivers.local import paths
 from pacsinfra.drivers.local.marks import read_mark, write_mark
 from pacsinfra.drivers.local.process import ServiceProcess
 from pacsinfra.errors import DeployError
-
-RUNNABLE = ("archive", "router")
-# Fields that identify a service: changing them means another service, not a new config.
-SERVICE_IDENTITY = frozenset({"name", "service", "kind", "machine"})
 
 
 class LocalDriver(Driver):
@@ -81,11 +78,7 @@ class LocalDriver(Driver):
         return self._process(site, spec).mark_path
 
     def _machine_name(self, spec: ServiceSpec) -> str:
-        # ServiceSpec.name is "<machine name>-<service>"
-        suffix = f"-{spec.service}"
-        if spec.name.endswith(suffix):
-            return spec.name[: -len(suffix)]
-        return self._machine_names.get(spec.machine, spec.name)
+        return common.machine_name_of(spec, self._machine_names)
 
     def _process(self, site: str, spec: ServiceSpec) -> ServiceProcess:
         return ServiceProcess(self.root, site, self._machine_name(spec), spec)
@@ -106,11 +99,7 @@ class LocalDriver(Driver):
             proc = self._process(site, spec)
             on_disk = proc.read_config()
             running = proc.running()
-            spec = ServiceSpec(
-                address=spec.address, name=spec.name, service=spec.service, kind=spec.kind,
-                machine=spec.machine, config=on_disk if on_disk is not None else {},
-                running=running,
-            )
+            spec = common.observed_service(spec, on_disk, running)
             power = PowerState.ON if running else PowerState.OFF
         else:
             power = PowerState.ON
@@ -153,18 +142,11 @@ class LocalDriver(Driver):
 
     def classify(self, spec: Spec, field_name: str) -> ChangeKind:
         """Records and configs change in place; a service's identity forces a replace."""
-        if isinstance(spec, ServiceSpec) and field_name in SERVICE_IDENTITY:
-            return ChangeKind.REPLACE
-        if isinstance(spec, MachineSpec | NetworkSpec | StorageSpec) and field_name == "name":
-            return ChangeKind.REPLACE
-        return ChangeKind.IN_PLACE
+        return common.classify(spec, field_name)
 
     def check(self, spec: Spec) -> list[str]:
         """Only archive and router services can run on the local provider today."""
-        if isinstance(spec, ServiceSpec) and spec.kind not in RUNNABLE:
-            return [f"{spec.address}: the local driver cannot run a {spec.kind} service yet "
-                    f"(it runs {', '.join(RUNNABLE)})"]
-        return []
+        return common.check_runnable(spec, "local")
 
     # -- acting -------------------------------------------------------------------------
     def create(self, spec: Spec, owner: Ownership) -> Observed:

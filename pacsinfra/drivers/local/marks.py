@@ -1,4 +1,5 @@
-"""The local driver's ownership marks: small JSON files, written atomically."""
+"""Ownership marks as small JSON documents: written atomically to a file here, or as text
+for a driver that stores them elsewhere (the ``static`` driver keeps them on its hosts)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ from pacsinfra.fsutil import write_atomic
 MARK_FORMAT = "pacsinfra-local/1"
 
 
-def write_mark(path: Path, spec: Spec, owner: Ownership) -> None:
-    """Record ``spec`` and pacsinfra's mark at ``path``."""
-    data = {"format": MARK_FORMAT, "owner": owner.to_dict(), "spec": spec_to_dict(spec)}
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+def encode_mark(spec: Spec, owner: Ownership, fmt: str = MARK_FORMAT) -> str:
+    """The mark document: format, pacsinfra's ownership and the spec as recorded."""
+    data = {"format": fmt, "owner": owner.to_dict(), "spec": spec_to_dict(spec)}
+    return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def read_mark(path: Path) -> tuple[Spec, Ownership | None] | None:
-    """The spec and mark at ``path``; None when absent or unreadable (not ours)."""
+def decode_mark(text: str, fmt: str = MARK_FORMAT) -> tuple[Spec, Ownership | None] | None:
+    """The spec and mark in ``text``; None when it is not a mark of format ``fmt`` (not ours)."""
     try:
-        data: Any = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data: Any = json.loads(text)
+    except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("format") != MARK_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != fmt:
         return None
     try:
         spec = spec_from_dict(data["spec"])
@@ -33,3 +34,17 @@ def read_mark(path: Path) -> tuple[Spec, Ownership | None] | None:
     except (KeyError, TypeError, ValueError):
         return None
     return spec, owner
+
+
+def write_mark(path: Path, spec: Spec, owner: Ownership) -> None:
+    """Record ``spec`` and pacsinfra's mark at ``path``."""
+    write_atomic(path, encode_mark(spec, owner))
+
+
+def read_mark(path: Path) -> tuple[Spec, Ownership | None] | None:
+    """The spec and mark at ``path``; None when absent or unreadable (not ours)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return decode_mark(text)

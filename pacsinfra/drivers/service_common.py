@@ -1,0 +1,257 @@
+"""What every driver that runs PACS services shares: identity, change kinds, config files, health.
+
+The ``local`` driver (this box) and the ``static`` driver (existing hosts over SSH)
+carry out a :class:`~pacsinfra.drivers.base.ServiceSpec` the same way — rendered
+config file, the pacsinfra supervisor, a C-ECHO health check — and differ only in
+where the files and processes live. The parts that do not depend on *where* are here.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from pacsinfra.deploy.supervisor import ServiceStatus
+from pacsinfra.drivers.base import (
+    ChangeKind,
+    MachineSpec,
+    NetworkSpec,
+    ServiceSpec,
+    Spec,
+    StorageSpec,
+)
+from pacsinfra.errors import DeployError, ServiceCheckError
+
+#: service kinds a driver can run today
+RUNNABLE = ("archive", "router")
+#: fields that identify a service: changing them means another service, not a new config
+SERVICE_IDENTITY = frozenset({"name", "service", "kind", "machine"})
+VERIFICATION = "1.2.840.10008.1.1"
+HEALTH_AE = "PXHEALTH"
+#: states in which the supervisor keeps (or is about to keep) the service up
+UP_STATES = ("running", "backoff", "starting")
+
+
+def classify(spec: Spec, field_name: str) -> ChangeKind:
+    """Records and configs change in place; a service's identity, any object's name, replace."""
+    if isinstance(spec, ServiceSpec) and field_name in SERVICE_IDENTITY:
+        return ChangeKind.REPLACE
+    if isinstance(spec, MachineSpec | NetworkSpec | StorageSpec) and field_name == "name":
+        return ChangeKind.REPLACE
+    return ChangeKind.IN_PLACE
+
+
+def check_runnable(spec: Spec, driver: str) -> list[str]:
+    """A plan-time problem when ``spec`` is a service kind the drivers cannot run yet."""
+    if isinstance(spec, ServiceSpec) and spec.kind not in RUNNABLE:
+        return [f"{spec.address}: the {driver} driver cannot run a {spec.kind} service yet "
+                f"(it runs {', '.join(RUNNABLE)})"]
+    return []
+
+
+def machine_name_of(spec: ServiceSpec, fallback: dict[str, str] | None = None) -> str:
+    """The machine a service runs on, by name (``ServiceSpec.name`` is ``<machine>-<service>``)."""
+    suffix = f"-{spec.service}"
+    if spec.name.endswith(suffix):
+        return spec.name[: -len(suffix)]
+    return (fallback or {}).get(spec.machine, spec.name)
+
+
+def is_running(status: ServiceStatus) -> bool:
+    """A live supervisor runs (or is restarting) the service."""
+    return status.active and status.state in UP_STATES
+
+
+def observed_service(recorded: ServiceSpec, config: dict[str, Any] | None,
+                     running: bool) -> ServiceSpec:
+    """The spec as found: the recorded identity, the config file's content, whether it runs."""
+    return ServiceSpec(
+        address=recorded.address, name=recorded.name, service=recorded.service,
+        kind=recorded.kind, machine=recorded.machine, config=config if config is not None else {},
+        running=running, host=recorded.host,
+    )
+
+
+# -- the config file ---------------------------------------------------------------------
+
+
+def config_text(spec: ServiceSpec, provider: str) -> str:
+    """The service's config file as written: a header saying who owns it, then YAML."""
+    text = f"# written by pacsinfra ({provider} provider); changes are overwritten by apply\n"
+    return text + yaml.safe_dump(dict(spec.config), sort_keys=True)
+
+
+def parse_config(text: str | None) -> dict[str, Any] | None:
+    """A config file's content as a mapping (None when missing, unreadable or not a mapping)."""
+    if text is None:
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def serve_argv(python: str, spec: ServiceSpec, config_path: str) -> list[str]:
+    """The command the supervisor runs for a service."""
+    return [python, "-m", "pacsinfra", spec.kind, "serve", "--config", config_path]
+
+
+# -- health ------------------------------------------------------------------------------
+
+
+def exit_text(info: dict[str, Any]) -> str:
+    """A supervisor's ``last_exit`` in words."""
+    if info.get("signal"):
+        return f"signal {info['signal']}"
+    if info.get("error"):
+        return str(info["error"])
+    return f"code {info.get('code')}"
+
+
+def indent_log(text: str) -> str:
+    """A log tail quoted for an error message."""
+    return "\n".join("  | " + line for line in text.splitlines()) or "  (log empty)"
+
+
+def endpoint(config: dict[str, Any] | Any, host: str | None = None) -> tuple[str, str, int]:
+    """(AE title, host, port) to reach a service's DICOM listener from the pacsinfra machine.
+
+    A specific ``bind`` address is used as is; a wildcard bind is reached at ``host``
+    (the machine's address), else loopback.
+    """
+    bind = str(config.get("bind") or "")
+    where = bind if bind not in ("", "0.0.0.0", "::") else (host or "127.0.0.1")
+    return str(config.get("ae_title", "")), where, int(config.get("port", 11112))
+
+
+def c_echo(aet: str, host: str, port: int) -> tuple[bool, str, int | None]:
+    """One C-ECHO: (success, what happened, DICOM status)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=HEALTH_AE)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    assoc = ae.associate(host, port, ae_title=aet)
+    if not assoc.is_established:
+        return False, "association rejected" if assoc.is_rejected else "no answer", None
+    try:
+        rsp = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    status = getattr(rsp, "Status", None)
+    return status == 0, f"C-ECHO status {status}", status
+
+
+def wait_healthy(
+    name: str,
+    target: tuple[str, str, int],
+    status: Callable[[], ServiceStatus],
+    log_tail: Callable[[], str],
+    *,
+    log_where: str,
+    timeout: float = 60.0,
+    poll: float = 0.25,
+) -> float:
+    """C-ECHO ``target`` until it answers; returns the seconds it took.
+
+    ``status`` reports the supervisor's view: a process that exits at start fails at
+    once (a deploy that crashes is a failed deploy, not something to wait out). On
+    failure raises :class:`ServiceCheckError` with the end of the service's log.
+    """
+    aet, host, port = target
+    started = time.monotonic()
+    deadline = started + timeout
+    last = "no answer"
+    dicom_status: int | None = None
+    while True:
+        st = status()
+        if not st.active or st.state in ("failed", "exited", "stopped", "dead"):
+            last = f"process {st.state} (last exit {st.last_exit})"
+            break
+        if st.last_exit is not None:
+            # it died since this start (the supervisor is backing off)
+            last = f"process exited at start ({exit_text(st.last_exit)})"
+            break
+        ok, last, dicom_status = c_echo(aet, host, port)
+        if ok:
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    raise ServiceCheckError(
+        f"{name}: health check failed: C-ECHO {aet}@{host}:{port}: {last} "
+        f"after {time.monotonic() - started:.1f}s; end of its log ({log_where}):\n{log_tail()}",
+        dicom_status,
+    )
+
+
+# -- one service's life: config, supervised process, health --------------------------------
+
+
+class ServiceRunner(abc.ABC):
+    """What the drivers do with one service, wherever it runs; subclasses say where."""
+
+    spec: ServiceSpec
+
+    @abc.abstractmethod
+    def write_config(self) -> None:
+        """Write the rendered config file atomically (0640)."""
+
+    @abc.abstractmethod
+    def read_config(self) -> dict[str, Any] | None:
+        """The config file as it is on the machine (None when missing or unreadable)."""
+
+    @abc.abstractmethod
+    def status(self) -> ServiceStatus:
+        """The supervisor's view of the service."""
+
+    @abc.abstractmethod
+    def _supervisor_start(self) -> ServiceStatus:
+        """Start under the supervisor (idempotent for an unchanged spec)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the process (absent is success)."""
+
+    @abc.abstractmethod
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the service's log, indented, for error messages."""
+
+    @abc.abstractmethod
+    def check_health(self, timeout: float = 60.0) -> float:
+        """C-ECHO until it answers (seconds taken); raises ServiceCheckError."""
+
+    def running(self) -> bool:
+        """A live supervisor runs (or is restarting) the service."""
+        return is_running(self.status())
+
+    def start(self) -> None:
+        """Start; a process that exits at once fails with the end of its log."""
+        st = self._supervisor_start()
+        if st.state in ("failed", "exited"):
+            raise ServiceCheckError(
+                f"{self.spec.name}: exited at start ({exit_text(st.last_exit or {})}); "
+                f"end of its log:\n{self.log_tail()}")
+
+    def restart(self) -> None:
+        """Stop, then start with the current config."""
+        self.stop()
+        self.start()
+
+    def deploy(self, *, restart: bool, health_timeout: float) -> None:
+        """Write the config, (re)start the process, check its health; stop it if unhealthy."""
+        self.write_config()
+        try:
+            if restart:
+                self.restart()
+            else:
+                self.start()
+            self.check_health(health_timeout)
+        except DeployError:
+            self.stop()
+            raise

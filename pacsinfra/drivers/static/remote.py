@@ -1,0 +1,170 @@
+"""One existing host over SSH: a reused, host-key-verified connection, files and marks on it.
+
+Every error names the machine and the host (``st-archive-1 (root@10.0.0.5:22): ...``).
+The private key is read when the connection opens, from ``key_file`` or a secret
+reference (``key``); its content never appears in a message, the state or a plan.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import threading
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from pacsinfra.deploy.ssh import SSHTarget, SSHTransport
+from pacsinfra.deploy.transport import Command, Result, put_text
+from pacsinfra.drivers.base import Ownership, Spec
+from pacsinfra.drivers.local.marks import decode_mark, encode_mark
+from pacsinfra.drivers.static.layout import HostSettings
+from pacsinfra.errors import DeployError, SSHError
+
+MARK_FORMAT = "pacsinfra-static/1"
+
+# Run on the host (its venv's python when pacsinfra is installed, else its own python):
+# every mark and config file under the root in one round trip, plus each service's
+# supervisor status when pacsinfra is importable (nothing runs where it is not).
+_SNAPSHOT = """\
+import glob, json, os, sys
+root = sys.argv[1]
+paths = [os.path.join(root, "machine.json")]
+paths += sorted(glob.glob(os.path.join(root, "services", "*", "service.json")))
+paths += sorted(glob.glob(os.path.join(root, "services", "*", "config.yaml")))
+files = {}
+for p in paths:
+    try:
+        with open(p, encoding="utf-8") as fh:
+            files[p] = fh.read()
+    except OSError:
+        pass
+status = {}
+try:
+    from dataclasses import asdict
+    from pathlib import Path
+    from pacsinfra.deploy.supervisor import read_status
+except ImportError:
+    pass
+else:
+    for d in sorted(glob.glob(os.path.join(root, "services", "*"))):
+        name = os.path.basename(d)
+        status[name] = asdict(read_status(Path(root, "run"), name))
+print(json.dumps({"files": files, "status": status}))
+"""
+
+
+def _private_key(settings: HostSettings) -> paramiko.PKey | None:
+    """The login key from a secret reference (None: ``key_file`` is used instead)."""
+    if settings.key is None:
+        return None
+    from pacsinfra.secrets import SecretRef
+
+    ref = SecretRef(**dict(settings.key))
+    text = ref.resolve()
+    try:
+        return paramiko.PKey.from_private_key(io.StringIO(text + "\n"))
+    except (paramiko.SSHException, ValueError) as exc:
+        # never the key itself: only where it came from
+        raise SSHError(f"{settings.describe()}: the private key in {ref.describe()} is not "
+                       f"a usable unencrypted key ({type(exc).__name__})") from None
+
+
+class HostSession:
+    """Commands and files on one host, through one SSH transport opened on first use."""
+
+    def __init__(self, settings: HostSettings) -> None:
+        self.settings = settings
+        self.name = settings.describe()
+        self._transport: SSHTransport | None = None
+        self._lock = threading.Lock()
+        self.install_lock = threading.Lock()  # one wheel install per host at a time
+        self.installed: str | None = None  # content hash installed during this run
+
+    @property
+    def transport(self) -> SSHTransport:
+        """The host's transport (connected, host key verified); errors name the machine."""
+        s = self.settings
+        with self._lock:
+            if self._transport is None:
+                if not s.host_keys and not s.known_hosts:
+                    raise SSHError(f"{self.name}: no pinned host key (host_keys or known_hosts); "
+                                   "pacsinfra never trusts a key on first use")
+                if s.key is None and s.key_file is None:
+                    raise SSHError(f"{self.name}: no private key (key_file or key)")
+                target = SSHTarget(
+                    host=s.address, port=s.port, user=s.user,
+                    key_file=Path(s.key_file).expanduser() if s.key_file else None,
+                    known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None,
+                    host_keys=tuple(s.host_keys), name=self.name,
+                )
+                self._transport = SSHTransport(target, pkey=_private_key(s))
+            t = self._transport
+        try:
+            t.connect()
+        except SSHError as exc:
+            msg = str(exc)
+            if s.machine in msg:
+                raise
+            raise SSHError(f"{s.machine}: {msg}") from None  # the cause is in the message
+        return t
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.close()
+
+    # -- commands -------------------------------------------------------------------------
+    def run(self, cmd: Command, timeout: float = 60.0) -> Result:
+        return self.transport.run(cmd, timeout)
+
+    def check(self, cmd: Command, timeout: float = 60.0, what: str = "") -> Result:
+        """Run ``cmd``; a failure is a DeployError naming the host and the command's stderr."""
+        res = self.run(cmd, timeout)
+        if res.rc != 0:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-5:]
+            raise DeployError(f"{self.name}: {what or 'command'} failed (exit {res.rc})"
+                              + ("\n  " + "\n  ".join(tail) if tail else ""))
+        return res
+
+    # -- files ------------------------------------------------------------------------------
+    def read_text(self, path: str) -> str | None:
+        """A file's content; None when it does not exist."""
+        q = shlex.quote(path)
+        res = self.run(f"if [ -e {q} ]; then cat -- {q}; else exit 3; fi", 60)
+        if res.rc == 3:
+            return None
+        if res.rc != 0:
+            raise DeployError(f"{self.name}: cannot read {path}: {res.stderr.strip()[-300:]}")
+        return res.stdout
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Replace ``path`` atomically (temp file, fsync, rename: see SSHTransport.put)."""
+        put_text(self.transport, text, path, mode)
+
+    def write_mark(self, path: str, spec: Spec, owner: Ownership) -> None:
+        self.write_text(path, encode_mark(spec, owner, MARK_FORMAT), 0o644)
+
+    def read_mark(self, path: str) -> tuple[Spec, Ownership | None] | None:
+        text = self.read_text(path)
+        return decode_mark(text, MARK_FORMAT) if text is not None else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every mark and config file under the root, and the supervisor status of each service."""
+        s = self.settings
+        script = shlex.quote(_SNAPSHOT)
+        vpy, py, root = (shlex.quote(x) for x in (s.venv_python, s.python, s.root))
+        res = self.run(f"if [ -x {vpy} ]; then p={vpy}; else p={py}; fi; "
+                       f"exec \"$p\" -c {script} {root}", 60)
+        if res.rc != 0:
+            raise DeployError(f"{self.name}: cannot read pacsinfra's files under {s.root}: "
+                              f"{res.stderr.strip()[-300:]}")
+        try:
+            data = json.loads(res.stdout)
+        except ValueError as exc:
+            raise DeployError(f"{self.name}: unreadable answer listing {s.root}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DeployError(f"{self.name}: unreadable answer listing {s.root}")
+        return data

@@ -1,0 +1,115 @@
+"""The static driver's settings, the configs rendered for remote hosts, and its plan-time checks
+(no SSH here: tests/integration/test_static_site.py deploys onto real sshd hosts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pacsinfra.blueprint import load_blueprint
+from pacsinfra.drivers.base import (
+    ChangeKind,
+    MachineSpec,
+    ServiceSpec,
+    spec_from_dict,
+    spec_to_dict,
+)
+from pacsinfra.drivers.registry import driver_class
+from pacsinfra.drivers.static import StaticDriver
+from pacsinfra.drivers.static.layout import StaticSettings
+from pacsinfra.errors import BlueprintError, PlanError
+from pacsinfra.plan.desired import desired_site
+from pacsinfra.verify.site import site_endpoints
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "static-site.yaml"
+
+
+def test_registered_and_settings_merge_defaults() -> None:
+    assert driver_class("static") is StaticDriver
+    s = StaticSettings.parse({
+        "user": "pacs", "key_file": "~/.ssh/id", "root": "/srv/px",
+        "hosts": {"a": {"address": "10.0.0.5", "host_keys": ["ssh-ed25519 AAAA"]},
+                  "b": {"address": "10.0.0.6", "key": {"env": "K"}, "root": "/opt/x",
+                        "known_hosts": "/etc/kh"}}})
+    a, b = s.hosts["a"], s.hosts["b"]
+    assert (a.user, a.key_file, a.key, a.root, a.port) == ("pacs", "~/.ssh/id", None, "/srv/px", 22)
+    assert a.data_dir("archive") == "/srv/px/data/archive" and a.venv == "/srv/px/venv"
+    # a host's own key replaces the default key_file (a reference, never a value)
+    assert (b.key_file, dict(b.key or {}), b.root) == (None, {"env": "K"}, "/opt/x")
+
+
+def test_example_renders_remote_configs() -> None:
+    d = desired_site(load_blueprint(str(EXAMPLE)).site)
+    services = {a: r.spec for a, r in d.resources.items() if a.startswith("service.")}
+    assert set(services) == {"service.router[0]", "service.archive-a[0]", "service.archive-b[0]"}
+    rtr = services["service.router[0]"]
+    assert isinstance(rtr, ServiceSpec) and rtr.host == "192.0.2.10"
+    cfg = rtr.config
+    assert cfg["bind"] == "192.0.2.10" and cfg["spool_dir"] == "/opt/pacsinfra/data/router"
+    dests = {n: (x["host"], x["port"]) for n, x in cfg["destinations"].items()}
+    assert dests == {"a": ("192.0.2.11", 11112), "b": ("192.0.2.12", 11112)}
+    arc = services["service.archive-a[0]"]
+    assert arc.config["data_dir"] == "/opt/pacsinfra/data/archive-a"
+    assert arc.config["dicomweb"]["bind"] == "192.0.2.11"
+    # the router starts after both archives; the spec survives the state's JSON round trip
+    assert {"service.archive-a[0]", "service.archive-b[0]"} <= set(
+        d.resources["service.router[0]"].depends_on)
+    assert spec_from_dict(spec_to_dict(rtr)) == rtr
+    # machines need no image on existing hosts
+    assert all(r.spec.image == {} for a, r in d.resources.items() if a.startswith("machine."))
+    # verify reaches each service at its host's address
+    entries = [(a, s.kind, s.config, s.host) for a, s in services.items()]
+    ep = site_endpoints(entries)
+    assert (ep.entry.host, ep.entry.port) == ("192.0.2.10", 11104)
+    assert sorted(p.host for p in ep.archives) == ["192.0.2.11", "192.0.2.12"]
+
+
+def test_a_destination_on_a_service_with_several_hosts_is_refused(tmp_path: Path) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["machines"]["archive-a"]["count"] = 2
+    data["provider"]["static"]["hosts"]["st-demo-archive-a-2"] = {
+        "address": "192.0.2.13", "host_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBB"]}
+    bp = tmp_path / "site.yaml"
+    bp.write_text(yaml.safe_dump(data))
+    with pytest.raises(PlanError, match=r"destinations\.a: service 'archive-a' runs on 2 machines"):
+        desired_site(load_blueprint(str(bp)).site)
+
+
+def test_missing_hosts_are_named(tmp_path: Path) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    del data["provider"]["static"]["hosts"]["st-demo-archive-b-1"]
+    data["machines"]["router"]["count"] = 2
+    bp = tmp_path / "site.yaml"
+    bp.write_text(yaml.safe_dump(data))
+    with pytest.raises(BlueprintError) as err:
+        load_blueprint(str(bp))
+    text = str(err.value)
+    assert "no host for machine st-demo-router-2" in text
+    assert "no host for machine st-demo-archive-b-1" in text
+
+
+def test_check_and_classify() -> None:
+    drv = StaticDriver({"hosts": {"s-pacs-1": {"address": "10.0.0.5", "host_keys": ["k"]}}})
+    m = MachineSpec(address="machine.pacs[0]", name="s-pacs-1", role="pacs", index=0, image={},
+                    cpu_count=1, memory_mib=512)
+    assert drv.check(m) == []
+    other = MachineSpec(**{**m.__dict__, "name": "s-pacs-2", "address": "machine.pacs[1]"})
+    assert "no host in provider.static.hosts" in drv.check(other)[0]
+    db = ServiceSpec(address="service.db[0]", name="s-pacs-1-db", service="db", kind="database",
+                     machine="machine.pacs[0]")
+    assert "cannot run a database service" in drv.check(db)[0]
+    svc = ServiceSpec(address="service.a[0]", name="s-pacs-1-a", service="a", kind="archive",
+                      machine="machine.pacs[0]", host="10.0.0.5")
+    assert drv.classify(svc, "config") == ChangeKind.IN_PLACE
+    assert drv.classify(svc, "host") == ChangeKind.IN_PLACE
+    assert drv.classify(svc, "kind") == ChangeKind.REPLACE
+    assert drv.render(svc, _owner()).parameters["config_path"] == "/opt/pacsinfra/services/a/config.yaml"
+
+
+def _owner():  # type: ignore[no-untyped-def]
+    from pacsinfra.drivers.base import Ownership
+
+    return Ownership(site="s", address="service.a[0]", lineage="l")
