@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "verify": "pacsinfra.cli.verify_cmds:verify",
     "backup": "pacsinfra.cli.dr_cmds:backup",
     "restore": "pacsinfra.cli.dr_cmds:restore",
+    "dr": "pacsinfra.cli.dr_cmds:dr",
     "loadtest": "pacsinfra.cli.loadtest_cmds:loadtest",
 }
 
