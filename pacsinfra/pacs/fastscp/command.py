@@ -1,7 +1,7 @@
 """DIMSE command sets (PS3.7 E): group 0000, always Implicit VR Little Endian.
 
-Only what a storage (and query) SCP needs: decode a request's elements into a
-dict, encode a C-STORE-RSP, C-FIND-RSP or C-ECHO-RSP. A command set is a handful of short elements, so a
+Only what the streaming SCP and SCU need: decode a command's elements into a dict,
+encode a C-STORE-RQ, C-STORE-RSP, C-FIND-RSP or C-ECHO-RSP. A command set is a handful of short elements, so a
 struct walk is both simpler and much cheaper than building a pydicom Dataset.
 """
 
@@ -23,6 +23,7 @@ AFFECTED_SOP_CLASS = 0x0002
 COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110
 MESSAGE_ID_RESPONDED = 0x0120
+PRIORITY = 0x0700
 DATASET_TYPE = 0x0800
 STATUS = 0x0900
 AFFECTED_SOP_INSTANCE = 0x1000
@@ -31,7 +32,7 @@ MOVE_ORIGINATOR_ID = 0x1031
 
 _ELEMENT = struct.Struct("<HHL")
 _US = (COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_RESPONDED, DATASET_TYPE, STATUS,
-       MOVE_ORIGINATOR_ID, 0x0700)
+       MOVE_ORIGINATOR_ID, PRIORITY)
 
 
 class BadCommand(ValueError):
@@ -73,6 +74,14 @@ def _us(elem: int, value: int) -> bytes:
 
 def _with_group_length(body: bytes) -> bytes:
     return _ELEMENT.pack(0, 0x0000, 4) + struct.pack("<L", len(body)) + body
+
+
+def store_rq(message_id: int, sop_class: str, sop_uid: str, priority: int = 0) -> bytes:
+    """A C-STORE-RQ command set (a data set follows)."""
+    return _with_group_length(
+        _ui(AFFECTED_SOP_CLASS, sop_class) + _us(COMMAND_FIELD, C_STORE_RQ)
+        + _us(MESSAGE_ID, message_id) + _us(PRIORITY, priority)
+        + _us(DATASET_TYPE, HAS_DATASET) + _ui(AFFECTED_SOP_INSTANCE, sop_uid))
 
 
 def store_rsp(message_id: int, sop_class: str, sop_uid: str, status: int) -> bytes:

@@ -6,6 +6,10 @@ then Explicit VR LE, then Implicit VR LE. Uncompressed syntaxes convert into eac
 other without touching pixel data; a compressed file is decompressed only when the
 destination has ``transcode: true`` and pydicom has a codec for it.
 
+Plain-TCP destinations get a :class:`~pacsinfra.pacs.fastscp.requestor.StreamingRequestor`
+(the file goes from disk to the socket with ``sendfile``, the response is read on
+this thread); TLS destinations a pynetdicom association.
+
 Outcomes are returned (:class:`Outcome`), never raised: a DICOM status, or a
 transport failure, each classified transient or permanent.
 """
@@ -21,9 +25,13 @@ from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
+from pynetdicom.dsutils import encode
 
 from pacsinfra.pacs.config_common import Limits, Peer
 from pacsinfra.pacs.dicom import associate, make_ae
+from pacsinfra.pacs.fastscp import pdu
+from pacsinfra.pacs.fastscp.association import ProtocolError
+from pacsinfra.pacs.fastscp.requestor import AssociationFailed, StreamingRequestor
 from pacsinfra.pacs.router.config import Destination
 
 LOG = logging.getLogger("pacsinfra.router")
@@ -87,8 +95,14 @@ class Sender:
         self.ae = make_ae(calling_ae, limits)
         self.ae.acse_timeout = min(limits.acse_timeout, 10)
         self.ae.network_timeout = min(limits.network_timeout, 30)
-        self.assoc: Any = None
+        self.max_pdu = limits.max_pdu
+        self.assoc: Any = None  # pynetdicom (TLS destinations)
+        self.link: StreamingRequestor | None = None  # plain TCP destinations
         self._wanted: dict[str, list[str]] = {}  # SOP class -> syntaxes to propose
+
+    @property
+    def _streaming(self) -> bool:
+        return not self.dest.tls.enabled
 
     def _syntaxes(self, file_ts: str) -> list[str]:
         out: list[str] = []
@@ -108,17 +122,24 @@ class Sender:
         return out
 
     def _accepted(self, sop: str) -> list[str]:
+        if self.link is not None:
+            return self.link.syntaxes(sop)
         if self.assoc is None:
             return []
         return [str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
                 if str(cx.abstract_syntax) == sop]
+
+    def _established(self) -> bool:
+        if self.link is not None:
+            return self.link.is_established
+        return self.assoc is not None and bool(self.assoc.is_established)
 
     def _ensure(self, sop: str, file_ts: str) -> str | None:
         """An established association that negotiated ``sop``; None (with reason) if not."""
         wanted = self._syntaxes(file_ts)
         known = self._wanted.get(sop, [])
         new = [ts for ts in wanted if ts not in known]
-        if self.assoc is not None and self.assoc.is_established and not new:
+        if self._established() and not new:
             return None
         self._wanted[sop] = known + new
         if sum(len(v) for v in self._wanted.values()) > _MAX_CONTEXTS:
@@ -126,6 +147,18 @@ class Sender:
             # so a class is never refused merely because we ran out of contexts.
             self._wanted = {sop: wanted}
         self.close()
+        if self._streaming:
+            try:
+                self.link = StreamingRequestor.open(
+                    self.dest.host or "", self.dest.port, calling=str(self.ae.ae_title),
+                    called=self.dest.ae_title, max_pdu=self.max_pdu,
+                    contexts=[(s, ts) for s, tss in self._wanted.items() for ts in tss
+                              ][:_MAX_CONTEXTS],
+                    timeout=float(self.ae.acse_timeout or 10),
+                    network_timeout=float(self.ae.network_timeout or 30))
+            except AssociationFailed as exc:
+                return str(exc)
+            return None
         peer = Peer(ae_title=self.dest.ae_title, host=self.dest.host or "", port=self.dest.port,
                     tls=self.dest.tls)
         try:
@@ -156,6 +189,8 @@ class Sender:
             return Outcome(False, status=0x0122, permanent=True,
                            error=f"{self.dest.ae_title} accepts no context for SOP class {sop}")
         target = next((ts for ts in self._syntaxes(file_ts) if ts in accepted), None)
+        if self.link is not None:
+            return self._send_streaming(self.link, path, meta, file_ts, target, accepted)
         try:
             if target == file_ts:
                 status = self.assoc.send_c_store(path)  # raw bytes, chunked from the file
@@ -171,6 +206,29 @@ class Sender:
             self.close()
             return Outcome(False, error="association lost (no C-STORE response)", transport=True)
         code = int(status.Status)
+        if is_success(code):
+            return Outcome(True, status=code)
+        return Outcome(False, status=code, error=f"C-STORE status 0x{code:04X}",
+                       permanent=is_permanent(code))
+
+    def _send_streaming(self, link: StreamingRequestor, path: Path, meta: Any, file_ts: str,
+                        target: str | None, accepted: list[str]) -> Outcome:
+        sop, sop_uid = str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID)
+        try:
+            if target == file_ts:
+                code = link.store_file(path, sop, sop_uid, file_ts)  # bytes as stored
+            else:
+                payload = self._convert(path, file_ts, accepted)
+                if isinstance(payload, Outcome):
+                    return payload
+                target = target or accepted[0]
+                data = encode(payload, target == ImplicitVRLittleEndian, True)
+                if data is None:
+                    return Outcome(False, permanent=True, error=f"cannot encode in {target}")
+                code = link.store_bytes(data, sop, sop_uid, target)
+        except (pdu.PeerClosed, ProtocolError, OSError, ValueError) as exc:
+            self.close()
+            return Outcome(False, error=f"send failed: {exc}", transport=True)
         if is_success(code):
             return Outcome(True, status=code)
         return Outcome(False, status=code, error=f"C-STORE status 0x{code:04X}",
@@ -210,6 +268,9 @@ class Sender:
 
     def close(self) -> None:
         """Release the association if open."""
+        if self.link is not None:
+            self.link.release()
+            self.link = None
         if self.assoc is not None:
             try:
                 if self.assoc.is_established:
