@@ -1,9 +1,12 @@
-"""A consistent backup of a running pacsinfra archive (SQLite index, filesystem tiers).
+"""A consistent backup of a running pacsinfra archive (SQLite or PostgreSQL index,
+filesystem tiers).
 
 Order (see docs/dr.md for the consistency argument):
 
-1. the SQLite index is snapshotted with sqlite3's online backup API in one read
-   transaction (WAL-safe: the archive keeps writing; the snapshot is one committed state);
+1. the index is snapshotted into the backup's own SQLite file: a SQLite index with
+   sqlite3's online backup API in one read transaction (WAL-safe: the archive keeps
+   writing; the snapshot is one committed state), a PostgreSQL index by reading its
+   tables inside one serializable read-only deferrable transaction;
 2. every instance row of the *snapshot* is copied (hard-linked when possible: the
    archive never rewrites a stored file in place, a new object gets a new file name)
    into ``tiers/<tier>/<rel_path>`` and verified against the row's size and sha256;
@@ -82,14 +85,75 @@ def write_fsync(path: Path, text: str) -> None:
 
 
 def sqlite_index_path(cfg: ArchiveConfig) -> Path:
-    """Where the archive keeps its SQLite index (refuses PostgreSQL with exit 2)."""
-    if cfg.index.backend != "sqlite":
-        raise UsageError(
-            "backup of a PostgreSQL index is not supported yet: back it up with pg_dump "
-            "(pacsinfra backup handles SQLite-indexed archives only)")
+    """Where the archive keeps its SQLite index."""
     data = Path(cfg.data_dir)
     path = Path(cfg.index.path) if cfg.index.path else data / INDEX_NAME
     return path if path.is_absolute() else data / path
+
+
+#: index tables copied from PostgreSQL into the backup's SQLite snapshot (schema_version
+#: is created by the migrations themselves and compared, not copied)
+PG_TABLES = ("patient", "study", "series", "instance", "migration_failure", "pending_unlink")
+
+
+def snapshot_pg_index(cfg: ArchiveConfig, dst: Path) -> None:
+    """Copy a PostgreSQL index into a new SQLite file ``dst`` from one snapshot.
+
+    The backup format stays one self-contained SQLite index whatever the source: the
+    rows are read inside a single ``SERIALIZABLE READ ONLY DEFERRABLE`` transaction
+    (a snapshot that waits for no writer and cannot see a half-committed state), and
+    the SQLite file gets the same schema from the same migrations, so ``restore`` and
+    ``dr rebuild`` need not know where the index came from.
+    """
+    from pacsinfra.pacs.archive.config import IndexConfig
+    from pacsinfra.pacs.archive.db import MIGRATIONS, open_database
+
+    source = open_database(cfg.index, Path(cfg.data_dir))  # migrated: same schema version
+    target = open_database(IndexConfig(backend="sqlite", path=str(dst)), dst.parent)
+    try:
+        _copy_pg_tables(source, target, MIGRATIONS[-1][0])
+    except PacsinfraError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - psycopg/sqlite errors: say what, no traceback
+        raise BackupError(f"cannot snapshot the PostgreSQL index at {cfg.index.host}:"
+                          f"{cfg.index.port}/{cfg.index.database}: {type(exc).__name__}: "
+                          f"{exc}") from exc
+    finally:
+        source.close()
+        target.close()
+    with dst.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _copy_pg_tables(source: Any, target: Any, want_version: int) -> None:
+    import psycopg
+
+    with source.connection() as pg, target.connection() as lite:
+        # The snapshot: psycopg opens the transaction on the first statement with these.
+        pg.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        pg.read_only = True
+        pg.deferrable = True
+        cur = pg.cursor()
+        try:
+            cur.execute("SELECT MAX(version) FROM schema_version")
+            (version,) = cur.fetchone()
+            if version != want_version:
+                raise BackupError(f"index schema version {version} differs from this "
+                                  f"pacsinfra's ({want_version}): back up with the "
+                                  "pacsinfra version that runs the archive")
+            lite.execute("BEGIN")
+            for table in PG_TABLES:
+                cur.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
+                cols = [d[0] for d in cur.description or ()]
+                insert = (f"INSERT INTO {table} ({', '.join(cols)}) "  # noqa: S608
+                          f"VALUES ({', '.join('?' * len(cols))})")
+                while rows := cur.fetchmany(5000):
+                    lite.executemany(insert, rows)
+            lite.execute("COMMIT")
+        finally:
+            cur.close()
+            pg.rollback()
+        lite.execute("PRAGMA journal_mode=DELETE")  # a self-contained single file
 
 
 def snapshot_index(src: Path, dst: Path) -> None:
@@ -123,9 +187,19 @@ def _instances(index: Path) -> list[tuple[str, str, str, str, int, str, int]]:
             for a, b, t, p, s, h, o in rows]
 
 
-def _live_location(live_index: Path, sop_uid: str, sha256: str) -> tuple[str, str] | None:
+def _live_location(cfg: ArchiveConfig, sop_uid: str, sha256: str) -> tuple[str, str] | None:
     """Where the live archive holds the same bytes now (a lifecycle move since the snapshot)."""
-    c = sqlite3.connect(str(live_index), timeout=60)
+    if cfg.index.backend != "sqlite":
+        from pacsinfra.pacs.archive.db import open_database
+
+        db = open_database(cfg.index, Path(cfg.data_dir))
+        try:
+            rows = db.query("SELECT tier, rel_path FROM instance WHERE sop_uid = ? AND sha256 = ?",
+                            (sop_uid, sha256))
+        finally:
+            db.close()
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+    c = sqlite3.connect(str(sqlite_index_path(cfg)), timeout=60)
     try:
         row = c.execute("SELECT tier, rel_path FROM instance WHERE sop_uid = ? AND sha256 = ?",
                         (sop_uid, sha256)).fetchone()
@@ -148,7 +222,8 @@ def _place(src: Path, dst: Path, allow_link: bool) -> bool:
 
 def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True) -> BackupSummary:
     """Back up the archive ``cfg`` describes into the new directory ``to``."""
-    live_index = sqlite_index_path(cfg)
+    live_index = (sqlite_index_path(cfg) if cfg.index.backend == "sqlite"
+                  else f"postgresql://{cfg.index.host}:{cfg.index.port}/{cfg.index.database}")
     non_fs = [t.name for t in cfg.tiers if t.kind != "filesystem"]
     if non_fs:
         raise UsageError(f"tiers {non_fs} are not filesystem tiers; backup supports filesystem only")
@@ -166,7 +241,10 @@ def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True) -> Back
     except OSError as exc:
         raise UsageError(f"cannot create a backup in {parent}: {exc.strerror}") from exc
     try:
-        snapshot_index(live_index, tmp / INDEX_NAME)
+        if isinstance(live_index, Path):
+            snapshot_index(live_index, tmp / INDEX_NAME)
+        else:
+            snapshot_pg_index(cfg, tmp / INDEX_NAME)
         rows = _instances(tmp / INDEX_NAME)
         linked = copied = total = 0
         made: set[Path] = set()
@@ -176,7 +254,7 @@ def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True) -> Back
                 raise BackupError(f"instance {sop}: tier {tier!r} is not in the archive config")
             src = tiers[tier].path(rel)
             if not src.exists():
-                moved = _live_location(live_index, sop, sha)
+                moved = _live_location(cfg, sop, sha)
                 if moved is None or moved[0] not in tiers:
                     raise BackupError(f"instance {sop}: {src} was deleted while backing up; "
                                       "run the backup again")
