@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.storage import TMP_MARK, ensure_dir
 from pacsinfra.pacs.dicom import Status
 from pacsinfra.pacs.fastscp.association import FindRequest, StoreRequest
-from pacsinfra.pacs.fastscp.incoming import IncomingFile
+from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
 
 LOG = logging.getLogger("pacsinfra.archive")
 
@@ -40,7 +39,7 @@ class ArchiveSink:
 
     def __init__(self, service: ArchiveService, fsync_threads: int = 8) -> None:
         self.service = service
-        self._fsync = ThreadPoolExecutor(fsync_threads, thread_name_prefix="fsync")
+        self._sealer = Sealer(fsync_threads)
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
         """A temp file in the default tier, or a refusal when the tier is full."""
@@ -69,25 +68,21 @@ class ArchiveSink:
         return status
 
     def _store(self, req: StoreRequest, incoming: IncomingFile) -> int:
-        with incoming.mapped() as raw:
-            sealing = self._fsync.submit(incoming.seal)
+        with incoming.mapped() as raw, self._sealer.sealing(incoming) as sealed:
 
             def persist(path: Path) -> None:
-                sealing.result()  # raises the write/fsync error (ENOSPC, EIO) if any
+                sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
                 ensure_dir(path.parent)
                 os.replace(incoming.path, path)
                 fsync_dir(path.parent)
 
-            try:
-                return int(self.service.store_checked(
-                    sop_class=req.sop_class, sop_uid=req.sop_uid,
-                    transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling,
-                    sha=hashlib.sha256(raw).hexdigest(),
-                    meta_tag=hashlib.sha256(incoming.meta).hexdigest()[:4],
-                    ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
-                    persist=persist))
-            finally:
-                sealing.exception()  # never leave the fsync running on a file we delete
+            return int(self.service.store_checked(
+                sop_class=req.sop_class, sop_uid=req.sop_uid,
+                transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling,
+                sha=hashlib.sha256(raw).hexdigest(),
+                meta_tag=hashlib.sha256(incoming.meta).hexdigest()[:4],
+                ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
+                persist=persist))
 
     def find(self, req: FindRequest, identifier: bytes) -> Iterator[tuple[int, bytes | None]]:
         """C-FIND on a streaming association: the service's matches, encoded here (one
@@ -104,4 +99,4 @@ class ArchiveSink:
 
     def close(self) -> None:
         """Stop the fsync helpers (after the listener has stopped)."""
-        self._fsync.shutdown(wait=True)
+        self._sealer.close()

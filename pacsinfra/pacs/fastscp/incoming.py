@@ -18,7 +18,8 @@ import logging
 import mmap
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,3 +130,31 @@ class IncomingFile:
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 LOG.warning("could not remove %s: %s", self.path, exc)
+
+
+class Sealer:
+    """Seals incoming files on helper threads, so the ``fsync`` runs while the caller
+    reads the data back (hash, attributes); both release the GIL, so on two cores
+    they overlap."""
+
+    def __init__(self, threads: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fsync")
+
+    @contextmanager
+    def sealing(self, incoming: IncomingFile) -> Iterator[Callable[[], None]]:
+        """Start sealing ``incoming``; the yielded function waits for it (and raises
+        the write or fsync error, if any). On leaving, the fsync has finished, so the
+        file can be deleted or renamed safely."""
+        done = self._pool.submit(incoming.seal)
+
+        def sealed() -> None:
+            done.result()
+
+        try:
+            yield sealed
+        finally:
+            done.exception()  # wait, never raise here: the caller decides what an error means
+
+    def close(self) -> None:
+        """Stop the helper threads (after the listener has stopped)."""
+        self._pool.shutdown(wait=True)

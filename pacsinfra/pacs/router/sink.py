@@ -13,14 +13,13 @@ Its pages stay cached: the forwarder reads the file again at once.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 
 from pacsinfra.pacs.dicom import Status
 from pacsinfra.pacs.fastscp.association import StoreRequest
-from pacsinfra.pacs.fastscp.incoming import IncomingFile
+from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
 
 if TYPE_CHECKING:
     from pacsinfra.pacs.router.server import RouterServer
@@ -33,7 +32,7 @@ class RouterSink:
 
     def __init__(self, router: RouterServer, fsync_threads: int = 8) -> None:
         self.router = router
-        self._fsync = ThreadPoolExecutor(fsync_threads, thread_name_prefix="fsync")
+        self._sealer = Sealer(fsync_threads)
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
         """A temp file in the spool, or the refusal the command alone earns."""
@@ -53,8 +52,7 @@ class RouterSink:
             incoming.discard()  # after adoption there is nothing left to remove
 
     def _admit(self, req: StoreRequest, incoming: IncomingFile) -> Status:
-        sealing = self._fsync.submit(incoming.seal)
-        try:
+        with self._sealer.sealing(incoming) as sealed:
             try:
                 ds = dcmread(incoming.path, stop_before_pixels=True)
             except Exception as exc:  # noqa: BLE001 - unparseable data set
@@ -62,15 +60,13 @@ class RouterSink:
                 return Status.CANNOT_UNDERSTAND
 
             def keep_received() -> str:
-                sealing.result()  # raises the write/fsync error (ENOSPC, EIO) if any
+                sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
                 return self.router.spool.adopt(incoming.path)
 
             return self.router.admit(req.sop_uid, req.calling, req.called, ds,
                                      keep_received=keep_received,
                                      read_received=incoming.path.read_bytes)
-        finally:
-            sealing.exception()  # never leave the fsync running on a file we delete
 
     def close(self) -> None:
         """Stop the fsync helpers (after the listener has stopped)."""
-        self._fsync.shutdown(wait=True)
+        self._sealer.close()
