@@ -109,18 +109,30 @@ class StreamingRequestor:
                                     f"{exc}") from exc
         raw = _HEADER.pack(kind, len(body)) + body
         if kind == pdu.A_ASSOCIATE_RJ:
-            rj = A_ASSOCIATE_RJ()
-            rj.decode(raw)
             sock.close()
-            raise AssociationFailed(f"association rejected by {called}@{host}:{port} "
-                                    f"(result {rj.result}, source {rj.source}, "
-                                    f"reason {rj.reason_diagnostic})")
+            rj = A_ASSOCIATE_RJ()
+            try:
+                rj.decode(raw)
+                why = f" (result {rj.result}, source {rj.source}, reason {rj.reason_diagnostic})"
+            except Exception:  # noqa: BLE001 - a rejection we cannot read is still one
+                why = ""
+            raise AssociationFailed(f"association rejected by {called}@{host}:{port}{why}")
         if kind != pdu.A_ASSOCIATE_AC:
             sock.close()
             raise AssociationFailed(f"association aborted by {called}@{host}:{port}")
         ac = A_ASSOCIATE_AC()
-        ac.decode(raw)
-        prim = ac.to_primitive()
+        try:
+            ac.decode(raw)
+            prim = ac.to_primitive()
+        except Exception as exc:  # noqa: BLE001 - a malformed A-ASSOCIATE-AC
+            sock.close()
+            raise AssociationFailed(f"association with {called}@{host}:{port} failed: "
+                                    f"malformed A-ASSOCIATE-AC ({exc})") from exc
+        if str(prim.application_context_name or "") != DICOM_APPLICATION_CONTEXT:
+            # pynetdicom decodes a truncated PDU into an empty one rather than failing
+            sock.close()
+            raise AssociationFailed(f"association with {called}@{host}:{port} failed: "
+                                    "malformed A-ASSOCIATE-AC (no DICOM application context)")
         by_id = {cx.context_id: str(cx.abstract_syntax) for cx in proposed}
         accepted: dict[tuple[str, str], int] = {}
         for cx in prim.presentation_context_definition_results_list:
