@@ -147,15 +147,17 @@ def _check_database_wiring(site: Site, r: Reporter) -> None:
         db = site.services.get(conn.service)
         if not isinstance(db, DatabaseService):
             continue  # reported by the reference checks
-        if conn.port != db.config.port:
-            if "port" in conn.model_fields_set:
-                r.add(where + ("port",), f"port {conn.port}, but database service "
-                      f"{conn.service!r} listens on {db.config.port}",
-                      hint=f"write port: {db.config.port}", code="port-mismatch")
-            else:
-                r.warn(where, f"port not set: {conn.port} would be used, but database service "
-                       f"{conn.service!r} listens on {db.config.port}",
-                       hint=f"add port: {db.config.port}", code="port-mismatch")
+        # an unset port is taken from the database service when the config is rendered
+        if "port" in conn.model_fields_set and conn.port != db.config.port:
+            r.add(where + ("port",), f"port {conn.port}, but database service "
+                  f"{conn.service!r} listens on {db.config.port}",
+                  hint=f"write port: {db.config.port} (or leave it out: it is taken from the "
+                       "database service)", code="port-mismatch")
+        if "user" in conn.model_fields_set and conn.user != db.config.user:
+            r.add(where + ("user",), f"user {conn.user!r}, but database service "
+                  f"{conn.service!r} creates role {db.config.user!r}",
+                  hint=f"write user: {db.config.user} (or leave it out: it is taken from "
+                       "the database service)", code="user-mismatch")
         if conn.database not in db.config.databases:
             r.add(where + ("database",) if "database" in conn.model_fields_set else where,
                   f"database {conn.database!r} is not one of the databases service "

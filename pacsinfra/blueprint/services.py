@@ -27,16 +27,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: a PostgreSQL role or database name pacsinfra creates: lower case, so it needs no quoting
+PG_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+PgName = Annotated[str, Field(pattern=PG_NAME)]
+#: names PostgreSQL itself owns: creating them would be a no-op owned by someone else
+RESERVED_PG_NAMES = frozenset({"postgres", "template0", "template1"})
+
+
 class DatabaseConfig(_Strict):
-    """A PostgreSQL server for the archive index (and optionally the router queue)."""
+    """A PostgreSQL server for the archive index (and optionally the router queue).
+
+    On the ``local`` and ``static`` providers pacsinfra runs it from the target's own
+    PostgreSQL packages (``/usr/lib/postgresql/<version>/bin``): ``initdb`` of
+    ``data_dir`` when empty, ``postgresql.conf`` / ``pg_hba.conf`` written from this
+    model (SCRAM-SHA-256 on TCP), role ``user`` with ``password`` and the
+    ``databases`` it owns created idempotently. See docs/deploy.md.
+    """
 
     engine: Literal["postgresql"] = "postgresql"
     version: int = Field(15, ge=12, le=18)
     bind: str = "0.0.0.0"
     port: Port = 5432
     data_dir: str = "/var/lib/postgresql"
-    databases: list[str] = Field(default_factory=lambda: ["pacs"])
-    user: str = "pacs"
+    # The server's Unix socket (administration as the cluster's superuser, peer auth);
+    # default: the machine's run directory.
+    socket_dir: str | None = None
+    databases: list[PgName] = Field(default_factory=lambda: ["pacs"])
+    user: PgName = "pacs"
     password: SecretRef | None = None
     max_connections: int = Field(200, ge=10, le=10_000)
     shared_buffers: Size | None = None
@@ -49,6 +66,26 @@ class DatabaseConfig(_Strict):
         # "15" and 15.0 are what people write; the major version is what matters
         if isinstance(value, str) and value.strip().split(".")[0].isdigit():
             return int(value.strip().split(".")[0])
+        return value
+
+    @field_validator("databases")
+    @classmethod
+    def _databases(cls, value: list[str]) -> list[str]:
+        reserved = sorted(set(value) & RESERVED_PG_NAMES)
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: reserved by PostgreSQL; "
+                             "name the site's own databases")
+        dupes = sorted({d for d in value if value.count(d) > 1})
+        if dupes:
+            raise ValueError(f"duplicate databases: {', '.join(dupes)}")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if value in RESERVED_PG_NAMES:
+            raise ValueError(f"{value!r} is the cluster's superuser; the services' role "
+                             "must be another one (e.g. pacs)")
         return value
 
 

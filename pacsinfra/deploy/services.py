@@ -17,7 +17,12 @@ reached):
   resolved there;
 - a listener whose ``bind`` was not set binds 127.0.0.1 on the local provider (one box:
   nothing outside needs to reach it unless the blueprint says so) and the host's own
-  address on static hosts (the router and pacsinfra reach it there).
+  address on static hosts (the router and pacsinfra reach it there);
+- an archive ``index`` or a router ``queue`` naming a database service (``service:``)
+  gets that service's address, port, role (``user``) and password *reference*, and the
+  archive / router depends on the database (it starts after it, is removed before it);
+- a database's ``data_dir`` left at its default moves under the machine's data
+  directory, and its Unix socket goes to the machine's run directory.
 
 Secrets stay references (``{"env": ...}``): the config carries what the blueprint wrote.
 """
@@ -35,8 +40,11 @@ from pacsinfra.errors import PlanError
 #: drivers whose plans include the services (they install and run them themselves)
 SERVICE_DRIVERS = frozenset({"local", "static"})
 #: service kinds a driver can run today (the others are left to the deploy stage)
-RUNNABLE_KINDS = frozenset({"archive", "router"})
+RUNNABLE_KINDS = frozenset({"archive", "router", "database"})
 LOOPBACK = "127.0.0.1"
+WILDCARDS = ("", "0.0.0.0", "::")
+#: sun_path holds 108 bytes with the terminating NUL; PostgreSQL adds ``/.s.PGSQL.<port>``
+MAX_SOCKET_PATH = 107
 
 
 class HostLayout(Protocol):
@@ -119,6 +127,67 @@ def _target_host(svc_name: str, dest_name: str, target: str,
     return addresses.pop() if addresses else LOOPBACK
 
 
+def _database_host(where: str, target: str, db: Any,
+                   nodes: Mapping[str, Sequence[str]], layout: HostLayout) -> str:
+    """Where an index / queue reaches database service ``target``: its machine's address,
+    or the address it binds when the blueprint pinned a specific one."""
+    machines = list(nodes.get(target, ()))
+    if len(machines) > 1:
+        raise PlanError(
+            f"{where}: database service {target!r} runs on {len(machines)} machines; an index "
+            "or queue connects to one server: place the database on one machine, or give "
+            "host: and port: instead of service:")
+    bind = str(db.config.bind) if "bind" in db.config.model_fields_set else ""
+    if bind not in WILDCARDS:
+        return bind
+    return (layout.address(machines[0]) if machines else None) or LOOPBACK
+
+
+def _wire_database(site: Any, where: str, conn: Any, out: dict[str, Any],
+                   nodes: Mapping[str, Sequence[str]], layout: HostLayout) -> None:
+    """Resolve ``service:`` of an index / queue block ``out`` to the database's coordinates.
+
+    Host and port always come from the database service (checks report a pinned port that
+    differs); the role and the password *reference* do unless the blueprint set them.
+    """
+    db = site.services.get(conn.service) if conn.backend == "postgresql" and conn.service else None
+    if db is None or db.kind != "database":
+        return
+    given = conn.model_fields_set
+    out.pop("service", None)
+    out["host"] = _database_host(where, str(conn.service), db, nodes, layout)
+    if "port" not in given:
+        out["port"] = int(db.config.port)
+    if "user" not in given:
+        out["user"] = str(db.config.user)
+    if "password" not in given and db.config.password is not None:
+        out["password"] = _dump(db.config.password)
+
+
+def _socket_dir(svc_name: str, cfg: Any, given: set[str], base: PurePath) -> str:
+    """The database's Unix socket directory; PlanError when a given one would not fit.
+
+    The default is the machine's run directory; when that path is too long for a socket
+    (deep provider roots, long site names) a short per-machine directory under /tmp is
+    used instead (named by a hash of the long one, so it is stable across plans).
+    """
+    fits = lambda d: len(f"{d}/.s.PGSQL.{cfg.port}") <= MAX_SOCKET_PATH  # noqa: E731
+    if "socket_dir" not in given:
+        sock = str(base / "run" / f"pg-{svc_name}")
+        if fits(sock):
+            return sock
+        import hashlib
+
+        return f"/tmp/pacsinfra-pg-{hashlib.sha256(sock.encode()).hexdigest()[:16]}"
+    sock = _place(cfg.socket_dir, base / "run" / f"pg-{svc_name}", base)
+    if not fits(sock):
+        raise PlanError(
+            f"services.{svc_name}.config.socket_dir: the socket path under {sock} is longer "
+            f"than the {MAX_SOCKET_PATH} bytes a Unix socket path may have; set socket_dir "
+            "to a short directory (e.g. /run/pacsinfra-db) or use a shorter provider root")
+    return sock
+
+
 def render_config(
     site: Any,
     svc_name: str,
@@ -146,8 +215,15 @@ def render_config(
         web = data.get("dicomweb") or {}
         if web and "bind" not in cfg.dicomweb.model_fields_set:
             web["bind"] = bind
+        _wire_database(site, f"services.{svc_name}.config.index", cfg.index, data["index"],
+                       nodes or {}, layout)
+    elif svc.kind == "database":
+        data["data_dir"] = _place(cfg.data_dir if "data_dir" in given else None, ddir, mdir)
+        data["socket_dir"] = _socket_dir(svc_name, cfg, given, mdir)
     elif svc.kind == "router":
         data["spool_dir"] = _place(cfg.spool_dir if "spool_dir" in given else None, ddir, mdir)
+        _wire_database(site, f"services.{svc_name}.config.queue", cfg.queue, data["queue"],
+                       nodes or {}, layout)
         for dest_name, dest in cfg.destinations.items():
             target = site.services.get(dest.service) if dest.service else None
             if target is None:
@@ -179,6 +255,11 @@ def service_resources(
             for dest in svc.config.destinations.values():
                 if dest.service in instances:
                     targets.update(instances[dest.service])
+        # an index / queue on a database service: start after it, be removed before it
+        conn = (svc.config.index if svc.kind == "archive"
+                else svc.config.queue if svc.kind == "router" else None)
+        if conn is not None and conn.backend == "postgresql" and conn.service in instances:
+            targets.update(instances[conn.service])
         for i, (m_addr, m_name) in enumerate(hosts_of.get(svc_name, ())):
             config: dict[str, Any] = {}
             if svc.kind in RUNNABLE_KINDS:

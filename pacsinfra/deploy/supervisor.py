@@ -8,7 +8,8 @@ Semantics follow systemd's where they overlap:
   backoff_max)``; a child that stayed up ``reset_after`` seconds resets the count.
 - Start limit: more than ``start_limit_burst`` starts within ``start_limit_interval`` seconds
   puts the service in state ``failed`` (systemd's start-limit-hit) and the supervisor exits.
-- ``stop``: SIGTERM to the child's process group, SIGKILL after ``stop_timeout``.
+- ``stop``: ``stop_signal`` (SIGTERM unless the spec says otherwise) to the child's process
+  group, SIGKILL after ``stop_timeout``.
 
 Files in ``<run_dir>``: ``<name>.spec.json`` (what to run), ``<name>.lock`` (held by a live
 supervisor: the truth about "is it running", immune to stale pidfiles), ``<name>.pid``
@@ -65,6 +66,9 @@ class ServiceSpec:
     start_limit_burst: int = 10
     start_limit_interval: float = 60.0
     stop_timeout: float = 10.0
+    # What asks the child to stop: PostgreSQL's fast shutdown is SIGINT (its SIGTERM
+    # waits for every client to disconnect, which a connected archive never does).
+    stop_signal: str = "SIGTERM"
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
 
@@ -184,12 +188,13 @@ class _Daemon:
         proc = self.child
         if proc is None or proc.poll() is not None:
             return
+        sig = signal.Signals[self.spec.stop_signal]
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(self.spec.stop_timeout)
         except subprocess.TimeoutExpired:
-            self.log.note(f"pid {proc.pid} ignored SIGTERM for {self.spec.stop_timeout:g}s: SIGKILL")
+            self.log.note(f"pid {proc.pid} ignored {sig.name} for {self.spec.stop_timeout:g}s: SIGKILL")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

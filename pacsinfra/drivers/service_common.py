@@ -2,8 +2,10 @@
 
 The ``local`` driver (this box) and the ``static`` driver (existing hosts over SSH)
 carry out a :class:`~pacsinfra.drivers.base.ServiceSpec` the same way — rendered
-config file, the pacsinfra supervisor, a C-ECHO health check — and differ only in
-where the files and processes live. The parts that do not depend on *where* are here.
+config file, the pacsinfra supervisor, a C-ECHO health check (for a ``database``:
+PostgreSQL from the target's packages, :mod:`pacsinfra.deploy.postgres`, checked by
+``SELECT 1``) — and differ only in where the files and processes live. The parts that
+do not depend on *where* are here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pacsinfra.deploy.postgres import PgServer
 from pacsinfra.deploy.supervisor import ServiceStatus
 from pacsinfra.drivers.base import (
     ChangeKind,
@@ -27,7 +30,7 @@ from pacsinfra.drivers.base import (
 from pacsinfra.errors import DeployError, ServiceCheckError
 
 #: service kinds a driver can run today
-RUNNABLE = ("archive", "router")
+RUNNABLE = ("archive", "router", "database")
 #: fields that identify a service: changing them means another service, not a new config
 SERVICE_IDENTITY = frozenset({"name", "service", "kind", "machine"})
 VERIFICATION = "1.2.840.10008.1.1"
@@ -46,11 +49,32 @@ def classify(spec: Spec, field_name: str) -> ChangeKind:
 
 
 def check_runnable(spec: Spec, driver: str) -> list[str]:
-    """A plan-time problem when ``spec`` is a service kind the drivers cannot run yet."""
-    if isinstance(spec, ServiceSpec) and spec.kind not in RUNNABLE:
+    """Plan-time problems: a service kind the drivers cannot run yet, or a database setting
+    they cannot carry out."""
+    if not isinstance(spec, ServiceSpec):
+        return []
+    if spec.kind not in RUNNABLE:
         return [f"{spec.address}: the {driver} driver cannot run a {spec.kind} service yet "
                 f"(it runs {', '.join(RUNNABLE)})"]
+    if spec.kind == "database":
+        return _check_database(spec, driver)
     return []
+
+
+def _check_database(spec: ServiceSpec, driver: str) -> list[str]:
+    cfg = spec.config
+    where = f"{spec.address} (services.{spec.service}.config"
+    out = []
+    if not cfg.get("password"):
+        out.append(f"{where}.password): the services' role needs a password to log in over "
+                   "TCP (SCRAM-SHA-256): set password: {env: PACS_DB_PASSWORD} or {file: ...}")
+    if (cfg.get("tls") or {}).get("enabled"):
+        out.append(f"{where}.tls): TLS for PostgreSQL is not supported by the {driver} "
+                   "driver yet; leave tls disabled")
+    if cfg.get("replica_of"):
+        out.append(f"{where}.replica_of): streaming replicas are not supported by the "
+                   f"{driver} driver yet")
+    return out
 
 
 def machine_name_of(spec: ServiceSpec, fallback: dict[str, str] | None = None) -> str:
@@ -94,6 +118,31 @@ def parse_config(text: str | None) -> dict[str, Any] | None:
     except yaml.YAMLError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def env_secrets(config: Any) -> dict[str, str]:
+    """``{VAR: value}`` for every ``{"env": VAR}`` secret reference in a rendered config.
+
+    For a process on another machine, which does not inherit the admin's environment:
+    the values go only into the supervisor's spec (mode 0600), never into the config.
+    """
+    from pacsinfra.secrets import SecretRef
+
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if set(node) == {"env"} and isinstance(node["env"], str):
+                found[node["env"]] = SecretRef(env=node["env"]).resolve()
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dict(config))
+    return found
 
 
 def serve_argv(python: str, spec: ServiceSpec, config_path: str) -> list[str]:
@@ -197,6 +246,8 @@ class ServiceRunner(abc.ABC):
     """What the drivers do with one service, wherever it runs; subclasses say where."""
 
     spec: ServiceSpec
+    #: a ``database`` service's PostgreSQL cluster (None for the DICOM services)
+    database: PgServer | None = None
 
     @abc.abstractmethod
     def write_config(self) -> None:
@@ -243,10 +294,16 @@ class ServiceRunner(abc.ABC):
         self.stop()
         self.start()
 
+    def prepare(self) -> None:
+        """What must exist before the process starts (a database: binaries, cluster, conf)."""
+        if self.database is not None:
+            self.database.prepare()
+
     def deploy(self, *, restart: bool, health_timeout: float) -> None:
         """Write the config, (re)start the process, check its health; stop it if unhealthy."""
         self.write_config()
         try:
+            self.prepare()
             if restart:
                 self.restart()
             else:

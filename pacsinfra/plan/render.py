@@ -143,6 +143,11 @@ def spec_summary(spec: Spec | None) -> list[str]:
         where = f"{cfg.get('bind', '0.0.0.0')}:{cfg.get('port')}"
         return [f"{getattr(spec, 'kind', '')} {cfg['ae_title']} on {where}, "
                 f"on {getattr(spec, 'machine', '')}"]
+    if isinstance(cfg, Mapping) and getattr(spec, "kind", "") == "database":
+        where = f"{cfg.get('bind', '0.0.0.0')}:{cfg.get('port')}"
+        dbs = ", ".join(str(d) for d in cfg.get("databases", ()))
+        return [f"PostgreSQL {cfg.get('version')} on {where}, role {cfg.get('user')}, "
+                f"databases {dbs}, on {getattr(spec, 'machine', '')}"]
     return []
 
 

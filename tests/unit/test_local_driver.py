@@ -75,8 +75,8 @@ def test_other_drivers_get_no_service_resources() -> None:
 
 
 def test_check_refuses_kinds_it_cannot_run(root: Path) -> None:
-    spec = ServiceSpec(address="service.db[0]", name="s-pacs-1-db", service="db",
-                       kind="database", machine="machine.pacs[0]")
+    spec = ServiceSpec(address="service.v[0]", name="s-pacs-1-v", service="v",
+                       kind="viewer", machine="machine.pacs[0]")
     assert LocalDriver(None).check(spec) and not LocalDriver(None).check(
         ServiceSpec(address="service.a[0]", name="s-pacs-1-a", service="a", kind="archive",
                     machine="machine.pacs[0]"))

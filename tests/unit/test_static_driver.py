@@ -98,9 +98,12 @@ def test_check_and_classify() -> None:
     assert drv.check(m) == []
     other = MachineSpec(**{**m.__dict__, "name": "s-pacs-2", "address": "machine.pacs[1]"})
     assert "no host in provider.static.hosts" in drv.check(other)[0]
+    viewer = ServiceSpec(address="service.v[0]", name="s-pacs-1-v", service="v", kind="viewer",
+                         machine="machine.pacs[0]")
+    assert "cannot run a viewer service" in drv.check(viewer)[0]
     db = ServiceSpec(address="service.db[0]", name="s-pacs-1-db", service="db", kind="database",
                      machine="machine.pacs[0]")
-    assert "cannot run a database service" in drv.check(db)[0]
+    assert "needs a password" in drv.check(db)[0]
     svc = ServiceSpec(address="service.a[0]", name="s-pacs-1-a", service="a", kind="archive",
                       machine="machine.pacs[0]", host="10.0.0.5")
     assert drv.classify(svc, "config") == ChangeKind.IN_PLACE

@@ -4,6 +4,10 @@ A service's process is ``python -m pacsinfra <kind> serve --config <config.yaml>
 under :mod:`pacsinfra.deploy.supervisor` (restart on failure, logs, a lock that tells
 whether it runs). Health is a C-ECHO to the service's DICOM port, retried until a
 deadline; a service that does not answer fails with the end of its log.
+
+A ``database`` service is PostgreSQL from this machine's packages instead
+(:class:`~pacsinfra.deploy.postgres.PgServer` through a local transport): the same
+supervisor runs the postmaster, health is ``SELECT 1`` as the services' role.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pacsinfra.deploy import supervisor
+from pacsinfra.deploy.local import LocalTransport
+from pacsinfra.deploy.postgres import PgServer
 from pacsinfra.drivers import service_common as common
 from pacsinfra.drivers.base import ServiceSpec
 from pacsinfra.drivers.local import paths
@@ -29,6 +35,8 @@ class ServiceProcess(common.ServiceRunner):
         self.mark_path = self.dir / "service.json"
         self.run_dir = paths.run_dir(root, site, machine_name)
         self.cwd = paths.machine_dir(root, site, machine_name)
+        if spec.kind == "database":
+            self.database = PgServer(LocalTransport(machine_name), spec.name, spec.config)
 
     # -- files ------------------------------------------------------------------------
     def write_config(self) -> None:
@@ -45,13 +53,14 @@ class ServiceProcess(common.ServiceRunner):
     # -- process ----------------------------------------------------------------------
     def supervised(self) -> supervisor.ServiceSpec:
         """What the supervisor runs for this service."""
-        return supervisor.ServiceSpec(
+        spec = supervisor.ServiceSpec(
             name=self.spec.service,
             argv=common.serve_argv(sys.executable, self.spec, str(self.config_path)),
             run_dir=str(self.run_dir),
             cwd=str(self.cwd),
             stop_timeout=30.0,
         )
+        return self.database.supervised(spec) if self.database is not None else spec
 
     def status(self) -> supervisor.ServiceStatus:
         return supervisor.read_status(self.run_dir, self.spec.service)
@@ -77,7 +86,12 @@ class ServiceProcess(common.ServiceRunner):
         return common.endpoint(self.spec.config)
 
     def check_health(self, timeout: float = 60.0) -> float:
-        """C-ECHO until it succeeds; returns the seconds it took. Raises ServiceCheckError."""
+        """C-ECHO (a database: SELECT 1) until it succeeds; returns the seconds it took.
+        Raises ServiceCheckError."""
+        log_where = str(self.run_dir / (self.spec.service + ".log"))
+        if self.database is not None:
+            return self.database.wait_healthy(self.status, self.log_tail, log_where=log_where,
+                                              timeout=timeout)
         return common.wait_healthy(
             self.spec.name, self.endpoint(), self.status, self.log_tail,
-            log_where=str(self.run_dir / (self.spec.service + ".log")), timeout=timeout)
+            log_where=log_where, timeout=timeout)

@@ -4,13 +4,22 @@ The process is ``<root>/venv/bin/python -m pacsinfra <kind> serve --config
 <root>/services/<svc>/config.yaml`` under the pacsinfra supervisor on the host, driven
 through SSH (:class:`~pacsinfra.deploy.supervisor.Supervised`). Health is a C-ECHO from
 the pacsinfra machine to the host's address and the service's port.
+
+A ``database`` service is the host's own PostgreSQL
+(:class:`~pacsinfra.deploy.postgres.PgServer`, its commands run over the same SSH
+session), supervised the same way; health is ``SELECT 1`` from the pacsinfra machine.
+Secrets named by ``env`` references in a rendered config are resolved here and handed
+to the process in the supervisor's spec (0600 on the host, like a systemd
+``EnvironmentFile``): the host's login shell does not have the admin's environment.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pacsinfra.deploy import supervisor
+from pacsinfra.deploy.postgres import PgServer
 from pacsinfra.drivers import service_common as common
 from pacsinfra.drivers.base import ServiceSpec
 from pacsinfra.drivers.static.remote import HostSession
@@ -38,6 +47,9 @@ class RemoteService(common.ServiceRunner):
             ),
             python=host.venv_python,
         )
+        if spec.kind == "database":
+            self.database = PgServer(_LazyTransport(session), spec.name, spec.config,
+                                     host=host.address)
 
     # -- files ------------------------------------------------------------------------
     def write_config(self) -> None:
@@ -62,6 +74,9 @@ class RemoteService(common.ServiceRunner):
         return self._supervised.status()
 
     def _supervisor_start(self) -> supervisor.ServiceStatus:
+        base = replace(self._supervised.spec, env=common.env_secrets(self.spec.config))
+        self._supervised.spec = (self.database.supervised(base) if self.database is not None
+                                 else base)
         return self._supervised.start()
 
     def stop(self) -> None:
@@ -81,9 +96,13 @@ class RemoteService(common.ServiceRunner):
 
     def check_health(self, timeout: float = 60.0) -> float:
         host = self.session.settings
+        log_where = f"{host.machine}:{host.run_dir}/{self.spec.service}.log"
+        if self.database is not None:
+            return self.database.wait_healthy(self.status, self.log_tail, log_where=log_where,
+                                              timeout=timeout)
         return common.wait_healthy(
             self.spec.name, self.endpoint(), self.status, self.log_tail,
-            log_where=f"{host.machine}:{host.run_dir}/{self.spec.service}.log", timeout=timeout)
+            log_where=log_where, timeout=timeout)
 
 
 class _LazyTransport:
