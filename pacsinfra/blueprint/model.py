@@ -53,6 +53,7 @@ class KvmProvider(_Strict):
     seed_pool: str | None = None
     pool_root: str | None = None
     shutdown_timeout: float | None = Field(None, gt=0, le=3600)
+    console_log: str | None = None  # directory: the serial console also goes to <name>.console.log
 
 
 class VsphereProvider(_Strict):
@@ -177,6 +178,10 @@ class KvmImage(_Strict):
     format: Literal["qcow2", "raw"] | None = None
     volume: str | None = None
     pool: str | None = None
+    # direct kernel boot (files on the KVM host); with no path/volume the disk starts blank
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> KvmImage:
@@ -184,8 +189,10 @@ class KvmImage(_Strict):
             raise ValueError("a kvm image is either 'path' or 'volume' (+ 'pool'), not both")
         if self.volume and not self.pool:
             raise ValueError("a kvm image 'volume' needs its 'pool'")
-        if not (self.path or self.volume):
-            raise ValueError("a kvm image needs 'path' or 'volume' + 'pool'")
+        if not (self.path or self.volume or self.kernel):
+            raise ValueError("a kvm image needs 'path', 'volume' + 'pool', or 'kernel'")
+        if (self.initrd or self.cmdline) and not self.kernel:
+            raise ValueError("a kvm image 'initrd' or 'cmdline' needs its 'kernel'")
         return self
 
 

@@ -24,9 +24,13 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="the report as JSON")
 @click.option("--receiver-ae", default="PXVERIFY", show_default=True,
               help="the archives' C-MOVE destination to receive on")
+@click.option("--receiver-bind", metavar="ADDRESS",
+              help="listen for the C-MOVE here instead of at the address the archives know "
+                   "(when a NAT is between them and this machine: e.g. 127.0.0.1 for a QEMU "
+                   "user-networking guest, which reaches it as 10.0.2.2)")
 @click.option("--wait", default=60.0, show_default=True, help="seconds to wait for arrival")
 def verify(blueprint: Path, overlay: str | None, state_path: Path | None, keep: bool,
-           as_json: bool, receiver_ae: str, wait: float) -> None:
+           as_json: bool, receiver_ae: str, receiver_bind: str | None, wait: float) -> None:
     """Store, find, move back and compare a synthetic study on an applied site."""
     from pacsinfra.verify.site import deployed_services, site_endpoints
     from pacsinfra.verify.smoke import SKIP, run_smoke
@@ -35,7 +39,7 @@ def verify(blueprint: Path, overlay: str | None, state_path: Path | None, keep: 
                                  fallback="python -m pacsinfra.verify smoke --entry AE@host:port")
     ep = site_endpoints(services, receiver_ae=receiver_ae)
     report = run_smoke(ep.entry, ep.archives, receiver_ae=ep.receiver.ae_title,
-                       receiver_host=ep.receiver.host, receiver_port=ep.receiver.port,
+                       receiver_host=receiver_bind or ep.receiver.host, receiver_port=ep.receiver.port,
                        wait_timeout=wait, deleters={} if keep else ep.deleters)
     if keep:
         for step in report.steps:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import need, need_binary, need_module
+from support.qemu_embed import QEMU_CONF, embed_root
 
 from pacsinfra.drivers.base import (
     ChangeKind,
@@ -33,35 +34,22 @@ from pacsinfra.drivers.base import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-QEMU_CONF = """\
-user = "root"
-group = "root"
-security_driver = "none"
-namespaces = []
-stdio_handler = "file"
-cgroup_controllers = ["cpu", "cpuacct"]
-"""
-
-
-# one root for the module: libvirt opens the embedded driver once per process and refuses
-# a second root in the same process, so the tests share it (each on its own site and pools)
+# one root for the process (support.qemu_embed): libvirt refuses a second embed root in
+# the same process, so these tests and test_kvm_guest_e2e share it (each on its own site)
 @pytest.fixture(scope="module")
 def embed_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     need_module("libvirt")
     need_binary("qemu-system-x86_64", "qemu-img")
     need(bool(shutil.which("genisoimage") or shutil.which("xorriso")), "genisoimage or xorriso")
     need(os.geteuid() == 0, "qemu:///embed with user=root needs root")
-    # a short path: QEMU's monitor socket lives under the root and sun_path is 108 bytes
-    root = Path(tmp_path_factory.mktemp("qe"))
-    (root / "etc").mkdir()
-    (root / "etc" / "qemu.conf").write_text(QEMU_CONF)
+    root = embed_root(tmp_path_factory)
     from pacsinfra.drivers.kvm import KvmDriver
 
     driver = KvmDriver({"uri": f"qemu:///embed?root={root}", "shutdown_timeout": 1})
     driver.connect()
     yield driver, root
-    # leave no QEMU behind whatever happened
-    for name in driver.lc.domain_names():
+    # leave no QEMU of this module behind whatever happened
+    for name in [n for n in driver.lc.domain_names() if n.startswith(("ci-", "cd-"))]:
         driver.lc.destroy_domain(name)
         driver.lc.undefine_domain(name)
     driver.close()

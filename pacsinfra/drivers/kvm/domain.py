@@ -15,6 +15,11 @@ spec it came from (the golden tests check exactly that). Mapping (see docs/drive
   default port group ``vlan-<id>``; recorded only on NAT/Linux-bridge networks, which
   cannot tag); ``ovs:NAME`` / ``bridge:NAME`` -> a host bridge directly, where ``ovs:``
   adds ``<virtualport type='openvswitch'/>`` and ``vlan`` -> ``<vlan><tag/>``.
+- ``user:<options>`` -> a QEMU user-mode NIC with port forwards, as ``<qemu:commandline>``
+  arguments (see :mod:`pacsinfra.drivers.kvm.usernet`).
+- image ``kernel`` / ``initrd`` / ``cmdline`` -> direct kernel boot (``<os><kernel>``...),
+  no firmware boot from the disk; ``console_log`` (a directory) -> the serial console
+  is also written to ``<dir>/<name>.console.log``.
 - vGPU -> ``count`` mdev hostdevs (vfio-pci) with stable UUIDs; passthrough -> PCI hostdev.
 
 Fields libvirt does not model (role, image, addresses for cloud-init, reservations
@@ -33,7 +38,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from pacsinfra.drivers.base import DiskSpec, GpuSpec, MachineSpec, NicSpec, Ownership
-from pacsinfra.drivers.kvm import templating
+from pacsinfra.drivers.kvm import templating, usernet
 from pacsinfra.drivers.kvm.xmlutil import intent_json, intent_of, owner_of, size_mib
 from pacsinfra.errors import CapabilityError
 
@@ -54,6 +59,7 @@ class DomainContext:
     seed: bool = True  # attach a NoCloud seed CD-ROM
     seed_pool: str | None = None  # pool for the seed when the machine has no disk
     cpuset: str | None = None  # host CPUs the vCPUs are pinned to
+    console_log: str | None = None  # directory for <name>.console.log (the serial console)
 
 
 def disk_volume_name(machine: str, disk: str) -> str:
@@ -226,7 +232,15 @@ def domain_inputs(spec: MachineSpec, ctx: DomainContext) -> dict[str, Any]:
         seed = disk_ref(pool, seed_volume_name(spec.name))
 
     nics = []
-    for nic, mac in zip(spec.nics, nic_macs(spec), strict=True):
+    user_nics: list[list[str]] = []
+    for i, (nic, mac) in enumerate(zip(spec.nics, nic_macs(spec), strict=True)):
+        if usernet.is_user(nic.network):
+            opts = usernet.options(nic.network)
+            if i >= usernet.MAX_NICS:
+                raise CapabilityError(f"{spec.address}: a user-mode NIC must be among the "
+                                      f"first {usernet.MAX_NICS} NICs")
+            user_nics.append(usernet.UserNic(i, mac, opts).args())
+            continue
         kind, source_name, ovs = _nic_target(nic.network)
         nics.append(
             {
@@ -253,9 +267,20 @@ def domain_inputs(spec: MachineSpec, ctx: DomainContext) -> dict[str, Any]:
         else:
             raise CapabilityError(f"{spec.address}: unknown GPU mode {spec.gpu.mode!r}")
 
+    boot = None
+    if spec.image.get("kernel"):
+        boot = {"kernel": str(spec.image["kernel"]), "initrd": spec.image.get("initrd"),
+                "cmdline": spec.image.get("cmdline")}
+    elif spec.image.get("initrd") or spec.image.get("cmdline"):
+        raise CapabilityError(f"{spec.address}: image initrd/cmdline need a kernel")
+    console_log = f"{ctx.console_log.rstrip('/')}/{spec.name}.console.log" if ctx.console_log else None
+
     return {
         "type": ctx.domain_type,
         "name": spec.name,
+        "boot": boot,
+        "user_nics": user_nics,
+        "console_log": console_log,
         "intent": intent_json(_intent(spec)),
         "memory_kib": spec.memory_mib * 1024,
         "locked": spec.memory_lock,
@@ -361,6 +386,13 @@ def domain_facts(xml: str) -> DomainFacts:
     )
 
 
+def _user_nic(nic: usernet.UserNic, intent_nics: list[dict[str, Any]]) -> NicSpec:
+    recorded = intent_nics[nic.index] if nic.index < len(intent_nics) else {}
+    return NicSpec(network=usernet.PREFIX + nic.options, address=recorded.get("address"),
+                   prefix=recorded.get("prefix"), gateway=recorded.get("gateway"),
+                   vlan=recorded.get("vlan"), mac=nic.mac or None)
+
+
 def parse_domain(
     facts: DomainFacts,
     *,
@@ -422,8 +454,16 @@ def parse_domain(
         )
 
     intent_nics = [n for n in intent.get("nics", []) if isinstance(n, dict)]
+    user_nics = {u.index: u for u in usernet.parse_args(
+        [a.get("value", "") for a in root.findall(f"{{{usernet.QEMU_NS}}}commandline/"
+                                                   f"{{{usernet.QEMU_NS}}}arg")])}
     nics = []
-    for i, el in enumerate(root.findall("devices/interface")):
+    i = -1
+    for el in root.findall("devices/interface"):
+        i += 1
+        while i in user_nics:  # user-mode NICs keep their place among the others
+            nics.append(_user_nic(user_nics.pop(i), intent_nics))
+            i += 1
         kind = el.get("type", "")
         src = el.find("source")
         if kind == "network":
@@ -451,6 +491,8 @@ def parse_domain(
                 mac=mac_el.get("address", "").lower() if mac_el is not None else None,
             )
         )
+
+    nics.extend(_user_nic(u, intent_nics) for _, u in sorted(user_nics.items()))
 
     gpu: GpuSpec | None = None
     recorded_gpu = intent.get("gpu") if isinstance(intent.get("gpu"), dict) else None

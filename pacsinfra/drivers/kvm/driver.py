@@ -161,6 +161,7 @@ class KvmDriver(Driver):
             seed=bool(setting(self.config, "cloud_init", True)),
             seed_pool=setting(self.config, "seed_pool"),
             cpuset=str(cpuset) if cpuset else None,
+            console_log=setting(self.config, "console_log"),
         )
 
     def pool_root(self) -> str:

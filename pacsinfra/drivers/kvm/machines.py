@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pacsinfra.drivers.base import ChangeKind, MachineSpec, Observed, Ownership, PowerState
-from pacsinfra.drivers.kvm import cloudinit
+from pacsinfra.drivers.kvm import cloudinit, usernet
 from pacsinfra.drivers.kvm import domain as dom
 from pacsinfra.drivers.kvm import pool as pool_mod
 from pacsinfra.errors import AlreadyExists, CapabilityError, DriverError, NotFound, TaskFailed
@@ -41,7 +41,12 @@ def check_machine(spec: MachineSpec, *, embed: bool = False) -> list[str]:
                 f"{spec.address}: VLAN {nic.vlan} on Linux bridge {nic.network[7:]} is not "
                 "supported by libvirt; use an Open vSwitch bridge (ovs:NAME) or an OVS network"
             )
-        if embed and not nic.network.startswith(("bridge:", "ovs:")):
+        if usernet.is_user(nic.network):
+            try:
+                usernet.options(nic.network)
+            except CapabilityError as exc:
+                out.append(f"{spec.address}: {exc}")
+        elif embed and not nic.network.startswith(("bridge:", "ovs:")):
             out.append(f"{spec.address}: qemu:///embed has no libvirt networks ({nic.network})")
     if spec.gpu is not None:
         if spec.gpu.mode == "vgpu" and not spec.gpu.profile:
@@ -140,7 +145,7 @@ def _validate_references(driver: KvmDriver, spec: MachineSpec, seed_pool: str | 
         if not lc.storage.pool_exists(pool):
             missing.append(f"storage pool {pool}")
     for nic in spec.nics:
-        if nic.network.startswith(("bridge:", "ovs:")):
+        if nic.network.startswith(("bridge:", "ovs:", usernet.PREFIX)):
             continue
         if lc.network_xml(nic.network) is None:
             missing.append(f"network {nic.network}")
@@ -149,6 +154,11 @@ def _validate_references(driver: KvmDriver, spec: MachineSpec, seed_pool: str | 
         missing.append(f"image volume {clone[1]} in pool {clone[0]}")
     if backing is not None and lc.storage.uses_files and not os.path.exists(backing[0]):
         missing.append(f"image file {backing[0]}")
+    for boot_file in ("kernel", "initrd"):
+        # on embed QEMU runs here: a missing file is seen now rather than at start
+        path = spec.image.get(boot_file)
+        if path and lc.storage.uses_files and not os.path.exists(str(path)):
+            missing.append(f"{boot_file} file {path}")
     if missing:
         raise NotFound(f"kvm: {spec.address} refers to what does not exist: {', '.join(missing)}")
 
@@ -307,7 +317,7 @@ def _start_networks(driver: KvmDriver, spec: MachineSpec, owner: Ownership) -> N
     but stopped; the next plan adopts it as is, and the domain would not start.
     """
     for nic in spec.nics:
-        if nic.network.startswith(("bridge:", "ovs:")):
+        if nic.network.startswith(("bridge:", "ovs:", usernet.PREFIX)):
             continue
         found = driver.read_network(nic.network)
         ours = found is not None and found.owner is not None and found.owner.site == owner.site

@@ -144,9 +144,10 @@ def image_source(
     """(backing (path, format), clone (pool, volume)) for a MachineSpec.image mapping.
 
     ``{path: P}`` becomes a qcow2 overlay on P (``format`` defaults to qcow2);
-    ``{volume: V, pool: P}`` a full copy of that volume; ``{}`` a blank disk.
+    ``{volume: V, pool: P}`` a full copy of that volume; ``{}`` a blank disk, and so
+    is an image that is only a ``kernel`` (+ ``initrd``) booted directly.
     """
-    if not image:
+    if not image or (image.get("kernel") and not (image.get("path") or image.get("volume"))):
         return None, None
     if image.get("path"):
         return (str(image["path"]), str(image.get("format", "qcow2"))), None
