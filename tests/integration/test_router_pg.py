@@ -75,6 +75,40 @@ def test_router_on_postgresql(postgres: PgCluster, tmp_path: Path) -> None:  # n
         dest.stop()
 
 
+def test_router_survives_a_database_restart(postgres: PgCluster, tmp_path: Path) -> None:  # noqa: F811
+    """The server drops every session of the router (what a restart or a failover does):
+    at most the store that meets the dead session is refused (0xA700, never acknowledged),
+    then the router reconnects, and everything acknowledged is delivered."""
+    need_module("psycopg")
+    import psycopg
+
+    _reset(postgres)
+    dest = StatusSCP(0, "DEST")
+    router = Router(tmp_path / "router", {
+        "destinations": {"d": dest.dest()},
+        "rules": [{"name": "all", "forward": ["d"]}],
+        "queue": {"backend": "postgresql", "host": postgres.host, "port": postgres.port,
+                  "database": postgres.database, "user": postgres.user},
+    })
+    router.start()
+    try:
+        assert set(send(router.port, [instance() for _ in range(3)]).values()) == {0}
+        wait_for(lambda: len(dest.received) == 3, 30, "first deliveries")
+        with psycopg.connect(postgres.dsn(), autocommit=True) as c:
+            killed = c.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+        assert killed and killed[0] >= 1
+        statuses = send(router.port, [instance() for _ in range(6)])
+        refused = [s for s in statuses.values() if s != 0]
+        assert len(refused) <= 1 and set(refused) <= {0xA700}, statuses
+        acked = sum(1 for s in statuses.values() if s == 0)
+        wait_for(lambda: len(dest.received) == 3 + acked, 30, "deliveries after the restart")
+    finally:
+        router.stop()
+        dest.stop()
+
+
 def test_two_routers_share_one_queue_and_keep_study_order(postgres: PgCluster,  # noqa: F811
                                                          tmp_path: Path) -> None:
     need_module("psycopg")

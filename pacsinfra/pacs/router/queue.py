@@ -23,6 +23,7 @@ backends differ only in connection handling and placeholder style (:class:`_Back
 from __future__ import annotations
 
 import abc
+import contextlib
 import sqlite3
 import threading
 import time
@@ -159,24 +160,38 @@ class _Postgres(_Backend):
     def __init__(self, dsn: str) -> None:
         import psycopg
 
-        self.conn = psycopg.connect(dsn, autocommit=False)
+        self._dsn = dsn
+        self._connect = lambda: psycopg.connect(dsn, autocommit=False)
+        self.conn = self._connect()
         self.lock = threading.RLock()
         with self.tx() as cur:
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(pk="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION"))
 
+    def _live(self) -> Any:
+        """The connection, opened again if the server dropped it (a restart, a failover):
+        the transaction that saw it break failed; the next one runs on a new session.
+        Advisory locks died with the old session, as the server releases them."""
+        if self.conn.closed or self.conn.broken:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = self._connect()
+        return self.conn
+
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[Any]:
         with self.lock:
-            cur = self.conn.cursor()
+            conn = self._live()
+            cur = conn.cursor()
             try:
                 if not durable:
                     cur.execute("SET LOCAL synchronous_commit = off")
                 yield _PgCursor(cur)
             except BaseException:
-                self.conn.rollback()
+                with contextlib.suppress(Exception):  # a dead connection cannot roll back
+                    conn.rollback()
                 raise
-            self.conn.commit()
+            conn.commit()
 
     def close(self) -> None:
         with self.lock:
