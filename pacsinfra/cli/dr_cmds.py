@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+
+S3_ENDPOINT = click.option(
+    "--s3-endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL",
+    help="S3-compatible endpoint for s3:// locations (credentials: the usual AWS_* "
+         "environment, never the command line)")
 
 
 @click.command()
 @click.option("--archive-config", "config", type=click.Path(path_type=Path),
               help="the archive's config file (ArchiveConfig)")
 @click.option("--data", type=click.Path(path_type=Path), help="data directory (quick-form archive)")
-@click.option("--to", "to", required=True, type=click.Path(path_type=Path),
-              help="new directory for the backup (must not exist)")
+@click.option("--to", "to", required=True, metavar="DIR|s3://BUCKET/PREFIX",
+              help="new directory (must not exist) or empty S3 prefix for the backup")
 @click.option("--copy", "force_copy", is_flag=True,
               help="always copy files (default: hard-link when on the same filesystem)")
 @click.option("--json", "as_json", is_flag=True, help="print backup.json")
-def backup(config: Path | None, data: Path | None, to: Path, force_copy: bool,
-           as_json: bool) -> None:
+@S3_ENDPOINT
+def backup(config: Path | None, data: Path | None, to: str, force_copy: bool,
+           as_json: bool, s3_endpoint: str | None) -> None:
     """Back up a running archive: index snapshot, verified files, manifest."""
     from pacsinfra.cli.archive_cmds import load_config
+    from pacsinfra.dr import s3
     from pacsinfra.dr.backup import run_backup
     from pacsinfra.errors import UsageError
     from pacsinfra.pacs.archive.config import ArchiveConfig
@@ -29,27 +40,61 @@ def backup(config: Path | None, data: Path | None, to: Path, force_copy: bool,
         raise UsageError("give --archive-config FILE or --data DIR")
     cfg = load_config(config, None, None, data, (), None)
     assert isinstance(cfg, ArchiveConfig)
-    s = run_backup(cfg, to, allow_link=not force_copy)
-    if as_json:
-        click.echo(json.dumps(s.to_dict(), indent=2))
+    remote = s3.parse(to)
+    if remote is None:
+        summary = run_backup(cfg, Path(to), allow_link=not force_copy)
     else:
-        click.echo(f"backup {s.path}: {s.studies} studies, {s.instances} instances, "
-                   f"{s.bytes} bytes ({s.linked} linked, {s.copied} copied) "
-                   f"in {s.finished_at - s.started_at:.1f}s")
+        client = s3.client(s3_endpoint)
+        # staged beside the archive's data (same filesystem: hard links, no second copy)
+        near = Path(cfg.data_dir).resolve().parent
+        staging = Path(tempfile.mkdtemp(prefix=".pacsinfra-s3-staging-", dir=near))
+        try:
+            summary = run_backup(cfg, staging / "backup", allow_link=not force_copy,
+                                 record_as=str(remote))
+            s3.upload(staging / "backup", remote, client)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        click.echo(f"backup {summary.path}: {summary.studies} studies, {summary.instances} "
+                   f"instances, {summary.bytes} bytes ({summary.linked} linked, "
+                   f"{summary.copied} copied) in {summary.finished_at - summary.started_at:.1f}s")
 
 
 @click.command()
-@click.option("--from", "source", required=True, type=click.Path(path_type=Path),
-              help="a backup directory made by pacsinfra backup")
+@click.option("--from", "source", required=True, metavar="DIR|s3://BUCKET/PREFIX",
+              help="a backup made by pacsinfra backup")
 @click.option("--data", "target", required=True, type=click.Path(path_type=Path),
               help="new or empty archive data directory")
-def restore(source: Path, target: Path) -> None:
+@S3_ENDPOINT
+def restore(source: str, target: Path, s3_endpoint: str | None) -> None:
     """Restore a backup into an empty archive data directory, verifying every checksum."""
     from pacsinfra.dr.restore import run_restore
 
-    s = run_restore(source, target)
+    with _local_backup(source, s3_endpoint, near=target.resolve().parent) as local:
+        s = run_restore(local, target)
     click.echo(f"restored {s.studies} studies, {s.instances} instances, {s.bytes} bytes "
                f"into {s.target} (tiers: {', '.join(s.tiers) or 'none'})")
+
+
+@contextmanager
+def _local_backup(source: str, s3_endpoint: str | None, *, near: Path,
+                  newest: bool = False) -> Iterator[Path]:
+    """A backup on disk: ``source`` itself, or a downloaded copy of an S3 one (``newest``:
+    ``source`` may hold several; take the newest complete one)."""
+    from pacsinfra.dr import s3
+    from pacsinfra.dr.rebuild import latest_backup
+
+    remote = s3.parse(source)
+    if remote is None:
+        yield latest_backup(Path(source)) if newest else Path(source)
+        return
+    client = s3.client(s3_endpoint)
+    if newest:
+        remote = s3.latest(remote, client)
+    with s3.Staged(remote, client, near) as local:
+        yield local
 
 
 @click.group()
@@ -60,23 +105,37 @@ def dr() -> None:
 @dr.command()
 @click.argument("blueprint", type=click.Path(path_type=Path))
 @click.option("--site", "overlay", required=True, help="overlay (sites.NAME) of the site to build")
-@click.option("--from", "source", required=True, type=click.Path(path_type=Path),
-              help="a backup, or a directory of backups (the newest complete one is used)")
+@click.option("--from", "source", required=True, metavar="DIR|s3://BUCKET/PREFIX",
+              help="a backup, or a directory / S3 prefix of backups (the newest complete "
+                   "one is used)")
 @click.option("--state", "state_path", type=click.Path(), help="state file of the rebuilt site")
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True)
 @click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
               help="run `pacsinfra verify` on the rebuilt site")
-def rebuild(blueprint: Path, overlay: str, source: Path, state_path: str | None,
-            auto_approve: bool, parallelism: int, run_verify: bool) -> None:
+@S3_ENDPOINT
+def rebuild(blueprint: Path, overlay: str, source: str, state_path: str | None,
+            auto_approve: bool, parallelism: int, run_verify: bool,
+            s3_endpoint: str | None) -> None:
     """Restore the archives from a backup, build the site, count every study, verify."""
+    with _local_backup(source, s3_endpoint, near=blueprint.resolve().parent,
+                       newest=True) as backup_dir:
+        _rebuild(blueprint, overlay, backup_dir, state_path, auto_approve, parallelism)
+    if run_verify:
+        from pacsinfra.cli.verify_cmds import verify
+
+        click.get_current_context().invoke(verify, blueprint=blueprint, overlay=overlay,
+                                           state_path=Path(state_path) if state_path else None)
+
+
+def _rebuild(blueprint: Path, overlay: str, backup_dir: Path, state_path: str | None,
+             auto_approve: bool, parallelism: int) -> None:
     from pacsinfra.apply.events import make_sink
     from pacsinfra.cli.engine_cmds import _confirm, _engine, _load, _print_warnings, _run_apply
     from pacsinfra.dr import rebuild as rb
     from pacsinfra.pacs.config_common import Peer
     from pacsinfra.plan.render import render_plan
 
-    backup_dir = rb.latest_backup(source)
     contents = rb.read_contents(backup_dir)
     click.echo(f"backup {backup_dir}: {contents.studies} studies, "
                f"{sum(contents.instances_per_study.values())} instances")
@@ -103,8 +162,3 @@ def rebuild(blueprint: Path, overlay: str, source: Path, state_path: str | None,
                    + (f"; {len(check.short)} with fewer instances" if check.short else ""))
     if not all(c.ok for c in checks):
         raise rb.RebuildError("the rebuilt site does not hold every study of the backup")
-    if run_verify:
-        from pacsinfra.cli.verify_cmds import verify
-
-        click.get_current_context().invoke(verify, blueprint=blueprint, overlay=overlay,
-                                           state_path=Path(state_path) if state_path else None)

@@ -220,8 +220,10 @@ def _place(src: Path, dst: Path, allow_link: bool) -> bool:
     return False
 
 
-def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True) -> BackupSummary:
-    """Back up the archive ``cfg`` describes into the new directory ``to``."""
+def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True,
+               record_as: str | None = None) -> BackupSummary:
+    """Back up the archive ``cfg`` describes into the new directory ``to``
+    (``record_as``: the location ``backup.json`` names, when ``to`` is only staging)."""
     live_index = (sqlite_index_path(cfg) if cfg.index.backend == "sqlite"
                   else f"postgresql://{cfg.index.host}:{cfg.index.port}/{cfg.index.database}")
     non_fs = [t.name for t in cfg.tiers if t.kind != "filesystem"]
@@ -281,7 +283,7 @@ def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True) -> Back
         # Every entry durable before the summary exists: backup.json marks completeness.
         fsync_tree(tmp)
         summary = BackupSummary(
-            path=str(to), started_at=started, finished_at=time.time(),
+            path=record_as or str(to), started_at=started, finished_at=time.time(),
             source_ae=f"{cfg.ae_title}@{socket.gethostname()}:{cfg.port}",
             source_data_dir=str(data), studies=len({r[1] for r in rows}),
             instances=len(rows), bytes=total, linked=linked, copied=copied)
