@@ -52,9 +52,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             try:
                 boto3.client("s3", endpoint_url=url, **_boto_creds()).list_buckets()
                 break
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"S3 server did not start: {log.read_text()[-2000:]}")
+                    raise RuntimeError(f"S3 server did not start: {log.read_text()[-2000:]}"
+                                       ) from exc
                 time.sleep(0.2)
         boto3.client("s3", endpoint_url=url, **_boto_creds()).create_bucket(Bucket="pacs")
         yield url
