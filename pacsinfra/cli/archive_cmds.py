@@ -109,12 +109,12 @@ def lifecycle(config: Path) -> None:
     from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.index import Index
     from pacsinfra.pacs.archive.lifecycle import run_lifecycle
-    from pacsinfra.pacs.archive.storage import Tier
+    from pacsinfra.pacs.archive.objects import open_tiers
 
     cfg = load_config(config, None, None, None, (), None)
     assert isinstance(cfg, ArchiveConfig)
     data = Path(cfg.data_dir)
-    tiers = {t.name: Tier.from_config(t, data) for t in cfg.tiers if t.kind == "filesystem"}
+    tiers = open_tiers(cfg.tiers, data)
     index = Index(open_database(cfg.index, data))
     audit = _audit(cfg)
     try:
@@ -155,7 +155,7 @@ def delete(config: Path | None, data: Path | None, series_uid: str | None,
     from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.delete import delete_study
     from pacsinfra.pacs.archive.index import Index
-    from pacsinfra.pacs.archive.storage import Tier
+    from pacsinfra.pacs.archive.objects import open_tiers
     from pacsinfra.pacs.dicom import valid_uid
 
     for uid in (study_uid, series_uid):
@@ -164,7 +164,7 @@ def delete(config: Path | None, data: Path | None, series_uid: str | None,
     cfg = load_config(config, None, None, data, (), None)
     assert isinstance(cfg, ArchiveConfig)
     data_dir = Path(cfg.data_dir)
-    tiers = {t.name: Tier.from_config(t, data_dir) for t in cfg.tiers if t.kind == "filesystem"}
+    tiers = open_tiers(cfg.tiers, data_dir)
     try:
         index = Index(open_database(cfg.index, data_dir))
     except OSError as exc:

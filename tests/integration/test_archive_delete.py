@@ -198,10 +198,10 @@ def test_interrupted_delete_is_finished_at_restart(tmp_path: Path,
     assert arch.stop() == 0
     a_paths, b_paths = _paths(data, a), _paths(data, b)
 
-    def crash(path: Path) -> None:  # "the process died before unlinking"
+    def crash(self: Tier, rel: str) -> None:  # "the process died before unlinking"
         raise OSError("simulated crash before unlink")
 
-    monkeypatch.setattr(delete_mod, "remove_durable", crash)
+    monkeypatch.setattr(Tier, "remove", crash)
     index = Index(open_database(IndexConfig(), data))
     tiers = {"fast": Tier("fast", data / "fast", 95)}
     report = delete_mod.delete_study(index, tiers, a)

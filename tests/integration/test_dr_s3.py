@@ -10,11 +10,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import free_port, need_module
+from s3_fixture import CREDS, S3Server, s3_server  # noqa: F401 - fixture
 from test_archive_support import REPO, Archive, scu_ae
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,6 @@ need_module("pynetdicom")
 need_module("boto3")
 need_module("moto")
 
-import boto3  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pynetdicom.sop_class import (  # noqa: E402
@@ -33,41 +33,14 @@ from pynetdicom.sop_class import (  # noqa: E402
 
 from pacsinfra.pacs.archive.synth import make_instance  # noqa: E402
 
-CREDS = {"AWS_ACCESS_KEY_ID": "pacsinfra-test", "AWS_SECRET_ACCESS_KEY": "s3-secret-never-shown",
-         "AWS_DEFAULT_REGION": "us-east-1"}
-
 
 @pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
-    server = Path(sys.executable).with_name("moto_server")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                boto3.client("s3", endpoint_url=url, **_boto_creds()).list_buckets()
-                break
-            except Exception as exc:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"S3 server did not start: {log.read_text()[-2000:]}"
-                                       ) from exc
-                time.sleep(0.2)
-        boto3.client("s3", endpoint_url=url, **_boto_creds()).create_bucket(Bucket="pacs")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def s3_endpoint(s3_server: S3Server) -> str:  # noqa: F811
+    return s3_server.endpoint
 
 
-def _boto_creds() -> dict[str, str]:
-    return {"aws_access_key_id": CREDS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": CREDS["AWS_SECRET_ACCESS_KEY"],
-            "region_name": CREDS["AWS_DEFAULT_REGION"]}
+def _s3(endpoint: str) -> Any:
+    return S3Server(endpoint).client()
 
 
 def cli(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -127,7 +100,7 @@ def test_backup_to_s3_and_restore(s3_endpoint: str, tmp_path: Path) -> None:
     finally:
         arch.stop()
     assert not list(tmp_path.glob(".pacsinfra-s3-staging-*")), "staging left behind"
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_boto_creds())
+    s3 = _s3(s3_endpoint)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="pacs", Prefix="site-a/b1/")["Contents"]]
     assert "site-a/b1/backup.json" in keys and "site-a/b1/index.sqlite" in keys
     assert sum(k.startswith("site-a/b1/tiers/") for k in keys) == 4

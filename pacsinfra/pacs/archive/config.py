@@ -119,6 +119,12 @@ class ArchiveConfig(DicomListener):
             raise ValueError(f"duplicate tier names: {', '.join(dupes)}")
         if self.default_tier is not None and self.default_tier not in names:
             raise ValueError(f"default_tier {self.default_tier!r} is not one of {names}")
+        default = next(t for t in self.tiers if t.name == (self.default_tier or names[0]))
+        if default.kind != "filesystem":
+            # a C-STORE is acknowledged once its file and directory are fsynced: that
+            # needs a filesystem; studies reach an s3 tier through the lifecycle
+            raise ValueError(f"the default tier {default.name!r} must be a filesystem tier "
+                             "(s3 tiers are filled by lifecycle rules)")
         for rule in self.lifecycle:
             for t in (rule.from_tier, rule.to_tier):
                 if t not in names:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from pacsinfra.pacs.archive.index import Index, StoredInstance, _delete_instance
-from pacsinfra.pacs.archive.storage import Tier, remove_durable
+from pacsinfra.pacs.archive.storage import Tier
 
 LOG = logging.getLogger("pacsinfra.archive.delete")
 DAY = 86400.0
@@ -63,7 +63,7 @@ def _unlink_one(index: Index, tiers: dict[str, Tier], tier: str, rel: str,
         t = tiers.get(tier)
         removed = False
         if not still and t is not None:
-            remove_durable(t.path(rel))
+            t.remove(rel)
             removed = True
         if still or t is not None:
             with index.db.transaction() as cur:

@@ -198,8 +198,9 @@ class DicomWeb:
                 setattr(ident, kw, p[k])
         return self.service.match_instances(ident)
 
-    def _path(self, inst: StoredInstance) -> Any:
-        return self.service.tiers[inst.tier].path(inst.rel_path)
+    def _source(self, inst: StoredInstance) -> Any:
+        """What ``dcmread`` reads the stored file from (a path, or an object's bytes)."""
+        return self.service.tiers[inst.tier].source(inst.rel_path)
 
     def _base(self, request: Request) -> str:
         return str(request.base_url).rstrip("/")
@@ -269,7 +270,7 @@ class DicomWeb:
             return instances
         parts = []
         for inst in instances:
-            parts.append((self._path(inst).read_bytes(),
+            parts.append((self.service.tiers[inst.tier].read(inst.rel_path),
                           f'application/dicom; transfer-syntax={inst.transfer_syntax}'))
         self.service.counters.add("retrieved", len(parts))
         for study in {i.study_uid for i in instances}:
@@ -284,7 +285,7 @@ class DicomWeb:
         base = self._base(request)
         out = []
         for inst in instances:
-            ds = dcmread(self._path(inst))
+            ds = dcmread(self._source(inst))
             prefix = (f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/"
                       f"{inst.sop_uid}")
 
@@ -302,7 +303,7 @@ class DicomWeb:
         if isinstance(found, Response):
             return found
         (inst,), wanted = found
-        ds = dcmread(self._path(inst))
+        ds = dcmread(self._source(inst))
         if "PixelData" not in ds:
             return JSONResponse({"error": "no pixel data"}, status_code=404)
         n = int(ds.get("NumberOfFrames", 1) or 1)
@@ -323,7 +324,7 @@ class DicomWeb:
         if isinstance(found, Response):
             return found
         (inst,), tag = found
-        ds = dcmread(self._path(inst))
+        ds = dcmread(self._source(inst))
         if tag not in ds:
             return JSONResponse({"error": "no such element"}, status_code=404)
         value = ds[tag].value

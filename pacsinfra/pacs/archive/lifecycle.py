@@ -25,7 +25,7 @@ from typing import Any
 from pacsinfra.pacs.archive.config import ArchiveConfig, LifecycleRule
 from pacsinfra.pacs.archive.delete import delete_study, expired_studies, sweep_pending
 from pacsinfra.pacs.archive.index import Index, StoredInstance
-from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
+from pacsinfra.pacs.archive.storage import Tier
 
 LOG = logging.getLogger("pacsinfra.archive.lifecycle")
 DAY = 86400.0
@@ -64,18 +64,17 @@ def _sha_of(data: bytes, offset: int) -> str:
 
 def _move_instance(index: Index, inst: StoredInstance, src: Tier, dst: Tier) -> None:
     """Copy, verify, repoint, delete. Raises ValueError when the source does not verify."""
-    data = src.path(inst.rel_path).read_bytes()
+    data = src.read(inst.rel_path)
     if _sha_of(data, inst.ds_offset) != inst.sha256:
         raise ValueError(f"{inst.sop_uid}: source checksum does not match the index")
     if not dst.has_room(len(data)):
         raise OSError(f"tier {dst.name} is above its usage threshold")
-    target = dst.path(inst.rel_path)
-    write_durable(target, [data], tmp_dir=dst.root / ".incoming")
-    if _sha_of(target.read_bytes(), inst.ds_offset) != inst.sha256:
-        remove_durable(target)
+    dst.store(inst.rel_path, data)
+    if _sha_of(dst.read(inst.rel_path), inst.ds_offset) != inst.sha256:
+        dst.remove(inst.rel_path)
         raise OSError(f"{inst.sop_uid}: copy on {dst.name} does not verify")
     index.move_tier(inst.sop_uid, dst.name, inst.rel_path)
-    remove_durable(src.path(inst.rel_path))
+    src.remove(inst.rel_path)
 
 
 def _park(index: Index, study: str, to_tier: str, reason: str) -> None:
@@ -118,7 +117,7 @@ def run_lifecycle(config: ArchiveConfig, index: Index, tiers: dict[str, Tier],
     for rule in config.lifecycle:
         src, dst = tiers.get(rule.from_tier), tiers.get(rule.to_tier)
         if src is None or dst is None:
-            LOG.warning("lifecycle %s -> %s: tier not available (s3 tiers are not supported)",
+            LOG.warning("lifecycle %s -> %s: tier not configured",
                         rule.from_tier, rule.to_tier)
             continue
         for study in _candidates(index, rule, now):

@@ -15,6 +15,7 @@ from pynetdicom import _config as pynetdicom_config
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.db import open_database
 from pacsinfra.pacs.archive.index import Index
+from pacsinfra.pacs.archive.objects import ObjectTier, open_tiers
 from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.sink import ArchiveSink
 from pacsinfra.pacs.archive.storage import Tier, ensure_dir, sweep_temp_files
@@ -54,17 +55,15 @@ class ArchiveServer:
         """Open the index, prepare tiers, start listening (non-blocking)."""
         cfg = self.config
         ensure_dir(self.data_dir)
-        for t in cfg.tiers:
-            if t.kind != "filesystem":
-                LOG.warning("tier %s: kind %s is not supported yet; skipped", t.name, t.kind)
+        for tier in open_tiers(cfg.tiers, self.data_dir).values():
+            self.tiers[tier.name] = tier
+            if isinstance(tier, ObjectTier):
                 continue
-            tier = Tier.from_config(t, self.data_dir)
             ensure_dir(tier.root / ".incoming")
             if self.worker is None:
                 # Workers never sweep: a sibling's in-flight temp files live there too;
                 # the supervisor sweeps once before any worker starts.
                 _sweep(tier)
-            self.tiers[tier.name] = tier
         self.index = Index(open_database(cfg.index, self.data_dir))
         self.service = ArchiveService(cfg, self.index, self.tiers)
         if self.worker is None:
@@ -196,12 +195,11 @@ def supervise(config: ArchiveConfig) -> None:
     data_dir = Path(config.data_dir)
     ensure_dir(data_dir)
     tiers: dict[str, Tier] = {}
-    for t in config.tiers:
-        if t.kind == "filesystem":
-            tier = Tier.from_config(t, data_dir)
+    tiers.update(open_tiers(config.tiers, data_dir))  # interrupted deletes swept in all
+    for tier in tiers.values():
+        if not isinstance(tier, ObjectTier):
             ensure_dir(tier.root / ".incoming")
             _sweep(tier)
-            tiers[tier.name] = tier
     index = Index(open_database(config.index, data_dir))
     try:
         from pacsinfra.pacs.archive.delete import sweep_pending

@@ -373,7 +373,7 @@ class ArchiveService:
         tier = self.tiers.get(inst.tier)
         if tier is None:
             raise FileNotFoundError(f"tier {inst.tier} is not configured")
-        return dcmread(tier.path(inst.rel_path))
+        return dcmread(tier.source(inst.rel_path))
 
     def _retrieve(self, event: Any, instances: list[StoredInstance]) -> Iterator[tuple[int, Any]]:
         for study in {i.study_uid for i in instances}:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.config import TierConfig
@@ -49,6 +50,24 @@ class Tier:
     def path(self, rel: str) -> Path:
         """The absolute path of a file stored under this tier."""
         return self.root / rel
+
+    # What lifecycle, retrieval and deletion use, so a tier need not be a filesystem
+    # (pacsinfra.pacs.archive.objects.ObjectTier implements the same for S3).
+    def read(self, rel: str) -> bytes:
+        """A stored file's bytes."""
+        return self.path(rel).read_bytes()
+
+    def source(self, rel: str) -> str | BinaryIO:
+        """Something ``dcmread`` reads a stored file from (here: its path, read lazily)."""
+        return str(self.path(rel))
+
+    def store(self, rel: str, data: bytes) -> None:
+        """Store ``data`` durably under ``rel`` (temp name, fsync, rename, dir fsync)."""
+        write_durable(self.path(rel), [data], tmp_dir=self.root / ".incoming")
+
+    def remove(self, rel: str) -> None:
+        """Delete a stored file durably (already gone is fine)."""
+        remove_durable(self.path(rel))
 
 
 def ensure_dir(path: Path) -> None:
