@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacsinfra import s3util
 from pacsinfra.dr.backup import SUMMARY_NAME, BackupError
 from pacsinfra.errors import UsageError
 
@@ -62,13 +63,7 @@ def parse(url: str) -> S3Location | None:
 def client(endpoint: str | None) -> Any:
     """A boto3 S3 client (``endpoint``: an S3-compatible store's URL, else AWS or
     ``AWS_ENDPOINT_URL``)."""
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:
-        raise UsageError("S3 backups need boto3: pip install 'pacsinfra[s3]'") from exc
-    return boto3.client("s3", endpoint_url=endpoint or None,
-                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    return s3util.client(endpoint, what="S3 backups")
 
 
 def _keys(s3: Any, loc: S3Location, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
@@ -113,7 +108,7 @@ def is_backup(loc: S3Location, s3: Any) -> dict[str, Any] | None:
     try:
         body = s3.get_object(Bucket=loc.bucket, Key=loc.key(SUMMARY_NAME))["Body"].read()
     except Exception as exc:  # noqa: BLE001 - NoSuchKey and friends
-        if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+        if s3util.error_code(exc) in s3util.MISSING:
             return None
         raise _error(f"cannot read {loc}/{SUMMARY_NAME}", exc) from exc
     try:
@@ -121,10 +116,6 @@ def is_backup(loc: S3Location, s3: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def _code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def latest(loc: S3Location, s3: Any) -> S3Location:

@@ -22,7 +22,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pacsinfra.errors import UsageError
+from pacsinfra import s3util
 from pacsinfra.pacs.archive.config import TierConfig
 from pacsinfra.pacs.archive.storage import Tier
 
@@ -42,19 +42,10 @@ class ObjectTier(Tier):
     @classmethod
     def connect(cls, cfg: TierConfig) -> ObjectTier:
         """The tier, with a boto3 client for its endpoint and credentials."""
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError as exc:
-            raise UsageError(f"tier {cfg.name}: an s3 tier needs boto3: "
-                              "pip install 'pacsinfra[s3]'") from exc
-        kwargs: dict[str, Any] = {}
+        keys: dict[str, str | None] = {}
         if cfg.access_key is not None and cfg.secret_key is not None:
-            kwargs = {"aws_access_key_id": cfg.access_key.resolve(),
-                      "aws_secret_access_key": cfg.secret_key.resolve()}
-        client = boto3.client("s3", endpoint_url=cfg.endpoint,
-                              config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-                              **kwargs)
+            keys = {"access_key": cfg.access_key.resolve(), "secret_key": cfg.secret_key.resolve()}
+        client = s3util.client(cfg.endpoint, what=f"tier {cfg.name} (kind s3)", **keys)
         return cls(cfg, client)
 
     def key(self, rel: str) -> str:
@@ -71,8 +62,7 @@ class ObjectTier(Tier):
         try:
             return bytes(self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read())
         except Exception as exc:  # noqa: BLE001 - NoSuchKey is a missing file, like ENOENT
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if s3util.error_code(exc) in s3util.MISSING:
                 raise FileNotFoundError(f"s3://{self.bucket}/{self.key(rel)}") from exc
             raise OSError(f"tier {self.name}: reading {self.key(rel)} failed: "
                           f"{type(exc).__name__}") from exc
