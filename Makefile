@@ -17,13 +17,13 @@ venv: $(VENV)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-## The main job on the embedded default: check and plan the quickstart site, then run
-## a real archive + router on this machine (local provider) and prove it with a study.
+## The main job on the embedded default (provider: local): validate and plan the quickstart site,
+## apply it (a real archive + router on this machine) and prove it with a study.
 quickstart: system-deps venv
 	$(VENV)/bin/pacsinfra validate examples/quickstart.yaml
 	$(VENV)/bin/pacsinfra plan examples/quickstart.yaml
-	$(VENV)/bin/pacsinfra apply examples/local.yaml --auto-approve
-	$(VENV)/bin/pacsinfra verify examples/local.yaml
+	$(VENV)/bin/pacsinfra apply examples/quickstart.yaml --auto-approve
+	$(VENV)/bin/pacsinfra verify examples/quickstart.yaml
 
 ## The whole test suite, installing what it needs.
 test: system-deps venv

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pacsinfra.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = [REPO / "examples" / "quickstart.yaml", REPO / "blueprints" / "hospital-vsphere.yaml"]
+SOURCES = [REPO / "examples" / "kvm-quickstart.yaml", REPO / "blueprints" / "hospital-vsphere.yaml"]
 TEXTS = [p.read_text() for p in SOURCES]
 DOCS = [yaml.safe_load(t) for t in TEXTS]
 TMP = Path(tempfile.mkdtemp(prefix="pacsinfra-fuzz-"))

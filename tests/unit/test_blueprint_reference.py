@@ -14,7 +14,8 @@ from pacsinfra.cli import cli
 from pacsinfra.errors import BlueprintError
 
 REPO = Path(__file__).resolve().parents[2]
-BLUEPRINTS = sorted((REPO / "blueprints").glob("*.yaml")) + [REPO / "examples" / "quickstart.yaml"]
+BLUEPRINTS = sorted((REPO / "blueprints").glob("*.yaml")) + [
+    REPO / "examples" / "kvm-quickstart.yaml", REPO / "examples" / "quickstart.yaml"]
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -32,6 +33,7 @@ def test_reference_set_is_complete() -> None:
         "edge-clinic.yaml",
         "hyperconverged.yaml",
         "quickstart.yaml",
+        "kvm-quickstart.yaml",
     } <= names
 
 
@@ -92,7 +94,7 @@ def test_contract_api_shapes() -> None:
 def test_engine_maps_the_quickstart() -> None:
     from pacsinfra.plan.desired import desired_site
 
-    bp = load_blueprint(REPO / "examples" / "quickstart.yaml")
+    bp = load_blueprint(REPO / "examples" / "kvm-quickstart.yaml")
     desired = desired_site(bp.site)
     assert "machine.pacs[0]" in desired.resources
     spec = desired.resources["machine.pacs[0]"].spec
@@ -117,7 +119,7 @@ def test_variables_from_cli_and_file(tmp_path: Path) -> None:
 
 
 def test_literal_escape_and_interpolation(tmp_path: Path) -> None:
-    text = (REPO / "examples" / "quickstart.yaml").read_text()
+    text = (REPO / "examples" / "kvm-quickstart.yaml").read_text()
     text = text.replace("  description: One box", "  description: ${var.who} uses $${var.x} in")
     p = tmp_path / "bp.yaml"
     p.write_text(text)
@@ -126,7 +128,7 @@ def test_literal_escape_and_interpolation(tmp_path: Path) -> None:
 
 
 def test_secret_value_never_printed(tmp_path: Path) -> None:
-    text = (REPO / "examples" / "quickstart.yaml").read_text().replace(
+    text = (REPO / "examples" / "kvm-quickstart.yaml").read_text().replace(
         '    uri: "test:///default"\n',
         '    uri: "test:///default"\n  vsphere: {server: vc, password: Very-Secret-4711}\n',
     )
@@ -145,7 +147,7 @@ def test_secret_value_never_printed(tmp_path: Path) -> None:
 def test_text_format_lines(tmp_path: Path) -> None:
     p = tmp_path / "bp.yaml"
     p.write_text(
-        (REPO / "examples" / "quickstart.yaml").read_text().replace("storage: local}", "storage: locl}", 1)
+        (REPO / "examples" / "kvm-quickstart.yaml").read_text().replace("storage: local}", "storage: locl}", 1)
     )
     code, out = run("validate", str(p))
     assert code == 2
@@ -158,7 +160,7 @@ def test_text_format_lines(tmp_path: Path) -> None:
 def test_warnings_print_and_exit_zero_unless_strict(tmp_path: Path) -> None:
     p = tmp_path / "bp.yaml"
     p.write_text(
-        (REPO / "examples" / "quickstart.yaml").read_text().replace("    encrypted: true", "    encrypted: false")
+        (REPO / "examples" / "kvm-quickstart.yaml").read_text().replace("    encrypted: true", "    encrypted: false")
     )
     code, out = run("validate", str(p))
     assert code == 0 and "warning: storage.local.encrypted" in out
@@ -173,7 +175,7 @@ def test_bad_var_option_is_usage_error() -> None:
     from pacsinfra.cli import main
 
     with pytest.raises(SystemExit) as info:
-        main(["validate", str(REPO / "examples" / "quickstart.yaml"), "--var", "novalue"])
+        main(["validate", str(REPO / "examples" / "kvm-quickstart.yaml"), "--var", "novalue"])
     assert info.value.code == 2
 
 

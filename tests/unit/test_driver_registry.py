@@ -43,9 +43,9 @@ def test_missing_sdk_names_the_extra(driver: str, sdk: str, extra: str) -> None:
 
 
 def test_validate_works_and_plan_explains_without_libvirt() -> None:
-    ok = _run_without("libvirt", ["validate", "examples/quickstart.yaml"])
+    ok = _run_without("libvirt", ["validate", "examples/kvm-quickstart.yaml"])
     assert ok.returncode == 0, ok.stderr
-    plan = _run_without("libvirt", ["plan", "examples/quickstart.yaml"])
+    plan = _run_without("libvirt", ["plan", "examples/kvm-quickstart.yaml"])
     assert plan.returncode == 2
     assert "pip install 'pacsinfra[kvm]'" in plan.stderr
     assert "Traceback" not in plan.stderr

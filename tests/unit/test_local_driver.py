@@ -24,7 +24,7 @@ from pacsinfra.plan.desired import desired_site
 from pacsinfra.plan.plan import Action
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "local.yaml"
+EXAMPLE = REPO / "examples" / "quickstart.yaml"
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_services_become_resources_with_rendered_configs(root: Path) -> None:
 
 
 def test_other_drivers_get_no_service_resources() -> None:
-    d = desired_site(load_blueprint(str(REPO / "examples" / "quickstart.yaml")).site)
+    d = desired_site(load_blueprint(str(REPO / "examples" / "kvm-quickstart.yaml")).site)
     assert not [a for a in d.resources if a.startswith("service.")]
 
 
