@@ -118,3 +118,49 @@ def scu_ae(aet: str = "TESTSCU") -> Any:
     ae.dimse_timeout = 30
     ae.network_timeout = 30
     return ae
+
+
+def store_studies(port: int, studies: int, per_study: int, *, prefix: str = "PAT",
+                  aet: str = "ARCHIVE") -> dict[str, int]:
+    """C-STORE ``studies`` synthetic studies of ``per_study`` small CT instances over one
+    association (each must get Success); Study Instance UID -> instances sent."""
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pynetdicom.sop_class import CTImageStorage
+
+    from pacsinfra.pacs.archive.synth import make_instance
+
+    ae = scu_ae()
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    assert assoc.is_established, f"cannot associate with {aet} on port {port}"
+    out: dict[str, int] = {}
+    try:
+        for s in range(studies):
+            uid = generate_uid()
+            for _ in range(per_study):
+                ds = make_instance(rows=16, cols=16, patient_id=f"{prefix}{s}", study_uid=uid)
+                assert assoc.send_c_store(ds).Status == 0
+            out[uid] = per_study
+    finally:
+        assoc.release()
+    return out
+
+
+def study_counts(port: int, aet: str = "ARCHIVE") -> dict[str, int]:
+    """Study Instance UID -> NumberOfStudyRelatedInstances, from a study-level C-FIND."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    ae = scu_ae()
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    assert assoc.is_established, f"cannot associate with {aet} on port {port}"
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = ""
+    q.NumberOfStudyRelatedInstances = ""
+    try:
+        return {str(m.StudyInstanceUID): int(m.NumberOfStudyRelatedInstances)
+                for st, m in assoc.send_c_find(q, FIND) if st and st.Status == 0xFF00}
+    finally:
+        assoc.release()

@@ -16,16 +16,12 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, need_module
+from test_archive_support import store_studies, study_counts
 
 pytestmark = pytest.mark.integration
 
 need_module("pynetdicom")
 
-from pydicom.uid import generate_uid  # noqa: E402
-from pynetdicom import AE  # noqa: E402
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind  # noqa: E402
-
-from pacsinfra.pacs.archive.synth import make_instance  # noqa: E402
 
 
 def blueprint(ports: dict[str, int]) -> str:
@@ -74,41 +70,6 @@ sites:
 """
 
 
-def store_studies(port: int, studies: int, per_study: int) -> dict[str, int]:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
-    assert assoc.is_established
-    out: dict[str, int] = {}
-    try:
-        for s in range(studies):
-            uid = generate_uid()
-            for _ in range(per_study):
-                ds = make_instance(rows=16, cols=16, patient_id=f"DR{s}", study_uid=uid)
-                assert assoc.send_c_store(ds).Status == 0
-            out[uid] = per_study
-    finally:
-        assoc.release()
-    return out
-
-
-def studies_at(port: int) -> set[str]:
-    from pydicom.dataset import Dataset
-
-    ae = AE(ae_title="CHECK")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
-    assert assoc.is_established
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = ""
-    try:
-        return {str(m.StudyInstanceUID) for st, m in assoc.send_c_find(
-            q, StudyRootQueryRetrieveInformationModelFind) if st and st.Status == 0xFF00}
-    finally:
-        assoc.release()
-
-
 def test_dr_rebuild_brings_every_study_back(tmp_path: Path) -> None:
     root = tmp_path / "root"
     env = {**os.environ, "PACSINFRA_LOCAL_ROOT": str(root)}
@@ -136,13 +97,13 @@ def test_dr_rebuild_brings_every_study_back(tmp_path: Path) -> None:
                   "--auto-approve")
         assert f"{len(sent)}/{len(sent)} studies of the backup found by C-FIND" in out, out
         assert "smoke test PASSED" in out, out
-        assert set(sent) <= studies_at(ports["b_archive"])
+        assert set(sent) <= set(study_counts(ports["b_archive"]))
 
         # a second rebuild onto the existing site is refused, nothing touched
         again = cli("dr", "rebuild", str(bp), "--site", "dr", "--from",
                     str(tmp_path / "backups"), "--auto-approve", rc=2)
         assert "already exists" in again
-        assert set(sent) <= studies_at(ports["b_archive"])
+        assert set(sent) <= set(study_counts(ports["b_archive"]))
     finally:
         cli("destroy", str(bp), "--auto-approve")
         cli("destroy", str(bp), "--site", "dr", "--auto-approve")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import free_port, need_module
 from s3_fixture import CREDS, S3Server, s3_server  # noqa: F401 - fixture
-from test_archive_support import REPO, Archive, scu_ae
+from test_archive_support import REPO, Archive, store_studies, study_counts
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +24,7 @@ need_module("pynetdicom")
 need_module("boto3")
 need_module("moto")
 
-from pydicom.dataset import Dataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-from pynetdicom.sop_class import (  # noqa: E402
-    CTImageStorage,
-    StudyRootQueryRetrieveInformationModelFind,
-)
 
-from pacsinfra.pacs.archive.synth import make_instance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,51 +42,17 @@ def cli(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300, cwd=REPO, env=env)
 
 
-def fill(port: int, studies: int) -> dict[str, int]:
-    ae = scu_ae()
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
-    assert assoc.is_established
-    out: dict[str, int] = {}
-    try:
-        for s in range(studies):
-            uid = generate_uid()
-            for _ in range(2):
-                ds = make_instance(rows=16, cols=16, patient_id=f"S3{s}", study_uid=uid)
-                assert assoc.send_c_store(ds).Status == 0
-            out[uid] = 2
-    finally:
-        assoc.release()
-    return out
-
-
-def studies(port: int) -> dict[str, int]:
-    ae = scu_ae()
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = ""
-    q.NumberOfStudyRelatedInstances = ""
-    try:
-        return {str(m.StudyInstanceUID): int(m.NumberOfStudyRelatedInstances)
-                for st, m in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind)
-                if st and st.Status == 0xFF00}
-    finally:
-        assoc.release()
-
-
 def test_backup_to_s3_and_restore(s3_endpoint: str, tmp_path: Path) -> None:
     arch = Archive(tmp_path / "data").start()
     try:
-        first = fill(arch.port, 2)
+        first = store_studies(arch.port, 2, 2, prefix="S3")
         r = cli(s3_endpoint, "backup", "--data", str(arch.data), "--to", "s3://pacs/site-a/b1")
         assert r.returncode == 0, r.stderr
         assert "backup s3://pacs/site-a/b1: 2 studies, 4 instances" in r.stdout, r.stdout
         # the same prefix again is refused; nothing is overwritten
         again = cli(s3_endpoint, "backup", "--data", str(arch.data), "--to", "s3://pacs/site-a/b1")
         assert again.returncode == 2 and "not empty" in again.stderr
-        second = {**first, **fill(arch.port, 1)}
+        second = {**first, **store_studies(arch.port, 1, 2, prefix="S3")}
         time.sleep(0.01)
         r = cli(s3_endpoint, "backup", "--data", str(arch.data), "--to", "s3://pacs/site-a/b2")
         assert r.returncode == 0, r.stderr
@@ -109,7 +68,7 @@ def test_backup_to_s3_and_restore(s3_endpoint: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     restored = Archive(tmp_path / "r1").start()
     try:
-        assert studies(restored.port) == first
+        assert study_counts(restored.port) == first
     finally:
         restored.stop()
 
@@ -129,7 +88,7 @@ def test_backup_to_s3_and_restore(s3_endpoint: str, tmp_path: Path) -> None:
 
 
 def test_dr_rebuild_from_the_newest_backup_in_s3(s3_endpoint: str, tmp_path: Path) -> None:
-    from test_dr_rebuild import blueprint, store_studies
+    from test_dr_rebuild import blueprint
 
     root = tmp_path / "root"
     ports = {k: free_port() for k in ("a_archive", "a_router", "a_recv", "b_archive",
@@ -157,7 +116,7 @@ def test_dr_rebuild_from_the_newest_backup_in_s3(s3_endpoint: str, tmp_path: Pat
                   "--auto-approve")
         assert "3/3 studies of the backup found by C-FIND" in out, out
         assert "smoke test PASSED" in out, out
-        assert set(newer) <= set(studies(ports["b_archive"]))
+        assert set(newer) <= set(study_counts(ports["b_archive"]))
         assert not list(tmp_path.glob(".s3-backup-*")), "downloaded copy left behind"
     finally:
         run("destroy", str(bp), "--auto-approve")

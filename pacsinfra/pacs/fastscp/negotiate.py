@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -102,15 +103,21 @@ def negotiate(
     ac.called_ae_title = rq.called_ae_title  # echoed back, as PS3.8 asks
     ac.result = 0x00
     ac.presentation_context_definition_results_list = results
+    ac.user_information = user_information(max_pdu, implementation_uid, implementation_version)
+    result.primitive = ac
+    return result
+
+
+def user_information(max_pdu: int, implementation_uid: str,
+                     implementation_version: str) -> list[Any]:
+    """The user information items this side sends in an A-ASSOCIATE-RQ or -AC."""
     length = MaximumLengthNotification()
     length.maximum_length_received = max_pdu
     impl = ImplementationClassUIDNotification()
     impl.implementation_class_uid = implementation_uid
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = implementation_version
-    ac.user_information = [length, impl, version]
-    result.primitive = ac
-    return result
+    return [length, impl, version]
 
 
 def encode_accept(primitive: A_ASSOCIATE) -> bytes:

@@ -24,18 +24,13 @@ from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
 from pacsinfra.pacs.dicom import tune_socket
 from pacsinfra.pacs.fastscp import command, pdu
 from pacsinfra.pacs.fastscp.association import ProtocolError
-from pacsinfra.pacs.fastscp.negotiate import DICOM_APPLICATION_CONTEXT
+from pacsinfra.pacs.fastscp.negotiate import DICOM_APPLICATION_CONTEXT, user_information
 
 _PDV = struct.Struct(">LBB")
 _HEADER = struct.Struct(">BxL")
@@ -86,13 +81,8 @@ class StreamingRequestor:
             cx.context_id = 2 * i + 1
             proposed.append(cx)
         rq.presentation_context_definition_list = proposed
-        length = MaximumLengthNotification()
-        length.maximum_length_received = max_pdu
-        impl = ImplementationClassUIDNotification()
-        impl.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-        rq.user_information = [length, impl, version]
+        rq.user_information = user_information(max_pdu, PYNETDICOM_IMPLEMENTATION_UID,
+                                               PYNETDICOM_IMPLEMENTATION_VERSION)
         encoded = A_ASSOCIATE_RQ()
         encoded.from_primitive(rq)
         try:
