@@ -133,8 +133,8 @@ def _rebuild(blueprint: Path, overlay: str, backup_dir: Path, state_path: str | 
     from pacsinfra.apply.events import make_sink
     from pacsinfra.cli.engine_cmds import _confirm, _engine, _load, _print_warnings, _run_apply
     from pacsinfra.dr import rebuild as rb
-    from pacsinfra.pacs.config_common import Peer
     from pacsinfra.plan.render import render_plan
+    from pacsinfra.verify.site import service_peer
 
     contents = rb.read_contents(backup_dir)
     click.echo(f"backup {backup_dir}: {contents.studies} studies, "
@@ -152,10 +152,7 @@ def _rebuild(blueprint: Path, overlay: str, backup_dir: Path, state_path: str | 
         checks = rb.restore_all(targets, contents, click.echo)
         _run_apply(engine, plan, parallelism=parallelism, allow_replace=False, json_mode=False)
     for check, (_, config) in zip(checks, targets, strict=True):
-        bind = str(config.get("bind") or "")
-        peer = Peer(ae_title=str(config["ae_title"]), port=int(config["port"]),
-                    host=bind if bind not in ("", "0.0.0.0", "::") else "127.0.0.1")
-        rb.compare(check, contents, rb.count_studies(peer))
+        rb.compare(check, contents, rb.count_studies(service_peer(config)))
         click.echo(f"{check.address}: {check.studies_found}/{contents.studies} studies of the "
                    "backup found by C-FIND"
                    + (f"; missing {len(check.missing)}" if check.missing else "")

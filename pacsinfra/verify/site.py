@@ -52,7 +52,8 @@ def _host(config: Mapping[str, Any], host: str | None = None) -> str:
     return bind
 
 
-def _peer(config: Mapping[str, Any], host: str | None = None) -> Peer:
+def service_peer(config: Mapping[str, Any], host: str | None = None) -> Peer:
+    """How a deployed service (its rendered config) is reached as a DICOM peer."""
     return Peer(ae_title=str(config["ae_title"]), host=_host(config, host),
                 port=int(config["port"]))
 
@@ -172,8 +173,8 @@ def site_endpoints(
         if d is not None:
             deleters[str(cfg["ae_title"])] = d
     return SiteEndpoints(
-        entry=_peer(entry_cfg, hosts[entry_addr]), entry_address=entry_addr,
-        archives=[_peer(c, hosts[a]) for a, c in chosen], archive_addresses=[a for a, _ in chosen],
+        entry=service_peer(entry_cfg, hosts[entry_addr]), entry_address=entry_addr,
+        archives=[service_peer(c, hosts[a]) for a, c in chosen], archive_addresses=[a for a, _ in chosen],
         receiver=receiver, notes=notes, deleters=deleters,
     )
 
@@ -214,5 +215,5 @@ def entry_endpoint(services: Services) -> tuple[str, Peer]:
     for kind in ("router", "archive"):
         for address, k, config, host in services:
             if k == kind:
-                return address, _peer(config, host)
+                return address, service_peer(config, host)
     raise UsageError("the site runs no router or archive")
