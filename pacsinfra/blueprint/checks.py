@@ -17,6 +17,7 @@ from pacsinfra.blueprint.capabilities import (
     can,
     drivers_that_can,
 )
+from pacsinfra.blueprint.checks_kvm import check_kvm_nics, check_kvm_services
 from pacsinfra.blueprint.checks_net import check_addresses, check_networks
 from pacsinfra.blueprint.checks_services import check_phi, check_services, phi_classes
 from pacsinfra.blueprint.checks_static import check_static
@@ -29,7 +30,7 @@ from pacsinfra.errors import Diagnostic
 
 MAX_HOSTNAME = 63
 _PROVIDER_CODES = frozenset({"capability", "image-driver", "provider", "no-nic", "archive-tier",
-                             "static-host"})
+                             "static-host", "kvm-services"})
 
 
 class Reporter:
@@ -101,6 +102,7 @@ def run_checks(site: Site, root: Loc | None, file: str,
     if r.provider_known:
         check_provider(site, r)
     check_networks(site, r)
+    check_kvm_nics(site, r)
     check_storage(site, r)
     check_machines(site, r)
     check_addresses(site, r)
@@ -144,6 +146,8 @@ def check_provider(site: Site, r: Reporter) -> None:
               code="provider")
     if drv == "static":
         check_static(site, r)
+    if drv == "kvm":
+        check_kvm_services(site, r)
     roles = sorted(site.machines)
     per_role: list[tuple[tuple[Any, ...], Any]] = []
     if p.kvm is not None and p.kvm.cpu_pinning:

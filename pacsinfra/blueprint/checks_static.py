@@ -80,3 +80,21 @@ def check_static(site: Site, r: Reporter) -> None:
                   f"{name} and {seen[where]} share address {where[0]} and root {where[1]}",
                   hint="give one of them another root", code="static-host", key=not host.root)
         seen.setdefault(where, name)
+    check_static_engine(site, r)
+
+
+def check_static_engine(site: Site, r: Reporter) -> None:
+    """``deploy.engine`` must be one the static driver has, and agree with ``provider.static``."""
+    d, p = site.deploy, site.provider.static
+    if d is None or p is None:
+        return
+    if "engine" in d.model_fields_set and d.engine == "local":
+        r.add(("deploy", "engine"), "engine local deploys on this machine; the static driver "
+              "reaches its hosts over ssh or ansible",
+              hint="use engine: ssh, ansible or auto", code="deploy-engine")
+        return
+    for name in ("engine", "ansible_threshold"):
+        if name in d.model_fields_set and getattr(p, name) != getattr(d, name):
+            r.add(("provider", "static", name),
+                  f"provider.static.{name} {getattr(p, name)!r} contradicts deploy.{name} "
+                  f"{getattr(d, name)!r}", hint="set it in one place", code="deploy-engine")

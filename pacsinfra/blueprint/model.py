@@ -54,6 +54,8 @@ class KvmProvider(_Strict):
     pool_root: str | None = None
     shutdown_timeout: float | None = Field(None, gt=0, le=3600)
     console_log: str | None = None  # directory: the serial console also goes to <name>.console.log
+    # how pacsinfra logs in to the machines it makes, to run their services (see KvmGuestLogin)
+    ssh: KvmGuestLogin | None = None
 
 
 class VsphereProvider(_Strict):
@@ -145,6 +147,28 @@ class StaticProvider(StaticLogin):
     hosts: dict[str, StaticHost] = Field(default_factory=dict)
     wheel: str | None = None  # a pacsinfra wheel to install (default: built from this checkout)
     records: str | None = None  # where the no-op network/storage marks are kept, on this machine
+    # The transport: paramiko (ssh) or ansible-runner; auto = ansible above the threshold.
+    # Usually set site-wide as deploy.engine / deploy.ansible_threshold (copied here, so a
+    # saved plan applies with the engine it was made for).
+    engine: Literal["auto", "ssh", "ansible"] | None = None
+    ansible_threshold: int | None = Field(None, ge=0, le=100000)
+
+
+class KvmGuestLogin(StaticLogin):
+    """``provider.kvm.ssh``: how pacsinfra reaches the machines the KVM driver makes.
+
+    With it, machines that list ``services`` get them deployed over SSH after they boot
+    (as on ``static`` hosts: wheel, config, supervisor, C-ECHO). The address is the
+    machine's first static NIC address, or the host side of a user-mode NIC's forward to
+    guest port 22 (``port`` is then the forward's host port). Host keys are never trusted
+    on first use: pinned here per machine (``<site>-<role>-<n>``) or role, in
+    ``known_hosts``, or learnt from the machine's serial console (``console_log``), where
+    cloud-init prints them between ``-----BEGIN SSH HOST KEY KEYS-----`` markers.
+    """
+
+    host_keys: dict[str, list[HostKey]] = Field(default_factory=dict)  # machine or role -> keys
+    wheel: str | None = None  # a pacsinfra wheel to install (default: built from this checkout)
+    boot_timeout: float | None = Field(None, gt=0, le=3600)  # first boot -> SSH answering (300 s)
 
 
 class HostCapacity(_Strict):
@@ -232,6 +256,19 @@ class KvmNetwork(_Strict):
     forward: Literal["nat", "route", "open", "bridge", "none"] | None = None
     openvswitch: bool | None = None
     dhcp: bool | None = None
+    # QEMU user-mode NAT (slirp) instead of a libvirt network: no network object is made;
+    # each NIC on it is reached through its ``forwards`` (guest 10.0.2.15, host at 10.0.2.2)
+    user: bool | None = None
+
+    @model_validator(mode="after")
+    def _user_alone(self) -> KvmNetwork:
+        if self.user:
+            given = [k for k in ("network", "bridge", "portgroup", "forward", "openvswitch", "dhcp")
+                     if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"a user-mode network (user: true) is no libvirt network: drop "
+                                 f"{', '.join(given)}")
+        return self
 
 
 class VsphereNetwork(_Strict):
@@ -344,17 +381,33 @@ class Disk(_Strict):
     mount: str | None = None
 
 
+class PortForward(_Strict):
+    """A port forward of a NIC on a user-mode network (``kvm: {user: true}``).
+
+    Member k of a role listens on ``host + k`` (so every member gets its own port).
+    """
+
+    guest: int = Field(ge=1, le=65535)  # the port in the guest
+    host: int = Field(ge=1, le=65535)  # the port on the KVM host (member k: host + k)
+    address: IpAddress = "127.0.0.1"  # where on the KVM host it listens
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
 class Nic(_Strict):
     network: str  # a network name
     addresses: list[IpAddress] = Field(default_factory=list)  # member k gets addresses[k]
     pool: Literal["dhcp"] | None = None
     mac: str | None = Field(None, pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
     traffic: list[Literal["dicom", "dicomweb", "database", "management", "backup"]] | None = None
+    forwards: list[PortForward] = Field(default_factory=list)  # only on a user-mode network
 
     @model_validator(mode="after")
     def _address_or_pool(self) -> Nic:
         if self.addresses and self.pool:
             raise ValueError("a NIC has static 'addresses' or 'pool: dhcp', not both")
+        if self.forwards and (self.addresses or self.pool):
+            raise ValueError("a NIC with 'forwards' is on a user-mode network: no 'addresses' "
+                             "or 'pool'")
         return self
 
 
@@ -425,6 +478,8 @@ class DeploySettings(_Strict):
     )
     python: str | None = None  # interpreter on the targets
     parallelism: int = Field(10, ge=1, le=1000)
+    # engine auto: ansible-runner when the site has more hosts than this, else ssh
+    ansible_threshold: int = Field(10, ge=0, le=100000)
 
 
 class Site(_Strict):
@@ -448,6 +503,16 @@ class Site(_Strict):
     def model_post_init(self, context: Any, /) -> None:
         for name, role in self.machines.items():
             role._role_name = name
+        static = self.provider.static
+        if self.deploy is not None and static is not None:
+            # The static driver is built from provider.static alone (and a saved plan keeps
+            # only the provider section): it carries the site's deploy engine. A value set
+            # in both places and different is reported by checks_static.
+            given = self.deploy.model_fields_set
+            if static.engine is None and "engine" in given and self.deploy.engine != "local":
+                static.engine = self.deploy.engine  # type: ignore[assignment]
+            if static.ansible_threshold is None and "ansible_threshold" in given:
+                static.ansible_threshold = self.deploy.ansible_threshold
 
     def service_hosts(self) -> dict[str, list[str]]:
         """Service name -> the roles that run it."""
@@ -467,6 +532,7 @@ __all__ = [
     "HostCapacity",
     "HypervProvider",
     "Image",
+    "KvmGuestLogin",
     "KvmProvider",
     "LocalProvider",
     "MachineRole",
@@ -475,6 +541,7 @@ __all__ = [
     "Network",
     "Nic",
     "Placement",
+    "PortForward",
     "Provider",
     "Service",
     "Site",

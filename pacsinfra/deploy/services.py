@@ -1,7 +1,7 @@
 """Services as plan resources: render each (machine, service) pair's config file from the blueprint.
 
 For drivers that run the PACS services themselves (``local``: this box; ``static``:
-existing hosts over SSH), every service a machine role lists becomes a
+existing hosts over SSH; ``kvm``: the machines it makes, over SSH once they boot), every service a machine role lists becomes a
 :class:`~pacsinfra.drivers.base.ServiceSpec` resource ``service.<name>[<i>]`` (its
 i-th host), ordered after its machine, and a router after the archives its
 destinations name. The spec's ``config`` is the file the service reads, rendered here
@@ -37,8 +37,9 @@ from typing import Any, Protocol
 from pacsinfra.drivers.base import ServiceSpec
 from pacsinfra.errors import PlanError
 
-#: drivers whose plans include the services (they install and run them themselves)
-SERVICE_DRIVERS = frozenset({"local", "static"})
+#: drivers whose plans can include the services (they install and run them themselves);
+#: kvm only when the blueprint says how to log in to its machines (``provider.kvm.ssh``)
+SERVICE_DRIVERS = frozenset({"local", "static", "kvm"})
 #: service kinds a driver can run today (the others are left to the deploy stage)
 RUNNABLE_KINDS = frozenset({"archive", "router", "database"})
 LOOPBACK = "127.0.0.1"
@@ -90,9 +91,27 @@ class LocalLayout:
         return LOOPBACK
 
 
-def layout_for(driver: str, site: Any, site_id: str) -> HostLayout:
-    """The layout of a service driver, from the blueprint's provider settings."""
+def runs_services(driver: str, site: Any) -> bool:
+    """Whether the plan of ``site`` on ``driver`` includes its services as resources."""
+    if driver not in SERVICE_DRIVERS:
+        return False
+    if driver == "kvm":
+        return getattr(getattr(site.provider, "kvm", None), "ssh", None) is not None
+    return True
+
+
+def layout_for(driver: str, site: Any, site_id: str, *,
+               machines: Mapping[str, Any] | None = None) -> HostLayout:
+    """The layout of a service driver, from the blueprint's provider settings.
+
+    ``machines`` (name -> MachineSpec) lets a hypervisor driver find each machine's
+    address in its NICs (static addresses, user-mode forwards): known at plan time.
+    """
     settings = getattr(site.provider, driver, None)
+    if driver == "kvm":
+        from pacsinfra.drivers.kvm.services import KvmLayout
+
+        return KvmLayout(settings, machines or {})
     if driver == "static":
         from pacsinfra.drivers.static.layout import StaticLayout, StaticSettings
 

@@ -154,6 +154,22 @@ def storage_spec(site: str, name: str, sc: Any, driver: str) -> StorageSpec:
     )
 
 
+def is_user_network(net: NetworkSpec, driver: str) -> bool:
+    """A kvm network declared ``user: true``: QEMU's own NAT, not a hypervisor object."""
+    return driver == "kvm" and bool(net.settings.get("user"))
+
+
+def user_nic_network(forwards: Any, index: int) -> str:
+    """``NicSpec.network`` of a user-mode NIC: ``user:hostfwd=...`` (member ``index`` listens
+    on each forward's ``host + index``)."""
+    opts = [
+        f"hostfwd={_get(f, 'protocol', 'tcp')}:{_get(f, 'address', '127.0.0.1')}:"
+        f"{int(_get(f, 'host')) + index}-:{int(_get(f, 'guest'))}"
+        for f in forwards
+    ]
+    return "user:" + ",".join(opts)
+
+
 def _holds_data(role: Any, services: Mapping[str, Any]) -> bool:
     explicit = _get(role, "holds_data")
     if explicit is not None:
@@ -214,6 +230,11 @@ def machine_specs(
             net = networks.get(net_name)
             if net is None:
                 raise PlanError(f"machines.{role_name}: NIC on unknown network {net_name!r}")
+            if is_user_network(net, driver):
+                # QEMU user-mode NAT: no network object, the NIC carries its forwards
+                nics.append(NicSpec(network=user_nic_network(_get(n, "forwards", []) or [], i),
+                                    mac=_get(n, "mac")))
+                continue
             deps.add(net.address)
             addrs = list(_get(n, "addresses", []) or [])
             address = str(addrs[i]) if i < len(addrs) else None
@@ -275,7 +296,10 @@ def desired_site(
     networks = {k: network_spec(name, k, v, drv) for k, v in (site.networks or {}).items()}
     storage = {k: storage_spec(name, k, v, drv) for k, v in (site.storage or {}).items()}
     services: Mapping[str, Any] = site.services or {}
-    infra: list[NetworkSpec | StorageSpec] = [*networks.values(), *storage.values()]
+    infra: list[NetworkSpec | StorageSpec] = [
+        *(n for n in networks.values() if not is_user_network(n, drv)),
+        *storage.values(),
+    ]
     for spec in infra:
         out.resources[spec.address] = Resource(spec=spec)
         attrs = {"spec": spec}
@@ -328,14 +352,17 @@ def desired_site(
 def _add_service_resources(
     out: DesiredSite, site: Any, hosts_of: Mapping[str, list[str]], names: Mapping[str, str]
 ) -> None:
-    """Drivers that run the services themselves (``local``, ``static``) also get one resource
-    per host."""
-    from pacsinfra.deploy.services import SERVICE_DRIVERS, layout_for, service_resources
+    """Drivers that run the services themselves (``local``, ``static``, ``kvm``) also get one
+    resource per host."""
+    from pacsinfra.deploy.services import layout_for, runs_services, service_resources
 
-    if out.driver not in SERVICE_DRIVERS:
+    if not runs_services(out.driver, site):
         return
     hosts = {s: [(a, names[a]) for a in addrs] for s, addrs in hosts_of.items()}
-    layout = layout_for(out.driver, site, out.site)
+    machines = {
+        r.spec.name: r.spec for r in out.resources.values() if isinstance(r.spec, MachineSpec)
+    }
+    layout = layout_for(out.driver, site, out.site, machines=machines)
     for spec, deps in service_resources(site, layout=layout, hosts_of=hosts):
         out.resources[spec.address] = Resource(spec=spec, depends_on=deps)
 

@@ -15,7 +15,9 @@ builder's own version, so a rerun only checks the key):
   installed into ``/usr/local/lib/python3.X/dist-packages`` (so a venv with
   ``--system-site-packages`` needs only the pacsinfra wheel: pip under TCG is slow), and a
   busybox ``init`` whose ``/etc/pacsinfra-rc`` brings up ``eth0`` as 10.0.2.15/24 (QEMU
-  user networking) and starts sshd.
+  user networking), generates an SSH host key when none was given, starts sshd and prints
+  the host keys on the console between ``-----BEGIN SSH HOST KEY KEYS-----`` markers, as
+  cloud-init does (so the KVM driver learns them from the console log).
 
 Per run, :func:`keyed_initrd` appends a second cpio to the base initrd holding the SSH
 host key and root's ``authorized_keys`` (the kernel unpacks concatenated archives), so
@@ -115,8 +117,14 @@ ip route add default via {GUEST_GATEWAY}
 echo "nameserver 10.0.2.3" > /etc/resolv.conf
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
+[ -e /etc/ssh/ssh_host_ed25519_key ] || \\
+  /usr/bin/ssh-keygen -q -t ed25519 -N "" -C root@pacsinfra-guest -f /etc/ssh/ssh_host_ed25519_key
 /usr/sbin/sshd -f /etc/ssh/sshd_config.pacsinfra -E /run/sshd.log && \\
   echo "pacsinfra-guest: sshd started on {GUEST_ADDRESS}:22" > /dev/console
+# the host keys on the serial console, as cloud-init prints them (cc_keys_to_console), so
+# whoever made the machine learns them out of band instead of trusting them on first use
+{{ echo "-----BEGIN SSH HOST KEY KEYS-----"; cat /etc/ssh/ssh_host_*_key.pub
+  echo "-----END SSH HOST KEY KEYS-----"; }} > /dev/console
 """
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n" \

@@ -258,6 +258,28 @@ class LibvirtClient:
         with translate(f"uuid of {name}"):
             return str(self._need_domain(name).UUIDString())
 
+    def domain_metadata(self, name: str, uri: str) -> str | None:
+        """The custom metadata element in namespace ``uri`` of a domain (None when unset)."""
+        dom = self._need_domain(name)
+        try:
+            return str(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, uri, 0))
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            with translate(f"read metadata of {name}"):
+                raise
+        return None  # unreachable
+
+    def set_domain_metadata(self, name: str, uri: str, key: str, xml: str) -> None:
+        """Set the custom metadata element ``xml`` (prefix ``key``, namespace ``uri``), on the
+        running domain and its persistent definition."""
+        dom = self._need_domain(name)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        with translate(f"write metadata of {name}"):
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, key, uri, flags)
+
     def domain_names(self) -> list[str]:
         with translate("list domains"):
             return sorted(str(d.name()) for d in self.conn.listAllDomains(0))

@@ -8,14 +8,18 @@ Settings (``provider.kvm`` of the blueprint; an object with attributes or a Mapp
 - ``machine`` (``q35``), ``host_mhz`` (default: the host's, from libvirt),
   ``shutdown_timeout`` seconds (60), ``cloud_init`` (True), ``seed_pool`` (for
   machines without disks), ``cpu_pinning`` (role -> host cpuset, e.g. ``{archive: "2-7"}``),
-  ``pool_root`` (where pools without ``settings.path`` go).
+  ``pool_root`` (where pools without ``settings.path`` go), ``console_log`` (a directory
+  for each domain's serial console, ``<name>.console.log``), ``ssh`` (how to log in to
+  the machines to run their services: :mod:`.services`).
 
 Machine work (create/update/delete of domains) lives in :mod:`.machines`; this
-module dispatches by spec type and handles networks and pools.
+module dispatches by spec type and handles networks and pools. Services
+(``ServiceSpec``, when ``ssh`` is set) run in the domains over SSH: :mod:`.services`.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,8 +35,10 @@ from pacsinfra.drivers.base import (
     Ownership,
     PowerState,
     Rendered,
+    ServiceSpec,
     Spec,
     StorageSpec,
+    spec_to_dict,
 )
 from pacsinfra.drivers.kvm import classify as classify_mod
 from pacsinfra.drivers.kvm import domain as dom
@@ -86,6 +92,9 @@ class KvmDriver(Driver):
         self._lc: LibvirtClient | None = None
         self._lock = threading.Lock()
         self._owns_connection = client is None
+        from pacsinfra.drivers.kvm.services import GuestServices
+
+        self.services = GuestServices(self)
 
     # -- connection ----------------------------------------------------------------
     def connect(self) -> None:
@@ -100,6 +109,7 @@ class KvmDriver(Driver):
 
     def close(self) -> None:
         """Close the connection if this driver opened it."""
+        self.services.close()
         with self._lock:
             lc, self._lc = self._lc, None
         if lc is not None and self._owns_connection:
@@ -173,6 +183,9 @@ class KvmDriver(Driver):
     # -- planning --------------------------------------------------------------------
     def render(self, spec: Spec, owner: Ownership) -> Rendered:
         """The XML ``create`` would send (no changes on the hypervisor)."""
+        if isinstance(spec, ServiceSpec):
+            return Rendered("application/json", json.dumps(spec_to_dict(spec), indent=1),
+                            self.services.render_params(spec))
         if isinstance(spec, MachineSpec):
             ctx = self.domain_context(spec)
             volumes = [
@@ -200,10 +213,16 @@ class KvmDriver(Driver):
 
     def classify(self, spec: Spec, field_name: str) -> ChangeKind:
         """How disruptive changing ``field_name`` is (table in classify.py / docs)."""
+        if isinstance(spec, ServiceSpec):
+            from pacsinfra.drivers import service_common
+
+            return service_common.classify(spec, field_name)
         return classify_mod.classify(spec, field_name)
 
     def classify_change(self, spec: Spec, observed: Observed, field_name: str) -> ChangeKind:
         """Like classify, knowing the actual value (disk growth is IN_PLACE, shrink REPLACE)."""
+        if isinstance(spec, ServiceSpec):
+            return self.classify(spec, field_name)
         return classify_mod.classify_change(spec, observed, field_name)
 
     def check(self, spec: Spec) -> list[str]:
@@ -211,7 +230,9 @@ class KvmDriver(Driver):
         from pacsinfra.drivers.kvm.machines import check_machine
 
         problems: list[str] = []
-        if isinstance(spec, MachineSpec):
+        if isinstance(spec, ServiceSpec):
+            problems += self.services.check(spec)
+        elif isinstance(spec, MachineSpec):
             problems += check_machine(spec, embed=is_embed_uri(self.uri))
             if not problems:
                 # everything rendering would refuse (pool directories are looked up later)
@@ -241,6 +262,8 @@ class KvmDriver(Driver):
             return self._read_network(spec.name, desired=spec)
         if isinstance(spec, StorageSpec):
             return self._read_pool(spec.name, desired=spec)
+        if isinstance(spec, ServiceSpec):
+            return self.services.read(spec)
         raise TypeError(f"unknown spec type {type(spec).__name__}")
 
     def list_owned(self, site: str) -> list[Observed]:
@@ -260,6 +283,7 @@ class KvmDriver(Driver):
             mobs = read_machine(self, name, desired=None)
             if mobs is not None and mobs.owner is not None and mobs.owner.site == site:
                 out.append(mobs)
+        out += self.services.list_owned(site)
         return out
 
     def read_network(self, name: str) -> Observed | None:
@@ -324,6 +348,8 @@ class KvmDriver(Driver):
             return self._create_network(spec, owner)
         if isinstance(spec, StorageSpec):
             return self._create_pool(spec, owner)
+        if isinstance(spec, ServiceSpec):
+            return self.services.create(spec, owner)
         raise TypeError(f"unknown spec type {type(spec).__name__}")
 
     def update(self, spec: Spec, observed: Observed, fields: Sequence[str]) -> Observed:
@@ -340,6 +366,8 @@ class KvmDriver(Driver):
             return self._update_network(spec, observed, fields)
         if isinstance(spec, StorageSpec):
             return self._update_pool(spec, observed, fields)
+        if isinstance(spec, ServiceSpec):
+            return self.services.update(spec, observed, fields)
         raise TypeError(f"unknown spec type {type(spec).__name__}")
 
     def delete(self, observed: Observed) -> None:
@@ -349,6 +377,9 @@ class KvmDriver(Driver):
             from pacsinfra.drivers.kvm.machines import delete_machine
 
             delete_machine(self, observed)
+            self.services.forget(spec.name)
+        elif isinstance(spec, ServiceSpec):
+            self.services.delete(observed)
         elif isinstance(spec, NetworkSpec):
             self._delete_network(spec.name)
         elif isinstance(spec, StorageSpec):
