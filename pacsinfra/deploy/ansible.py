@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,31 @@ class FleetHost:
     user: str = "root"
     python: str = "/usr/bin/python3"
     vars: Mapping[str, Any] = field(default_factory=dict)
+    known_hosts: Path | None = None  # an OpenSSH known_hosts file pinning more keys
+
+
+class Unsafe(str):
+    """A string ansible must not template (a command or data holding ``{{`` is taken as is).
+
+    Dumped as YAML ``!unsafe``, which ansible reads as a value never passed to Jinja.
+    """
+
+
+class _PlayDumper(yaml.SafeDumper):
+    pass
+
+
+_PlayDumper.add_representer(Unsafe, lambda d, v: d.represent_scalar("!unsafe", str(v)))
+
+
+@dataclass
+class TaskEvent:
+    """One task's outcome on one host: ``ok``, ``failed``, ``skipped`` or ``unreachable``."""
+
+    host: str
+    task: str
+    outcome: str
+    res: dict[str, Any]
 
 
 @dataclass
@@ -85,14 +111,14 @@ class AnsibleFleet:
     """A group of hosts driven together. ``work_dir`` keeps inventories and run artifacts."""
 
     def __init__(self, hosts: Sequence[FleetHost], work_dir: Path | None = None, *,
-                 forks: int = 10, timeout: float = 600.0) -> None:
+                 forks: int = 10, timeout: float = 600.0, keep_runs: bool = True) -> None:
         if not hosts:
             raise DeployError("an ansible fleet needs at least one host")
         names = [h.name for h in hosts]
         if len(set(names)) != len(names):
             raise DeployError(f"duplicate host names in fleet: {sorted(names)}")
         for h in hosts:
-            if not h.host_keys:
+            if not h.host_keys and h.known_hosts is None:
                 raise DeployError(f"{h.name}: no pinned host key (pacsinfra never trusts on "
                                   "first use)")
         self.hosts = list(hosts)
@@ -105,6 +131,10 @@ class AnsibleFleet:
         self._write_known_hosts()
         self._bin = str(Path(sys.executable).parent)
         self._runs = 0
+        self._runs_lock = threading.Lock()
+        # Without keep_runs each run's directory (inventory, artifacts: the commands' output)
+        # is removed once its result is read, so nothing a command printed stays on disk.
+        self.keep_runs = keep_runs
 
     def close(self) -> None:
         """Stop the multiplexed SSH masters and remove their socket directory."""
@@ -126,6 +156,13 @@ class AnsibleFleet:
         for h in self.hosts:
             name = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
             lines += [f"{name} {' '.join(k.split()[:2])}" for k in h.host_keys]
+            if h.known_hosts is not None:
+                try:
+                    lines += [ln for ln in h.known_hosts.read_text().splitlines()
+                              if ln.strip() and not ln.startswith("#")]
+                except OSError as exc:
+                    raise DeployError(f"{h.name}: cannot read known_hosts {h.known_hosts}: "
+                                      f"{exc}") from exc
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
     def inventory(self) -> dict[str, Any]:
@@ -164,27 +201,65 @@ class AnsibleFleet:
         }
 
     def _private_dir(self) -> Path:
-        self._runs += 1
-        d = self.work_dir / f"run{self._runs}"
+        with self._runs_lock:  # runs may start from several threads at once
+            self._runs += 1
+            d = self.work_dir / f"run{self._runs}"
         (d / "inventory").mkdir(parents=True, exist_ok=True)
         (d / "inventory" / "hosts.yml").write_text(yaml.safe_dump(self.inventory()))
         return d
 
-    def playbook(self, plays: Sequence[Mapping[str, Any]] | Path,
-                 extravars: Mapping[str, Any] | None = None) -> FleetResult:
-        """Run a playbook (a list of plays, or a playbook file) on the fleet."""
+    def _done(self, pdir: Path) -> None:
+        if not self.keep_runs:
+            shutil.rmtree(pdir, ignore_errors=True)
+
+    def _run_plays(self, plays: Sequence[Mapping[str, Any]] | Path,
+                   extravars: Mapping[str, Any] | None, timeout: float) -> tuple[Any, Path]:
         runner = _runner()
         pdir = self._private_dir()
         if isinstance(plays, Path):
             playbook = str(plays.resolve())
         else:
             (pdir / "project").mkdir(exist_ok=True)
-            (pdir / "project" / "site.yml").write_text(yaml.safe_dump(list(plays)))
+            (pdir / "project" / "site.yml").write_text(
+                yaml.dump(list(plays), Dumper=_PlayDumper, sort_keys=False))
             playbook = "site.yml"
         r = runner.run(private_data_dir=str(pdir), playbook=playbook, envvars=self._env(),
                        extravars=dict(extravars or {}), forks=self.forks, quiet=True,
-                       timeout=int(self.timeout))
-        return self._result(r)
+                       timeout=max(1, int(timeout)))
+        return r, pdir
+
+    def tasks(self, tasks: Sequence[Mapping[str, Any]],
+              timeout: float | None = None) -> tuple[str, list[TaskEvent]]:
+        """Run ``tasks`` as one play on every host; the runner's status and each task's outcome.
+
+        A host stops at its first failed task (ansible's rule), so later tasks have no event
+        for it. Strings that must reach the host verbatim should be :class:`Unsafe`.
+        """
+        play = {"hosts": "all", "gather_facts": False, "tasks": list(tasks)}
+        r, pdir = self._run_plays([play], None, self.timeout if timeout is None else timeout)
+        try:
+            events: list[TaskEvent] = []
+            kinds = {"runner_on_ok": "ok", "runner_on_failed": "failed",
+                     "runner_on_skipped": "skipped", "runner_on_unreachable": "unreachable"}
+            for ev in r.events:
+                outcome = kinds.get(ev.get("event", ""))
+                data = ev.get("event_data", {})
+                if outcome is None or data.get("host") is None:
+                    continue
+                events.append(TaskEvent(str(data["host"]), str(data.get("task", "")), outcome,
+                                        dict(data.get("res") or {})))
+            return str(r.status), events
+        finally:
+            self._done(pdir)
+
+    def playbook(self, plays: Sequence[Mapping[str, Any]] | Path,
+                 extravars: Mapping[str, Any] | None = None) -> FleetResult:
+        """Run a playbook (a list of plays, or a playbook file) on the fleet."""
+        r, pdir = self._run_plays(plays, extravars, self.timeout)
+        try:
+            return self._result(r)
+        finally:
+            self._done(pdir)
 
     def run(self, cmd: Command, timeout: float = 60.0) -> dict[str, Result]:
         """Run one shell command on every host; per-host (rc, stdout, stderr) like a Transport.
@@ -210,6 +285,7 @@ class AnsibleFleet:
                 out[host] = Result(255, "", str(res.get("msg", "unreachable")))
         for h in self.hosts:
             out.setdefault(h.name, Result(124, "", f"no result from ansible ({r.status})"))
+        self._done(pdir)
         return out
 
     @staticmethod

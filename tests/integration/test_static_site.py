@@ -55,8 +55,10 @@ def wheelhouse() -> Path:
 
 
 def blueprint(hosts: list[NetnsHost], roots: list[Path], records: Path, house: Path,
-              receiver: int, *, retries: int = 10, keys: list[str] | None = None) -> str:
+              receiver: int, *, retries: int = 10, keys: list[str] | None = None,
+              engine: str | None = None) -> str:
     keys = keys or [h.host_key_line for h in hosts]
+    deploy = f"deploy: {{engine: {engine}}}\n" if engine else ""
     entries = "\n".join(
         f"      {m}: {{address: {h.address}, root: {root}, host_keys: [\"{k}\"]}}"
         for m, h, root, k in zip(MACHINES, hosts, roots, keys, strict=True))
@@ -105,7 +107,7 @@ services:
         a: {{ae_title: ARCH_A, service: archive-a, port: 11112}}
         b: {{ae_title: ARCH_B, service: archive-b, port: 11112}}
       rules: [{{name: both, forward: [a, b]}}]
-"""
+{deploy}"""
 
 
 class StaticSite:

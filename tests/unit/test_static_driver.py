@@ -116,3 +116,25 @@ def _owner():  # type: ignore[no-untyped-def]
     from pacsinfra.drivers.base import Ownership
 
     return Ownership(site="s", address="service.a[0]", lineage="l")
+
+
+def test_deploy_engine_auto_takes_ansible_above_the_threshold(tmp_path: Path) -> None:
+    hosts = {f"h{i}": {"address": f"10.0.0.{i}", "host_keys": ["ssh-ed25519 AAAA"]}
+             for i in range(1, 4)}
+    assert StaticSettings.parse({"hosts": hosts}).transport == "ssh"  # 3 <= 10
+    assert StaticSettings.parse({"hosts": hosts, "ansible_threshold": 2}).transport == "ansible"
+    assert StaticSettings.parse({"hosts": hosts, "ansible_threshold": 3}).transport == "ssh"
+    assert StaticSettings.parse({"hosts": hosts, "engine": "ansible"}).transport == "ansible"
+    assert StaticSettings.parse({"hosts": hosts, "engine": "ssh",
+                                 "ansible_threshold": 0}).transport == "ssh"
+    # deploy.engine at the top of the blueprint reaches the driver's settings, and a saved
+    # plan's provider section keeps it (the driver is built from that alone)
+    text = EXAMPLE.read_text() + "\ndeploy: {engine: auto, ansible_threshold: 1}\n"
+    (tmp_path / "site.yaml").write_text(text)
+    loaded = load_blueprint(tmp_path / "site.yaml")
+    from pacsinfra.apply.engine import provider_from_settings, provider_settings
+
+    saved = provider_settings(loaded.site)
+    assert (saved["static"]["engine"], saved["static"]["ansible_threshold"]) == ("auto", 1)
+    again = StaticSettings.parse(provider_from_settings(saved).static)
+    assert again.transport == "ansible"  # the example has 3 hosts > 1

@@ -1,5 +1,9 @@
 """The ``static`` driver: machines are hosts that already exist (bare metal, pre-made VMs).
 
+- The transport is paramiko (``deploy: {engine: ssh}``) or ansible-runner (``engine:
+  ansible``); ``auto`` (the default) takes ansible for more than ``ansible_threshold``
+  (10) hosts. Either way the same commands run and the same files are written: the
+  engine is only the channel (:mod:`pacsinfra.drivers.static.remote`).
 - A machine maps to its entry in ``provider.static.hosts`` (by machine name). Create =
   connect over SSH (host key verified, never trusted on first use), create the root
   directories, write the ownership mark ``<root>/machine.json`` and install pacsinfra
@@ -70,6 +74,7 @@ class StaticDriver(Driver):
         self._wheel: wheels.BuiltWheel | None = None
         self._wheel_lock = threading.Lock()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._ansible_tmp: tempfile.TemporaryDirectory[str] | None = None
 
     # -- connection ---------------------------------------------------------------------
     def connect(self) -> None:
@@ -82,6 +87,9 @@ class StaticDriver(Driver):
             self._sessions.clear()
         for s in sessions:
             s.close()
+        if self._ansible_tmp is not None:
+            self._ansible_tmp.cleanup()  # run files, and a key resolved from a secret
+            self._ansible_tmp = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -97,7 +105,14 @@ class StaticDriver(Driver):
         with self._lock:
             session = self._sessions.get(machine)
             if session is None:
-                session = self._sessions[machine] = HostSession(self._host(machine))
+                engine = self.settings.transport
+                work: Path | None = None
+                if engine == "ansible":
+                    if self._ansible_tmp is None:
+                        self._ansible_tmp = tempfile.TemporaryDirectory(prefix="pacsinfra-ans-")
+                    work = Path(self._ansible_tmp.name)
+                session = HostSession(self._host(machine), engine, work)
+                self._sessions[machine] = session
             return session
 
     def _service(self, spec: ServiceSpec) -> RemoteService:
@@ -308,7 +323,7 @@ class StaticDriver(Driver):
 
     def _delete_machine(self, session: HostSession) -> None:
         host = session.settings
-        if session.transport.exists(host.venv_python):
+        if session.has_venv():
             res = session.run(["sh", "-c", 'cd "$1" 2>/dev/null && ls -1 -- *.lock 2>/dev/null',
                                "sh", host.run_dir], 30)
             for lock in res.stdout.split():

@@ -29,6 +29,7 @@ from typing import Any
 DEFAULT_ROOT = "/opt/pacsinfra"
 DEFAULT_USER = "root"
 DEFAULT_PYTHON = "/usr/bin/python3"
+DEFAULT_ANSIBLE_THRESHOLD = 10  # engine auto: ansible-runner for more hosts than this
 _LOGIN_FIELDS = ("port", "user", "key_file", "key", "known_hosts", "python", "root",
                  "find_links", "system_site_packages")
 
@@ -103,6 +104,15 @@ class StaticSettings:
     hosts: Mapping[str, HostSettings]
     wheel: str | None = None
     records: Path | None = None
+    engine: str = "auto"  # ssh | ansible | auto
+    ansible_threshold: int = DEFAULT_ANSIBLE_THRESHOLD
+
+    @property
+    def transport(self) -> str:
+        """The engine in effect: ``ssh`` or ``ansible`` (auto decided by the number of hosts)."""
+        if self.engine in ("ssh", "ansible"):
+            return self.engine
+        return "ansible" if len(self.hosts) > self.ansible_threshold else "ssh"
 
     @classmethod
     def parse(cls, config: Any) -> StaticSettings:
@@ -121,8 +131,12 @@ class StaticSettings:
             merged["host_keys"] = tuple(merged.get("host_keys") or ())
             hosts[str(name)] = HostSettings(machine=str(name), **merged)
         records = raw.get("records")
+        threshold = raw.get("ansible_threshold")
         return cls(hosts=hosts, wheel=raw.get("wheel"),
-                   records=Path(os.path.expanduser(records)) if records else None)
+                   records=Path(os.path.expanduser(records)) if records else None,
+                   engine=str(raw.get("engine") or "auto"),
+                   ansible_threshold=DEFAULT_ANSIBLE_THRESHOLD if threshold is None
+                   else int(threshold))
 
     def host(self, machine: str) -> HostSettings | None:
         return self.hosts.get(machine)

@@ -1,5 +1,10 @@
 """One existing host over SSH: a reused, host-key-verified connection, files and marks on it.
 
+The connection is paramiko (:class:`~pacsinfra.deploy.ssh.SSHTransport`, engine ``ssh``)
+or ansible-runner (:class:`~pacsinfra.deploy.ansible_transport.AnsibleTransport`, engine
+``ansible``); both are Transports, so everything above them runs the same commands and
+writes the same files either way.
+
 Every error names the machine and the host (``st-archive-1 (root@10.0.0.5:22): ...``).
 The private key is read when the connection opens, from ``key_file`` or a secret
 reference (``key``); its content never appears in a message, the state or a plan.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,7 @@ from typing import Any
 import paramiko
 
 from pacsinfra.deploy.ssh import SSHTarget, SSHTransport
-from pacsinfra.deploy.transport import Command, Result, put_text
+from pacsinfra.deploy.transport import Command, Result, Transport, put_text
 from pacsinfra.drivers.base import Ownership, Spec
 from pacsinfra.drivers.local.marks import decode_mark, encode_mark
 from pacsinfra.drivers.static.layout import HostSettings
@@ -73,18 +79,25 @@ def _private_key(settings: HostSettings) -> paramiko.PKey | None:
 
 
 class HostSession:
-    """Commands and files on one host, through one SSH transport opened on first use."""
+    """Commands and files on one host, through one transport opened on first use.
 
-    def __init__(self, settings: HostSettings) -> None:
+    ``engine`` is ``ssh`` (paramiko) or ``ansible`` (ansible-runner, run files under
+    ``work_dir``, a private directory of this pacsinfra run).
+    """
+
+    def __init__(self, settings: HostSettings, engine: str = "ssh",
+                 work_dir: Path | None = None) -> None:
         self.settings = settings
         self.name = settings.describe()
-        self._transport: SSHTransport | None = None
+        self.engine = engine
+        self.work_dir = work_dir
+        self._transport: Transport | None = None
         self._lock = threading.Lock()
         self.install_lock = threading.Lock()  # one wheel install per host at a time
         self.installed: str | None = None  # content hash installed during this run
 
     @property
-    def transport(self) -> SSHTransport:
+    def transport(self) -> Transport:
         """The host's transport (connected, host key verified); errors name the machine."""
         s = self.settings
         with self._lock:
@@ -94,16 +107,11 @@ class HostSession:
                                    "pacsinfra never trusts a key on first use")
                 if s.key is None and s.key_file is None:
                     raise SSHError(f"{self.name}: no private key (key_file or key)")
-                target = SSHTarget(
-                    host=s.address, port=s.port, user=s.user,
-                    key_file=Path(s.key_file).expanduser() if s.key_file else None,
-                    known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None,
-                    host_keys=tuple(s.host_keys), name=self.name,
-                )
-                self._transport = SSHTransport(target, pkey=_private_key(s))
+                self._transport = (self._ansible_transport() if self.engine == "ansible"
+                                   else self._ssh_transport())
             t = self._transport
         try:
-            t.connect()
+            t.connect()  # type: ignore[attr-defined]  # both transports have it
         except SSHError as exc:
             msg = str(exc)
             if s.machine in msg:
@@ -111,10 +119,47 @@ class HostSession:
             raise SSHError(f"{s.machine}: {msg}") from None  # the cause is in the message
         return t
 
+    def _ssh_transport(self) -> SSHTransport:
+        s = self.settings
+        target = SSHTarget(
+            host=s.address, port=s.port, user=s.user,
+            key_file=Path(s.key_file).expanduser() if s.key_file else None,
+            known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None,
+            host_keys=tuple(s.host_keys), name=self.name,
+        )
+        return SSHTransport(target, pkey=_private_key(s))
+
+    def _ansible_transport(self) -> Transport:
+        from pacsinfra.deploy.ansible import FleetHost
+        from pacsinfra.deploy.ansible_transport import AnsibleTransport, key_file_from_secret
+
+        s = self.settings
+        work = self.work_dir or Path(tempfile.mkdtemp(prefix="pacsinfra-ansible-"))
+        if s.key_file is not None:
+            key_file = Path(s.key_file).expanduser()
+        else:
+            _private_key(s)  # a key that is not usable fails here, named like over paramiko
+            from pacsinfra.secrets import SecretRef
+
+            assert s.key is not None
+            key_file = key_file_from_secret(SecretRef(**dict(s.key)).resolve(), work / "keys")
+        host = FleetHost(
+            name=s.machine, address=s.address, key_file=key_file, host_keys=tuple(s.host_keys),
+            port=s.port, user=s.user, python=s.python,
+            known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None,
+        )
+        return AnsibleTransport(host, work / s.machine, name=self.name)
+
     def close(self) -> None:
         with self._lock:
             if self._transport is not None:
                 self._transport.close()
+
+    def has_venv(self) -> bool:
+        """Whether ``<root>/venv`` holds a python (known without asking once installed here)."""
+        if self.installed is not None:
+            return True
+        return self.transport.exists(self.settings.venv_python)
 
     # -- commands -------------------------------------------------------------------------
     def run(self, cmd: Command, timeout: float = 60.0) -> Result:

@@ -2,7 +2,7 @@
 
 The process is ``<root>/venv/bin/python -m pacsinfra <kind> serve --config
 <root>/services/<svc>/config.yaml`` under the pacsinfra supervisor on the host, driven
-through SSH (:class:`~pacsinfra.deploy.supervisor.Supervised`). Health is a C-ECHO from
+through the session's transport (SSH or ansible) (:class:`~pacsinfra.deploy.supervisor.Supervised`). Health is a C-ECHO from
 the pacsinfra machine to the host's address and the service's port.
 
 A ``database`` service is the host's own PostgreSQL
@@ -69,7 +69,7 @@ class RemoteService(common.ServiceRunner):
 
     # -- process ----------------------------------------------------------------------
     def status(self) -> supervisor.ServiceStatus:
-        if not self.session.transport.exists(self.session.settings.venv_python):
+        if not self.session.has_venv():
             return supervisor.ServiceStatus(name=self.spec.service, active=False, state="stopped")
         return self._supervised.status()
 
@@ -80,7 +80,7 @@ class RemoteService(common.ServiceRunner):
         return self._supervised.start()
 
     def stop(self) -> None:
-        if self.session.transport.exists(self.session.settings.venv_python):
+        if self.session.has_venv():
             self._supervised.stop()
 
     def log_tail(self, lines: int = 20) -> str:
