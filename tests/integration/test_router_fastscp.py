@@ -87,3 +87,83 @@ def test_spool_file_is_the_received_file(tmp_path: Path) -> None:
     finally:
         router.stop()
         dest.stop()
+
+
+def _store_command(sop_class: str, sop_uid: str) -> bytes:
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    cmd = Dataset()
+    cmd.CommandGroupLength = 0
+    cmd.AffectedSOPClassUID = sop_class
+    cmd.CommandField = 0x0001
+    cmd.MessageID = 7
+    cmd.Priority = 0
+    cmd.CommandDataSetType = 0x0000
+    cmd.AffectedSOPInstanceUID = sop_uid
+    raw = encode(cmd, True, True)
+    assert raw is not None
+    return raw
+
+
+def _pdv(ctx: int, control: int, payload: bytes) -> bytes:
+    item = struct.pack(">LBB", len(payload) + 2, ctx, control) + payload
+    return struct.pack(">BxL", 0x04, len(item)) + item
+
+
+def test_refused_and_interrupted_instances_leave_no_spool_file(tmp_path: Path) -> None:
+    """The streaming path writes straight into the spool: an instance answered with a
+    failure, or cut off mid-transfer, must leave no file behind; only queued ones stay."""
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    dest = StatusSCP(0xA700, "BUSY")  # refuses for now: queued items stay spooled
+    router = Router(tmp_path / "router", {
+        "destinations": {"down": dest.dest()},
+        "rules": [{"name": "all", "forward": ["down"]}],
+        "retry": {"max_attempts": 50, "initial_backoff": 30},
+    })
+    router.start()
+    spool = Path(router.cfg["spool_dir"])
+
+    def spooled() -> set[str]:
+        return {f"{p.parent.name}/{p.name}" for p in spool.glob("??/*")}
+
+    try:
+        ok = instance(modality="CT")
+        assert send(router.port, [ok]) == {str(ok.SOPInstanceUID): 0}
+
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        # A data set whose first element claims 64 bytes and has 3: refused (0xC000).
+        assoc = ae.associate("127.0.0.1", router.port, ae_title="ROUTER")
+        assert assoc.is_established
+        ctx = next(iter(assoc.accepted_contexts)).context_id
+        sock = assoc.dul.socket.socket
+        sock.sendall(_pdv(ctx, 0x03, _store_command(CTImageStorage, generate_uid()))
+                     + _pdv(ctx, 0x02, b"\x08\x00\x18\x00UI\x40\x001.2"))
+        deadline = time.monotonic() + 10
+        while "unreadable" not in router.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "unreadable" in router.log.read_text()
+        assoc.abort()
+        # A data set cut off by an A-RELEASE-RQ: the association is aborted.
+        assoc = ae.associate("127.0.0.1", router.port, ae_title="ROUTER")
+        assert assoc.is_established
+        sock = assoc.dul.socket.socket
+        sock.sendall(_pdv(ctx, 0x03, _store_command(CTImageStorage, generate_uid()))
+                     + _pdv(ctx, 0x00, b"\x08\x00\x05\x00CS\x00\x00"))
+        sock.sendall(struct.pack(">BxL", 0x05, 4) + b"\x00" * 4)
+        deadline = time.monotonic() + 10
+        while not assoc.is_aborted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert assoc.is_aborted
+
+        with router.db() as c:
+            queued = {r[0] for r in c.execute("SELECT spool FROM items")}
+        assert len(queued) == 1
+        wait_for(lambda: spooled() == queued, 10, "only the queued file in the spool")
+    finally:
+        router.stop()
+        dest.stop()

@@ -178,22 +178,36 @@ def _plain_text(values: dict[int, bytes]) -> dict[str, str] | None:
     return out
 
 
-def read_indexed(raw: Buffer, transfer_syntax: str) -> dict[str, str]:
-    """The indexed attributes of ``raw`` (dataset bytes without file meta) as strings.
-
-    ``raw`` is any buffer (bytes, memoryview, mmap); only the bytes before Pixel Data
-    are copied. Raises :class:`DatasetUnreadable` on truncated or malformed input.
-    """
-    ts = UID(transfer_syntax)
+def _inflated(raw: Buffer, ts: UID) -> tuple[Buffer, bool, bool]:
+    """(dataset bytes, implicit VR, little endian) of ``raw`` in transfer syntax ``ts``."""
     data: Buffer = raw
     if ts == "1.2.840.10008.1.2.1.99":  # deflated: the whole dataset is a raw deflate stream
         try:
             data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
         except zlib.error as exc:
             raise DatasetUnreadable(f"deflated dataset does not inflate: {exc}") from exc
-    implicit = ts == "1.2.840.10008.1.2"
-    little = ts != "1.2.840.10008.1.2.2"
+    return data, ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
 
+
+def read_header(raw: Buffer, transfer_syntax: str) -> Dataset:
+    """Every top-level attribute before Pixel Data, as a pydicom Dataset (the router's
+    rules may look at any of them). Checks the whole structure first, like
+    :func:`read_indexed`; raises :class:`DatasetUnreadable`."""
+    data, implicit, little = _inflated(raw, UID(transfer_syntax))
+    cut = check_structure(data, implicit, little)
+    try:
+        return read_dataset(BytesIO(bytes(data[:cut])), implicit, little)
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "unreadable"
+        raise DatasetUnreadable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def read_indexed(raw: Buffer, transfer_syntax: str) -> dict[str, str]:
+    """The indexed attributes of ``raw`` (dataset bytes without file meta) as strings.
+
+    ``raw`` is any buffer (bytes, memoryview, mmap); only the bytes before Pixel Data
+    are copied. Raises :class:`DatasetUnreadable` on truncated or malformed input.
+    """
+    data, implicit, little = _inflated(raw, UID(transfer_syntax))
     values: dict[int, bytes] = {}
     cut = check_structure(data, implicit, little, values)
     fast = _plain_text(values)

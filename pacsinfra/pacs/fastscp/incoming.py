@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from pacsinfra.fsutil import fsync_dir
+
 LOG = logging.getLogger("pacsinfra.fastscp")
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _KICK_BYTES = 1 << 20
@@ -44,10 +46,18 @@ _SFR = _sync_file_range()
 
 
 class IncomingFile:
-    """``<directory>/<name><tmp_mark><random>``: preamble + file meta + the dataset."""
+    """``<directory>/in<tmp_mark><random>``: preamble + file meta + the dataset.
 
-    def __init__(self, directory: Path, meta: bytes, *, tmp_mark: str = ".tmp-") -> None:
-        self.path = directory / f"in{tmp_mark}{uuid.uuid4().hex}"
+    ``final``: write straight at that path instead (a spool whose names are random
+    and whose start-up sweep removes files no queue row names: no rename is needed,
+    so :meth:`seal` also makes the new directory entry durable).
+    """
+
+    def __init__(self, directory: Path, meta: bytes, *, tmp_mark: str = ".tmp-",
+                 final: Path | None = None) -> None:
+        self.path = final if final is not None else directory / f"in{tmp_mark}{uuid.uuid4().hex}"
+        self._sync_parent = final is not None
+        self._kept = False
         self.meta = meta
         self.ds_offset = len(PREAMBLE) + len(meta)
         self.size = 0
@@ -107,9 +117,15 @@ class IncomingFile:
         if self.error is not None:
             raise self.error
         os.fsync(fd)
+        if self._sync_parent:
+            fsync_dir(self.path.parent)
+
+    def keep(self) -> None:
+        """The sealed file stays where it is: :meth:`discard` will only close it."""
+        self._kept = True
 
     def discard(self, *, drop_cache: bool = False) -> None:
-        """Close, and delete the temporary file if it is still there; never raises.
+        """Close, and delete the file unless :meth:`keep` was called; never raises.
 
         ``drop_cache``: the file was sealed and kept (renamed into place); evict its
         now-clean pages from the page cache (``POSIX_FADV_DONTNEED``). An archive's
@@ -125,6 +141,8 @@ class IncomingFile:
                 os.close(fd)
             except OSError:
                 pass
+        if self._kept:
+            return
         try:
             self.path.unlink()
         except OSError as exc:

@@ -253,6 +253,7 @@ class Forwarder:
                 out = sender.send(self.spool.path(item.spool))
                 if out.ok:
                     delivered.append(item.id)
+                    self.spool.drop_cache(item.spool)
                     if self.audit is not None:
                         self.audit.forwarded(node, n.dest.ae_title, item.study_uid, item.sop_uid)
                     continue

@@ -1,13 +1,14 @@
 """The router as a :class:`~pacsinfra.pacs.fastscp.association.StoreSink`.
 
-The streaming SCP writes each data set straight into a temp file in the spool's
-``.incoming`` (swept at start-up). When it is complete, the file is fsynced on a
-helper thread while this one reads the attributes the rules need (pixel data
-skipped); the rules decide; then the file itself becomes the spool file of every
-unmodified delivery (a rename and a directory fsync, no second copy), morphed
-variants are written from it, and the queue rows are committed, all by
-:meth:`RouterServer.admit`, the same step C-STORE through pynetdicom takes.
-Its pages stay cached: the forwarder reads the file again at once.
+The streaming SCP writes each data set straight into its spool file: a fresh random
+name in one of the spool's fan-out directories, so no rename is needed (a crash
+leaves a file no queue row names, which the start-up sweep removes). When the data
+set is complete the file and its directory are fsynced on a helper thread while
+this one reads the attributes the rules need (pixel data skipped, through an mmap
+of the page cache); the rules decide; then the file itself is the spool file of
+every unmodified delivery, morphed variants are written from it, and the queue rows
+are committed, all by :meth:`RouterServer.admit`, the same step C-STORE through
+pynetdicom takes. Its pages stay cached: the forwarder reads the file again at once.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pydicom import dcmread
-
+from pacsinfra.pacs.archive.attrs import DatasetUnreadable, read_header
 from pacsinfra.pacs.dicom import Status
 from pacsinfra.pacs.fastscp.association import StoreRequest
 from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
@@ -28,40 +28,43 @@ LOG = logging.getLogger("pacsinfra.router")
 
 
 class RouterSink:
-    """Stream into the spool, then route, adopt the file and queue it."""
+    """Stream into the spool, then route and queue the file where it is."""
 
     def __init__(self, router: RouterServer, fsync_threads: int = 8) -> None:
         self.router = router
         self._sealer = Sealer(fsync_threads)
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
-        """A temp file in the spool, or the refusal the command alone earns."""
+        """The instance's spool file, or the refusal the command alone earns."""
         refusal = self.router.refusal(req.sop_class, req.sop_uid)
         if refusal is not None:
             return int(refusal)
-        return IncomingFile(self.router.spool.incoming, meta)
+        path, _ = self.router.spool.new_path()
+        return IncomingFile(self.router.spool.incoming, meta, final=path)
 
     def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
-        """fsync, route, adopt or copy, queue (or refuse); the temp file is gone after."""
+        """fsync, route, queue (or refuse); unless queued, the file is gone after."""
         try:
             if incoming.error is not None:  # ENOSPC, EIO while streaming: not stored
                 LOG.error("C-STORE %s: write failed: %s", req.sop_uid, incoming.error)
                 return int(Status.OUT_OF_RESOURCES)
             return int(self._admit(req, incoming))
         finally:
-            incoming.discard()  # after adoption there is nothing left to remove
+            incoming.discard()  # closes; removes the file unless a queue row kept it
 
     def _admit(self, req: StoreRequest, incoming: IncomingFile) -> Status:
         with self._sealer.sealing(incoming) as sealed:
             try:
-                ds = dcmread(incoming.path, stop_before_pixels=True)
-            except Exception as exc:  # noqa: BLE001 - unparseable data set
+                with incoming.mapped() as raw:
+                    ds = read_header(raw, req.transfer_syntax)
+            except DatasetUnreadable as exc:
                 LOG.warning("C-STORE %s from %s: unreadable: %s", req.sop_uid, req.calling, exc)
                 return Status.CANNOT_UNDERSTAND
 
             def keep_received() -> str:
                 sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
-                return self.router.spool.adopt(incoming.path)
+                incoming.keep()
+                return f"{incoming.path.parent.name}/{incoming.path.name}"
 
             return self.router.admit(req.sop_uid, req.calling, req.called, ds,
                                      keep_received=keep_received,

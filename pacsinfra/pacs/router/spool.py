@@ -48,6 +48,13 @@ class Spool:
         os.close(fd)
         return self.adopt(tmp, name)
 
+    def new_path(self) -> tuple[Path, str]:
+        """A fresh place for a file written in place (absolute path, spool name); the
+        writer fsyncs the file and its directory before a queue row names it."""
+        name = uuid.uuid4().hex
+        rel = f"{name[:2]}/{name}.dcm"
+        return self.root / rel, rel
+
     def adopt(self, tmp: Path, name: str | None = None) -> str:
         """Move a complete, fsynced file from ``.incoming`` into the spool, durably;
         return its spool name (``name``: the random part, drawn when not given)."""
@@ -65,6 +72,25 @@ class Spool:
     def path(self, rel: str) -> Path:
         """Absolute path of a spooled file."""
         return self.root / rel
+
+    def drop_cache(self, rel: str) -> None:
+        """Evict a spooled file's (clean) pages from the page cache once it has been sent.
+
+        The file usually stays for ``keep_done_seconds`` but is rarely read again; the
+        pages it frees are the ones the next incoming file is written into, and on
+        virtual machines writing into recycled pages is several times cheaper than into
+        fresh ones (measured here: 0.05-0.1 ms vs 1.2 ms per 512 KB). Best effort.
+        """
+        try:
+            fd = os.open(self.root / rel, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def remove(self, rel: str) -> None:
         """Delete a spooled file (already gone is fine)."""
