@@ -19,7 +19,7 @@ import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,15 +49,15 @@ class IncomingFile:
     """``<directory>/in<tmp_mark><random>``: preamble + file meta + the dataset.
 
     ``final``: write straight at that path instead (a spool whose names are random
-    and whose start-up sweep removes files no queue row names: no rename is needed,
-    so :meth:`seal` also makes the new directory entry durable).
+    and whose start-up sweep removes files no queue row names: no rename is needed;
+    the writer makes the new directory entry durable, see :meth:`Sealer.sync_parent`).
     """
 
     def __init__(self, directory: Path, meta: bytes, *, tmp_mark: str = ".tmp-",
                  final: Path | None = None) -> None:
         self.path = final if final is not None else directory / f"in{tmp_mark}{uuid.uuid4().hex}"
-        self._sync_parent = final is not None
         self._kept = False
+        self.parent_sync: Future[None] | None = None  # the directory's fsync, when started
         self.meta = meta
         self.ds_offset = len(PREAMBLE) + len(meta)
         self.size = 0
@@ -117,8 +117,14 @@ class IncomingFile:
         if self.error is not None:
             raise self.error
         os.fsync(fd)
-        if self._sync_parent:
+
+    def parent_synced(self) -> None:
+        """Make sure the directory entry is durable: wait for the fsync started by
+        :meth:`Sealer.sync_parent`, or run one now (raises its error, if any)."""
+        if self.parent_sync is None:
             fsync_dir(self.path.parent)
+        else:
+            self.parent_sync.result()
 
     def keep(self) -> None:
         """The sealed file stays where it is: :meth:`discard` will only close it."""
@@ -172,6 +178,12 @@ class Sealer:
             yield sealed
         finally:
             done.exception()  # wait, never raise here: the caller decides what an error means
+
+    def sync_parent(self, incoming: IncomingFile) -> None:
+        """Start making ``incoming``'s directory entry durable now, while its data is
+        still arriving (for files written at their final name);
+        ``incoming.parent_synced()`` waits for it (and raises its error, if any)."""
+        incoming.parent_sync = self._pool.submit(fsync_dir, incoming.path.parent)
 
     def close(self) -> None:
         """Stop the helper threads (after the listener has stopped)."""

@@ -3,8 +3,8 @@
 The streaming SCP writes each data set straight into its spool file: a fresh random
 name in one of the spool's fan-out directories, so no rename is needed (a crash
 leaves a file no queue row names, which the start-up sweep removes). When the data
-set is complete the file and its directory are fsynced on a helper thread while
-this one reads the attributes the rules need (pixel data skipped, through an mmap
+set is complete the file is fsynced on a helper thread (its directory was, when
+the file was created) while this one reads the attributes the rules need (pixel data skipped, through an mmap
 of the page cache); the rules decide; then the file itself is the spool file of
 every unmodified delivery, morphed variants are written from it, and the queue rows
 are committed, all by :meth:`RouterServer.admit`, the same step C-STORE through
@@ -40,7 +40,11 @@ class RouterSink:
         if refusal is not None:
             return int(refusal)
         path, _ = self.router.spool.new_path()
-        return IncomingFile(self.router.spool.incoming, meta, final=path)
+        incoming = IncomingFile(self.router.spool.incoming, meta, final=path)
+        # the new name is made durable while the data set streams in, off the
+        # acknowledgement's critical path
+        self._sealer.sync_parent(incoming)
+        return incoming
 
     def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
         """fsync, route, queue (or refuse); unless queued, the file is gone after."""
@@ -63,6 +67,7 @@ class RouterSink:
 
             def keep_received() -> str:
                 sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
+                incoming.parent_synced()  # and its directory entry's (started at open)
                 incoming.keep()
                 return f"{incoming.path.parent.name}/{incoming.path.name}"
 
