@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -146,7 +147,9 @@ def latency(tmp: Path, files: list[Path]) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=1000, help="instances of 64x64 (8 KiB)")
-    ap.add_argument("--large", type=int, default=100, help="instances of 512x512 (512 KiB)")
+    ap.add_argument("--large", type=int, default=500, help="instances of 512x512 (512 KiB)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="direct/routed pairs per row (interleaved); medians are shown")
     ap.add_argument("--latency", type=int, default=200, help="single-instance sends")
     ap.add_argument("--dest", nargs="+", default=["storescp", "archive"],
                     choices=["storescp", "archive"], help="destination peers to compare on")
@@ -159,8 +162,14 @@ def main() -> None:
         files = corpus(tmp / f"in-{tag}", n, size)
         mb = sum(f.stat().st_size for f in files) / 1e6
         for kind in args.dest:
-            d = direct(tmp, files, tag, kind)
-            r, send_secs = routed(tmp, files, tag, kind)
+            runs = []
+            for k in range(args.repeat):  # interleaved, so a load change hits both alike
+                d = direct(tmp, files, f"{tag}{k}", kind)
+                r, send_secs = routed(tmp, files, f"{tag}{k}", kind)
+                runs.append((d, r, send_secs))
+                print(f"  {kind} {tag} run {k + 1}: direct {n / d:.0f}/s, routed {n / r:.0f}/s "
+                      f"({d / r:.0%})", flush=True)
+            d, r, send_secs = (statistics.median(x[i] for x in runs) for i in range(3))
             rows.append((kind, tag, n, mb, d, r, send_secs))
     print()
     print(f"{'destination':<12}{'data':<7}{'inst':>6}{'MB':>7}{'direct s':>10}{'direct/s':>10}"
@@ -176,7 +185,8 @@ def main() -> None:
               f"median {statistics.median(lat) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
               f"max {lat[-1] * 1000:.1f} ms")
     print("\nratio = direct seconds / routed seconds (routed: until the last file is at the "
-          "destination); ack s = storescu time against the router.")
+          f"destination); ack s = storescu time against the router; medians of {args.repeat}.")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
