@@ -124,6 +124,31 @@ def explain(config: Path, calling_ae: str, called_ae: str, file: Path) -> None:
                        f"{'; per study' if d.per_study else ''})")
 
 
+@router.command()
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
+def check(config: Path, as_json: bool) -> None:
+    """C-ECHO every destination from here; exit 1 when one does not answer Success."""
+    from pacsinfra.pacs.router.check import check_destinations
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    cfg = load_config(config)
+    results = check_destinations(cfg)
+    if as_json:
+        click.echo(json.dumps({"destinations": [r.as_dict() for r in results]}))
+    else:
+        for r in results:
+            mark = "ok  " if r.ok else "FAIL"
+            click.echo(f"{mark} {r.name}: {r.ae_title}@{r.host}:{r.port} "
+                       f"({r.seconds * 1000:.0f} ms){'' if r.ok else ': ' + r.problem}")
+        if not results:
+            click.echo("no destinations configured")
+    bad = [r.name for r in results if not r.ok]
+    if bad:
+        raise PacsinfraError(f"{len(bad)} of {len(results)} destination(s) unreachable: "
+                             f"{', '.join(bad)}")
+
+
 @router.group()
 def queue() -> None:
     """Inspect and manage the forwarding queue."""

@@ -11,6 +11,7 @@ do not depend on *where* are here.
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -150,6 +151,25 @@ def serve_argv(python: str, spec: ServiceSpec, config_path: str) -> list[str]:
     return [python, "-m", "pacsinfra", spec.kind, "serve", "--config", config_path]
 
 
+def check_argv(python: str, config_path: str) -> list[str]:
+    """The command that C-ECHOes a router's destinations from the router's machine."""
+    return [python, "-m", "pacsinfra", "router", "check", "--config", config_path, "--json"]
+
+
+def destinations_problem(rc: int, stdout: str, stderr: str) -> str | None:
+    """What ``router check --json`` found wrong (None: every destination answered)."""
+    try:
+        results = json.loads(stdout)["destinations"]
+    except (ValueError, KeyError, TypeError):
+        return f"router check failed (exit {rc}): {(stderr or stdout).strip()[-500:]}"
+    bad = [d for d in results if not d.get("ok")]
+    if rc == 0 and not bad:
+        return None
+    if not bad:
+        return f"router check failed (exit {rc}): {stderr.strip()[-500:]}"
+    return "; ".join(f"destination {d.get('name')}: {d.get('problem')}" for d in bad)
+
+
 # -- health ------------------------------------------------------------------------------
 
 
@@ -277,6 +297,36 @@ class ServiceRunner(abc.ABC):
     def check_health(self, timeout: float = 60.0) -> float:
         """C-ECHO until it answers (seconds taken); raises ServiceCheckError."""
 
+    @abc.abstractmethod
+    def run_check(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        """Run a pacsinfra command where the service runs: (exit code, stdout, stderr)."""
+
+    @abc.abstractmethod
+    def python(self) -> str:
+        """The interpreter that runs pacsinfra where the service runs."""
+
+    @abc.abstractmethod
+    def config_location(self) -> str:
+        """The service's config file, as a path where the service runs."""
+
+    def check_destinations(self, timeout: float = 15.0, poll: float = 1.0) -> None:
+        """A router: C-ECHO each destination from the router's machine until all answer
+        or ``timeout`` passes; raises ServiceCheckError naming the ones that did not."""
+        if self.spec.kind != "router":
+            return
+        argv = check_argv(self.python(), self.config_location())
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = destinations_problem(*self.run_check(argv, timeout + 30))
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(poll)
+        raise ServiceCheckError(
+            f"{self.spec.name}: destinations unreachable from the router's machine: {problem}; "
+            f"end of the router's log:\n{self.log_tail()}")
+
     def running(self) -> bool:
         """A live supervisor runs (or is restarting) the service."""
         return is_running(self.status())
@@ -309,6 +359,7 @@ class ServiceRunner(abc.ABC):
             else:
                 self.start()
             self.check_health(health_timeout)
+            self.check_destinations(min(health_timeout, 15.0))
         except DeployError:
             self.stop()
             raise

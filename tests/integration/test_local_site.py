@@ -267,3 +267,34 @@ def test_unhealthy_service_fails_with_its_log(site: Site) -> None:
     # nothing of the failed service is left running or marked
     assert not (site.root / SITE / "machines" / MACHINE / "services/archive/service.json").exists()
     assert site.processes() == []
+
+
+def test_unreachable_router_destination_fails_the_apply(site: Site, tmp_path: Path) -> None:
+    """After the router answers, each of its destinations is C-ECHOed from the router's
+    machine; one that does not answer fails the step, naming it, with the router's log."""
+    extra = free_port()  # an external archive that is not there yet
+    text = site.bp.read_text().replace(
+        "destinations: {arch: {ae_title: ARCHIVE, service: archive, port: "
+        f"{site.ports[0]}}}}}",
+        "destinations: {arch: {ae_title: ARCHIVE, service: archive, port: "
+        f"{site.ports[0]}}}, pacs2: {{ae_title: PACS2, host: 127.0.0.1, port: {extra}}}}}")
+    text = text.replace("rules: [{name: all, forward: [arch]}]",
+                        "rules: [{name: all, forward: [arch, pacs2]}]")
+    assert "pacs2" in text and "[arch, pacs2]" in text
+    site.bp.write_text(text)
+    r = site.cli("apply", str(site.bp), "--auto-approve")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "failed  service.router[0] (create)" in out, out
+    assert "destinations unreachable from the router's machine" in out, out
+    assert f"destination pacs2: PACS2@127.0.0.1:{extra}" in out, out
+    assert "destination arch" not in out, out  # the deployed archive answered
+    assert "end of the router's log" in out, out
+
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS2", "-od", str(tmp_path),
+                            str(extra)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        site.ok("apply", str(site.bp), "--auto-approve")  # the destination is there now
+    finally:
+        scp.terminate()
+        scp.wait()

@@ -12,6 +12,7 @@ supervisor runs the postmaster, health is ``SELECT 1`` as the services' role.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,20 @@ class ServiceProcess(common.ServiceRunner):
         if not self.run_dir.exists():
             return "  (no log)"
         return common.indent_log(supervisor.tail(self.run_dir, self.spec.service, lines))
+
+    def python(self) -> str:
+        return sys.executable
+
+    def config_location(self) -> str:
+        return str(self.config_path)
+
+    def run_check(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                               cwd=self.cwd)
+        except subprocess.TimeoutExpired:
+            return 124, "", f"{' '.join(argv[2:5])} did not finish in {timeout:.0f}s"
+        return r.returncode, r.stdout, r.stderr
 
     # -- health -----------------------------------------------------------------------
     def endpoint(self) -> tuple[str, str, int]:

@@ -250,18 +250,29 @@ class Sender:
 
     def echo(self) -> bool:
         """C-ECHO on a fresh association (health check)."""
+        return self.echo_problem() is None
+
+    def echo_problem(self) -> str | None:
+        """C-ECHO on a fresh association: None when it answered Success, else why not."""
+        where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
         peer = Peer(ae_title=self.dest.ae_title, host=self.dest.host or "", port=self.dest.port,
                     tls=self.dest.tls)
         try:
             assoc = associate(self.ae, peer,
                               contexts=[build_context("1.2.840.10008.1.1")])
-        except Exception:  # noqa: BLE001
-            return False
+        except Exception as exc:  # noqa: BLE001 - TLS/socket setup errors
+            return f"cannot associate with {where}: {exc}"
         try:
             if not assoc.is_established:
-                return False
+                why = ("rejected the association" if assoc.is_rejected
+                       else "aborted the association" if assoc.is_aborted
+                       else "did not answer (connection refused or timed out)")
+                return f"{where} {why}"
             status = assoc.send_c_echo()
-            return status is not None and int(getattr(status, "Status", 0xFFFF)) == 0
+            code = getattr(status, "Status", None) if status is not None else None
+            if code is None:
+                return f"{where} sent no C-ECHO response"
+            return None if int(code) == 0 else f"{where} answered C-ECHO with 0x{int(code):04X}"
         finally:
             if assoc.is_established:
                 assoc.release()
