@@ -183,12 +183,28 @@ def _check_tiers_and_gpus(site: Site, r: Reporter) -> None:
                     r.warn(where, f"s3 tier {tier.name!r} on {tier.storage_class!r}, a "
                            f"{sc.tier} storage class", hint="object storage is tier: archive",
                            code="archive-tier")
+                elif tier.kind == "filesystem" and tier.path is None and \
+                        site.provider.driver != "local":
+                    _tier_disk(site, name, tier.name, str(tier.storage_class), where, r)
         elif isinstance(svc, ViewerService) and svc.config.gpu_required:
             for role_name, role in site.machines.items():
                 if name in role.services and role.gpu is None:
                     r.warn(("machines", role_name, "services"),
                            f"viewer {name!r} needs a GPU (gpu_required) but role {role_name!r} "
                            "has none", hint="add gpu: {mode: vgpu, profile: ...}", code="gpu")
+
+
+def _tier_disk(site: Site, svc: str, tier: str, storage_class: str, where: tuple[Any, ...],
+               r: Reporter) -> None:
+    """A tier placed by storage class needs a mounted disk of that class on its machines."""
+    for role_name, role in site.machines.items():
+        if svc in role.services and not any(
+                d.storage == storage_class and d.mount for d in role.disks):
+            r.warn(where, f"tier {tier!r} is on storage class {storage_class!r}, but machine "
+                   f"role {role_name!r} mounts no disk of that class: its files will go under "
+                   "the archive's data_dir", hint=f"give role {role_name!r} a disk with "
+                   f"storage: {storage_class} and a mount point, or set the tier's path",
+                   code="archive-tier")
 
 
 def _listen_ports(svc: Any) -> list[tuple[tuple[str, ...], int]]:

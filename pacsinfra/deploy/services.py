@@ -12,9 +12,11 @@ reached):
   target service: its machine's address (127.0.0.1 on the local provider, the host's
   address on static hosts), the port from the target's config unless the blueprint
   pinned one;
-- data directories (``data_dir``, ``spool_dir``) left at their defaults move under the
-  machine's directory (``<root>/data/<svc>`` on a static host); relative ones are
-  resolved there;
+- data directories (``data_dir``, ``spool_dir``) left at their defaults go to the disks
+  the machine role mounts (``disks[].mount``: ``<mount>/<svc>``; an archive tier with a
+  ``storage_class`` onto the disk of that class), else under the machine's directory
+  (``<root>/data/<svc>`` on a static host); relative ones are resolved there. The
+  ``local`` provider keeps everything under its root;
 - a listener whose ``bind`` was not set binds 127.0.0.1 on the local provider (one box:
   nothing outside needs to reach it unless the blueprint says so) and the host's own
   address on static hosts (the router and pacsinfra reach it there);
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Protocol
 
 from pacsinfra.drivers.base import ServiceSpec
@@ -207,6 +209,34 @@ def _socket_dir(svc_name: str, cfg: Any, given: set[str], base: PurePath) -> str
     return sock
 
 
+def _mounts(disks: Sequence[Any]) -> list[tuple[str, PurePosixPath]]:
+    """(storage class, mount point) of the machine's disks that have a mount point, in
+    the order the blueprint lists them."""
+    return [(str(d.storage), PurePosixPath(d.mount)) for d in disks if getattr(d, "mount", None)]
+
+
+def _on_disk(svc_name: str, mounts: Sequence[tuple[str, PurePosixPath]],
+             storage_class: str | None = None) -> PurePosixPath | None:
+    """``<mount>/<service>`` on the disk of ``storage_class`` (any class: the first
+    mounted disk); None when the machine has no such disk."""
+    for sc, mount in mounts:
+        if storage_class is None or sc == storage_class:
+            return mount / svc_name
+    return None
+
+
+def _archive_tiers(data: dict[str, Any], svc_name: str,
+                   mounts: Sequence[tuple[str, PurePosixPath]]) -> None:
+    """Filesystem tiers without a path go to the disk of their storage class."""
+    for tier in data.get("tiers") or []:
+        if tier.get("kind", "filesystem") != "filesystem" or tier.get("path"):
+            continue
+        sc = tier.get("storage_class")
+        home = _on_disk(svc_name, mounts, sc) if sc else None
+        if home is not None:
+            tier["path"] = str(home / str(tier["name"]))
+
+
 def render_config(
     site: Any,
     svc_name: str,
@@ -214,23 +244,39 @@ def render_config(
     *,
     layout: HostLayout,
     nodes: Mapping[str, Sequence[str]] | None = None,
+    disks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """The config file of service ``svc_name`` on machine ``machine_name``.
 
     ``nodes`` maps each service to the names of the machines it runs on (to resolve
-    router destinations that name a service).
+    router destinations that name a service). ``disks``: the machine role's disks;
+    on machines pacsinfra does not own the whole of (every layout but ``local``, whose
+    root holds everything), data directories left at their defaults go to the disks
+    the blueprint mounts: an archive tier with a ``storage_class`` to the disk of that
+    class, the rest of a service's data to ``<mount>/<service>`` of the disk of the
+    archive's default tier's class, else of the first disk with a mount point.
     """
     svc = site.services[svc_name]
     cfg = svc.config
     data = _dump(cfg)
     given = cfg.model_fields_set
     mdir = layout.base_dir(machine_name)
+    mounts = [] if isinstance(layout, LocalLayout) else _mounts(disks)
     ddir = layout.data_dir(machine_name, svc_name)
+    if mounts:
+        default_class = None
+        if svc.kind == "archive":
+            tiers = {t.name: t for t in cfg.tiers}
+            first = tiers.get(cfg.default_tier or "") or (cfg.tiers[0] if cfg.tiers else None)
+            default_class = first.storage_class if first is not None else None
+        ddir = (_on_disk(svc_name, mounts, default_class) if default_class else None) \
+            or _on_disk(svc_name, mounts) or ddir
     bind = layout.default_bind(machine_name)
     if "bind" not in given:
         data["bind"] = bind
     if svc.kind == "archive":
         data["data_dir"] = _place(cfg.data_dir if "data_dir" in given else None, ddir, mdir)
+        _archive_tiers(data, svc_name, mounts)
         web = data.get("dicomweb") or {}
         if web and "bind" not in cfg.dicomweb.model_fields_set:
             web["bind"] = bind
@@ -255,6 +301,11 @@ def render_config(
     return data
 
 
+def _role_of(machine_address: str) -> str:
+    """``machine.pacs[0]`` -> ``pacs``."""
+    return machine_address.partition(".")[2].partition("[")[0]
+
+
 def service_resources(
     site: Any,
     *,
@@ -268,6 +319,7 @@ def service_resources(
     for svc_name in services:
         instances[svc_name] = [f"service.{svc_name}[{i}]" for i in range(len(hosts_of.get(svc_name, ())))]
     nodes = {s: [name for _, name in pairs] for s, pairs in hosts_of.items()}
+    roles = site.machines or {}
     for svc_name, svc in services.items():
         targets: set[str] = set()
         if svc.kind == "router":
@@ -282,7 +334,9 @@ def service_resources(
         for i, (m_addr, m_name) in enumerate(hosts_of.get(svc_name, ())):
             config: dict[str, Any] = {}
             if svc.kind in RUNNABLE_KINDS:
-                config = render_config(site, svc_name, m_name, layout=layout, nodes=nodes)
+                role = roles.get(_role_of(m_addr))
+                config = render_config(site, svc_name, m_name, layout=layout, nodes=nodes,
+                                       disks=getattr(role, "disks", None) or ())
             spec = ServiceSpec(
                 address=f"service.{svc_name}[{i}]",
                 name=f"{m_name}-{svc_name}",

@@ -138,3 +138,39 @@ def test_deploy_engine_auto_takes_ansible_above_the_threshold(tmp_path: Path) ->
     assert (saved["static"]["engine"], saved["static"]["ansible_threshold"]) == ("auto", 1)
     again = StaticSettings.parse(provider_from_settings(saved).static)
     assert again.transport == "ansible"  # the example has 3 hosts > 1
+
+
+def test_data_directories_go_to_the_disks_the_blueprint_mounts(tmp_path: Path) -> None:
+    """Defaults follow disks[].mount: an archive tier with a storage class onto the disk
+    of that class, the rest of a service's data onto the default tier's disk, else the
+    first mounted disk; explicit paths and the local provider's root are left alone."""
+    bp = yaml.safe_load(EXAMPLE.read_text())
+    bp["storage"] = {"flash": {"tier": "performance"}, "slow": {"tier": "capacity"}}
+    bp["machines"]["archive-a"]["disks"] = [
+        {"name": "os", "size": "20GiB", "storage": "flash"},  # no mount: not used for data
+        {"name": "nl", "size": "4TiB", "storage": "slow", "mount": "/srv/nearline"},
+        {"name": "fast", "size": "1TiB", "storage": "flash", "mount": "/srv/flash"},
+    ]
+    bp["services"]["archive-a"]["config"]["tiers"] = [
+        {"name": "hot", "storage_class": "flash"},
+        {"name": "cold", "storage_class": "slow"},
+        {"name": "pinned", "storage_class": "slow", "path": "/mnt/elsewhere"},
+    ]
+    bp["machines"]["router"]["disks"] = [
+        {"name": "spool", "size": "200GiB", "storage": "flash", "mount": "/var/spool/pacs"}]
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(bp))
+    d = desired_site(load_blueprint(str(path)).site)
+    arc = d.resources["service.archive-a[0]"].spec
+    assert isinstance(arc, ServiceSpec)
+    # the default tier (hot) is on flash: the index and data_dir go there
+    assert arc.config["data_dir"] == "/srv/flash/archive-a"
+    tiers = {t["name"]: t.get("path") for t in arc.config["tiers"]}
+    assert tiers == {"hot": "/srv/flash/archive-a/hot", "cold": "/srv/nearline/archive-a/cold",
+                     "pinned": "/mnt/elsewhere"}
+    rtr = d.resources["service.router[0]"].spec
+    assert isinstance(rtr, ServiceSpec) and rtr.config["spool_dir"] == "/var/spool/pacs/router"
+    # a machine without mounted disks keeps the root's data directory
+    other = d.resources["service.archive-b[0]"].spec
+    assert isinstance(other, ServiceSpec)
+    assert other.config["data_dir"] == "/opt/pacsinfra/data/archive-b"
