@@ -328,3 +328,24 @@ def test_templates_are_found_from_env_override(
     assert any((d / "domain.xml.j2").is_file() for d in templating.template_dirs())
     monkeypatch.setenv("PACSINFRA_TEMPLATES", str(tmp_path))
     assert templating.template_dirs()[0] == tmp_path / "kvm"
+
+
+def test_seed_formats_and_mounts_data_disks() -> None:
+    """Disks with a mount point get an ext4 file system (never over an existing one) and
+    an fstab line by label; disks without one are left alone."""
+    case, spec, owner = load_case("machine-disks-thick-iops")
+    mounted = [d for d in spec.disks if d.mount]
+    assert mounted, "the case has a disk with a mount point"
+    user = yaml.safe_load(cloudinit.build_seed(spec).user_data)
+    assert [f["device"] for f in user["fs_setup"]] == [
+        f"/dev/disk/by-id/virtio-{d.name[:20]}" for d in mounted]
+    assert all(f["overwrite"] is False and f["filesystem"] == "ext4" for f in user["fs_setup"])
+    assert [m[1] for m in user["mounts"]] == [d.mount for d in mounted]
+    assert all("nofail" in m[3] for m in user["mounts"])
+    # the serial the seed looks for is the one the domain XML gives the disk
+    xml = render_case(case, spec, owner)
+    for d in mounted:
+        assert f"<serial>{d.name[:20]}</serial>" in xml
+    bare = dataclasses.replace(spec, disks=tuple(dataclasses.replace(d, mount=None)
+                                                  for d in spec.disks))
+    assert "fs_setup" not in yaml.safe_load(cloudinit.build_seed(bare).user_data)

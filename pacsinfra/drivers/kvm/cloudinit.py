@@ -62,12 +62,35 @@ def network_config(spec: MachineSpec) -> dict[str, Any]:
     return {"version": 2, "ethernets": ethernets}
 
 
+def disk_config(spec: MachineSpec) -> dict[str, Any]:
+    """cloud-init ``fs_setup`` + ``mounts`` for the disks that have a mount point.
+
+    Each is found by its virtio serial (the disk's name, as the domain XML sets it), gets
+    an ext4 file system labelled with the disk's name on the whole device unless it
+    already has one (``overwrite: false``: a re-run or a re-attached disk keeps its
+    data), and is mounted by label with ``nofail`` (a missing disk must not stop the
+    boot; the service deploy checks that the mount point is mounted).
+    """
+    fs: list[dict[str, Any]] = []
+    mounts: list[list[str]] = []
+    for disk in spec.disks:
+        if not disk.mount:
+            continue
+        label = disk.name[:16]  # ext4 labels hold 16 bytes
+        fs.append({"label": label, "filesystem": "ext4", "partition": "none",
+                   "overwrite": False,
+                   "device": f"/dev/disk/by-id/virtio-{disk.name[:20]}"})
+        mounts.append([f"LABEL={label}", disk.mount, "ext4", "defaults,nofail", "0", "2"])
+    return {"fs_setup": fs, "mounts": mounts} if fs else {}
+
+
 def build_seed(spec: MachineSpec) -> Seed:
     """The seed files for ``spec`` (pure)."""
     hostname = spec.hostname or spec.name
     user: dict[str, Any] = {"hostname": hostname, "preserve_hostname": False}
     if spec.ssh_authorized_keys:
         user["ssh_authorized_keys"] = list(spec.ssh_authorized_keys)
+    user.update(disk_config(spec))
     user_data = "#cloud-config\n" + _dump(user)
     net = _dump(network_config(spec))
     digest = hashlib.sha256((user_data + net).encode()).hexdigest()[:12]
