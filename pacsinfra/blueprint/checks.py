@@ -17,6 +17,7 @@ from pacsinfra.blueprint.capabilities import (
     can,
     drivers_that_can,
 )
+from pacsinfra.blueprint.checks_dr import check_dr
 from pacsinfra.blueprint.checks_kvm import check_kvm_nics, check_kvm_services
 from pacsinfra.blueprint.checks_net import check_addresses, check_networks
 from pacsinfra.blueprint.checks_services import check_phi, check_services, phi_classes
@@ -110,6 +111,7 @@ def run_checks(site: Site, root: Loc | None, file: str,
     check_services(site, r)
     check_phi(site, r)
     check_deploy(site, r)
+    check_dr(site, r)
     return r.diags
 
 

@@ -113,6 +113,11 @@ _ABS_PATH = r"^(/|~/)[^\s]*$"
 HostKey = Annotated[str, Field(pattern=_HOST_KEY)]
 
 
+# What keeps services running on a remote host: systemd units where PID 1 is systemd
+# (``auto`` finds out per host, as sd_booted() does), else pacsinfra's own supervisor.
+InitSystem = Literal["auto", "systemd", "supervisor"]
+
+
 class StaticLogin(_Strict):
     """How to log in to existing hosts and where pacsinfra lives there (all optional).
 
@@ -152,6 +157,8 @@ class StaticProvider(StaticLogin):
     # saved plan applies with the engine it was made for).
     engine: Literal["auto", "ssh", "ansible"] | None = None
     ansible_threshold: int | None = Field(None, ge=0, le=100000)
+    # What keeps the services running on the hosts (usually set as deploy.init; see InitSystem).
+    init: InitSystem | None = None
 
 
 class KvmGuestLogin(StaticLogin):
@@ -169,6 +176,7 @@ class KvmGuestLogin(StaticLogin):
     host_keys: dict[str, list[HostKey]] = Field(default_factory=dict)  # machine or role -> keys
     wheel: str | None = None  # a pacsinfra wheel to install (default: built from this checkout)
     boot_timeout: float | None = Field(None, gt=0, le=3600)  # first boot -> SSH answering (300 s)
+    init: InitSystem | None = None  # what keeps the services running (usually deploy.init)
 
 
 class HostCapacity(_Strict):
@@ -480,6 +488,39 @@ class DeploySettings(_Strict):
     parallelism: int = Field(10, ge=1, le=1000)
     # engine auto: ansible-runner when the site has more hosts than this, else ssh
     ansible_threshold: int = Field(10, ge=0, le=100000)
+    # systemd units where the host's PID 1 is systemd (auto), always (systemd), or never
+    # (supervisor); copied into provider.static.init / provider.kvm.ssh.init at load time
+    init: InitSystem = "auto"
+
+
+# -- disaster recovery (``dr``: read by ``pacsinfra dr rebuild``) ----------------------------
+
+
+class DrS3(_Strict):
+    """How ``dr rebuild`` reaches backups in an S3-compatible store (all optional).
+
+    Unset credentials come from the usual AWS environment; given ones are secret
+    references, resolved only when the store is contacted (never in state or plans).
+    """
+
+    endpoint: str | None = None  # https://minio.example:9000 (default: AWS, or AWS_ENDPOINT_URL)
+    access_key: SecretRef | None = None  # both or neither
+    secret_key: SecretRef | None = None
+
+
+class DisasterRecovery(_Strict):
+    """``dr``: where ``pacsinfra dr rebuild`` takes the site's archive data from.
+
+    ``backups`` is a backup, a directory of backups, or ``s3://bucket/prefix`` (one
+    backup or a prefix of them): the newest complete one is restored. ``--from`` on the
+    command line overrides it. Checked in :mod:`pacsinfra.blueprint.checks_dr`.
+    """
+
+    # the pattern is for editors (JSON Schema); checks_dr says what is wrong, with a hint
+    backups: str = Field(json_schema_extra={
+        "pattern": r"^(/|~/|s3://[a-z0-9])",
+        "description": "absolute path or s3://bucket/prefix of a backup or of backups"})
+    s3: DrS3 | None = None
 
 
 class Site(_Strict):
@@ -497,6 +538,7 @@ class Site(_Strict):
     services: dict[str, AnyService] = Field(default_factory=dict)
     sites: dict[str, Any] = Field(default_factory=dict)  # overlays, merged by --site
     deploy: DeploySettings | None = None
+    dr: DisasterRecovery | None = None  # backups for `pacsinfra dr rebuild`
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -513,6 +555,29 @@ class Site(_Strict):
                 static.engine = self.deploy.engine  # type: ignore[assignment]
             if static.ansible_threshold is None and "ansible_threshold" in given:
                 static.ansible_threshold = self.deploy.ansible_threshold
+        self._copy_deploy_init()
+
+    def _init_targets(self) -> list[StaticProvider | KvmGuestLogin]:
+        """The provider sections that carry ``deploy.init`` to their driver."""
+        kvm = self.provider.kvm
+        return [t for t in (self.provider.static, kvm.ssh if kvm else None) if t is not None]
+
+    def _copy_deploy_init(self) -> None:
+        # as for the engine: a driver (and a saved plan) sees only the provider section
+        if self.deploy is not None and "init" in self.deploy.model_fields_set:
+            for target in self._init_targets():
+                if target.init is None:
+                    target.init = self.deploy.init
+
+    @model_validator(mode="after")
+    def _one_init(self) -> Site:
+        if self.deploy is not None and "init" in self.deploy.model_fields_set:
+            for target in self._init_targets():
+                if target.init != self.deploy.init:
+                    where = "static" if target is self.provider.static else "kvm.ssh"
+                    raise ValueError(f"provider.{where}.init {target.init!r} contradicts "
+                                     f"deploy.init {self.deploy.init!r}: set it in one place")
+        return self
 
     def service_hosts(self) -> dict[str, list[str]]:
         """Service name -> the roles that run it."""
@@ -527,7 +592,9 @@ __all__ = [
     "AllowRule",
     "Cpu",
     "DeploySettings",
+    "DisasterRecovery",
     "Disk",
+    "DrS3",
     "Gpu",
     "HostCapacity",
     "HypervProvider",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:  # the dr modules load only when a command runs
+    from pacsinfra.dr.rebuild import ArchiveCheck, BackupContents, RestoreTarget
 
 S3_ENDPOINT = click.option(
     "--s3-endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL",
@@ -67,34 +70,23 @@ def backup(config: Path | None, data: Path | None, to: str, force_copy: bool,
               help="a backup made by pacsinfra backup")
 @click.option("--data", "target", required=True, type=click.Path(path_type=Path),
               help="new or empty archive data directory")
+@click.option("--json", "as_json", is_flag=True, help="print what was restored as JSON")
 @S3_ENDPOINT
-def restore(source: str, target: Path, s3_endpoint: str | None) -> None:
+def restore(source: str, target: Path, as_json: bool, s3_endpoint: str | None) -> None:
     """Restore a backup into an empty archive data directory, verifying every checksum."""
+    from dataclasses import asdict
+
     from pacsinfra.dr.restore import run_restore
+    from pacsinfra.dr.source import BackupSource, local_copy
 
-    with _local_backup(source, s3_endpoint, near=target.resolve().parent) as local:
+    where = BackupSource(source, "--from", s3_endpoint)
+    with local_copy(where, near=target.resolve().parent, newest=False) as local:
         s = run_restore(local, target)
-    click.echo(f"restored {s.studies} studies, {s.instances} instances, {s.bytes} bytes "
-               f"into {s.target} (tiers: {', '.join(s.tiers) or 'none'})")
-
-
-@contextmanager
-def _local_backup(source: str, s3_endpoint: str | None, *, near: Path,
-                  newest: bool = False) -> Iterator[Path]:
-    """A backup on disk: ``source`` itself, or a downloaded copy of an S3 one (``newest``:
-    ``source`` may hold several; take the newest complete one)."""
-    from pacsinfra.dr import s3
-    from pacsinfra.dr.rebuild import latest_backup
-
-    remote = s3.parse(source)
-    if remote is None:
-        yield latest_backup(Path(source)) if newest else Path(source)
-        return
-    client = s3.client(s3_endpoint)
-    if newest:
-        remote = s3.latest(remote, client)
-    with s3.Staged(remote, client, near) as local:
-        yield local
+    if as_json:
+        click.echo(json.dumps(asdict(s)))
+    else:
+        click.echo(f"restored {s.studies} studies, {s.instances} instances, {s.bytes} bytes "
+                   f"into {s.target} (tiers: {', '.join(s.tiers) or 'none'})")
 
 
 @click.group()
@@ -105,33 +97,42 @@ def dr() -> None:
 @dr.command()
 @click.argument("blueprint", type=click.Path(path_type=Path))
 @click.option("--site", "overlay", required=True, help="overlay (sites.NAME) of the site to build")
-@click.option("--from", "source", required=True, metavar="DIR|s3://BUCKET/PREFIX",
+@click.option("--from", "source", metavar="DIR|s3://BUCKET/PREFIX",
               help="a backup, or a directory / S3 prefix of backups (the newest complete "
-                   "one is used)")
+                   "one is used); default: the blueprint's dr.backups")
 @click.option("--state", "state_path", type=click.Path(), help="state file of the rebuilt site")
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True)
 @click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
               help="run `pacsinfra verify` on the rebuilt site")
 @S3_ENDPOINT
-def rebuild(blueprint: Path, overlay: str, source: str, state_path: str | None,
+def rebuild(blueprint: Path, overlay: str, source: str | None, state_path: str | None,
             auto_approve: bool, parallelism: int, run_verify: bool,
             s3_endpoint: str | None) -> None:
     """Restore the archives from a backup, build the site, count every study, verify."""
-    with _local_backup(source, s3_endpoint, near=blueprint.resolve().parent,
-                       newest=True) as backup_dir:
-        _rebuild(blueprint, overlay, backup_dir, state_path, auto_approve, parallelism)
+    from pacsinfra.cli.engine_cmds import _load, _print_warnings
+    from pacsinfra.dr.source import choose, local_copy
+
+    bp = _load(str(blueprint), overlay, (), ())
+    _print_warnings(bp)
+    # --s3-endpoint typed on the command line beats the blueprint; AWS_ENDPOINT_URL does not
+    ctx = click.get_current_context()
+    typed = ctx.get_parameter_source("s3_endpoint") is click.core.ParameterSource.COMMANDLINE
+    where = choose(source, s3_endpoint if typed else None, None if typed else s3_endpoint,
+                   bp.site.dr)
+    with local_copy(where, near=blueprint.resolve().parent, newest=True) as backup_dir:
+        _rebuild(bp, backup_dir, state_path, auto_approve, parallelism)
     if run_verify:
         from pacsinfra.cli.verify_cmds import verify
 
-        click.get_current_context().invoke(verify, blueprint=blueprint, overlay=overlay,
-                                           state_path=Path(state_path) if state_path else None)
+        ctx.invoke(verify, blueprint=blueprint, overlay=overlay,
+                   state_path=Path(state_path) if state_path else None)
 
 
-def _rebuild(blueprint: Path, overlay: str, backup_dir: Path, state_path: str | None,
-             auto_approve: bool, parallelism: int) -> None:
+def _rebuild(bp: Any, backup_dir: Path, state_path: str | None, auto_approve: bool,
+             parallelism: int) -> None:
     from pacsinfra.apply.events import make_sink
-    from pacsinfra.cli.engine_cmds import _confirm, _engine, _load, _print_warnings, _run_apply
+    from pacsinfra.cli.engine_cmds import _confirm, _engine, _run_apply
     from pacsinfra.dr import rebuild as rb
     from pacsinfra.plan.render import render_plan
     from pacsinfra.verify.site import service_peer
@@ -139,23 +140,66 @@ def _rebuild(blueprint: Path, overlay: str, backup_dir: Path, state_path: str | 
     contents = rb.read_contents(backup_dir)
     click.echo(f"backup {backup_dir}: {contents.studies} studies, "
                f"{sum(contents.instances_per_study.values())} instances")
-    bp = _load(str(blueprint), overlay, (), ())
-    _print_warnings(bp)
     with _engine(bp, state_path, 60.0, make_sink(json_mode=False)) as engine:
         plan = engine.plan()
         targets = rb.restore_targets(plan)
-        for address, config in targets:  # refuse before anything is restored or built
-            rb.check_fits(address, config, contents)
+        for target in targets:  # refuse before anything is restored or built
+            rb.check_fits(target, contents)
+        remote = plan.driver in rb.REMOTE_DATA_DRIVERS
+        if remote:
+            from pacsinfra.dr import remote as rmt
+
+            for target in targets:
+                rmt.ensure_free(rmt.host_session(engine.driver, target.machine_name),
+                                target.address, rb.check_fits(target, contents))
         click.echo(render_plan(plan))
         _confirm(f"Restore the backup into {len(targets)} archive(s) and build site "
                  f"{plan.name!r}?", auto_approve)
-        checks = rb.restore_all(targets, contents, click.echo)
-        _run_apply(engine, plan, parallelism=parallelism, allow_replace=False, json_mode=False)
-    for check, (_, config) in zip(checks, targets, strict=True):
-        rb.compare(check, contents, rb.count_studies(service_peer(config)))
+
+        def apply(p: Any) -> None:
+            _run_apply(engine, p, parallelism=parallelism, allow_replace=False,
+                       json_mode=False)
+
+        if remote:
+            checks = _restore_remote(engine, targets, contents, apply)
+        else:
+            checks = rb.restore_all(targets, contents, click.echo)
+            apply(plan)
+    for check, target in zip(checks, targets, strict=True):
+        rb.compare(check, contents, rb.count_studies(service_peer(target.config, target.host)))
         click.echo(f"{check.address}: {check.studies_found}/{contents.studies} studies of the "
                    "backup found by C-FIND"
                    + (f"; missing {len(check.missing)}" if check.missing else "")
                    + (f"; {len(check.short)} with fewer instances" if check.short else ""))
     if not all(c.ok for c in checks):
         raise rb.RebuildError("the rebuilt site does not hold every study of the backup")
+
+
+def _restore_remote(engine: Any, targets: list[RestoreTarget], contents: BackupContents,
+                    apply: Callable[[Any], None]) -> list[ArchiveCheck]:
+    """Archives on hosts: their machines first (venv with pacsinfra on each host), the
+    backup restored on each archive's host, then everything else (the services)."""
+    from pacsinfra.dr import rebuild as rb
+    from pacsinfra.dr import remote as rmt
+
+    machines = engine.plan(targets=sorted({t.machine for t in targets}))
+    if machines.has_changes:
+        apply(machines)
+    else:  # an earlier rebuild built them and stopped (a failed restore): carry on
+        click.echo("the archives' machines exist already")
+    checks = [rb.ArchiveCheck(t.address, rb.check_fits(t, contents)) for t in targets]
+    near = Path(engine.blueprint.path).resolve().parent  # writable: the state is there too
+    sessions = [rmt.host_session(engine.driver, t.machine_name, with_pacsinfra=True)
+                for t in targets]
+    with tempfile.TemporaryDirectory(prefix=".pacsinfra-dr-pack-", dir=near) as tmp:
+        packed = rmt.pack(contents.path, Path(tmp))
+        restored = rmt.restore_all_hosts(
+            [(s, c.data_dir) for s, c in zip(sessions, checks, strict=True)], packed, click.echo)
+    for check, session, summary in zip(checks, sessions, restored, strict=True):
+        check.restored = summary
+        click.echo(f"restored {summary.studies} studies, {summary.instances} instances into "
+                   f"{check.address} on {session.name} at {check.data_dir}")
+    rest = engine.plan()
+    rb.restore_targets(rest)  # still every archive to create (nothing ran in between)
+    apply(rest)
+    return checks

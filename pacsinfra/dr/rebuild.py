@@ -17,8 +17,12 @@ running one.
 6. Count: a study-level C-FIND on every archive must find every study of the
    backup's manifest with its number of instances.
 
-Restores happen on the machine that runs pacsinfra, so only providers whose services
-run here (``local``) are supported; other providers are refused with that reason.
+Where the restore happens depends on the provider. ``local``: on this machine, into
+each archive's data directory, before the plan is applied. ``static`` (existing hosts
+over SSH): the archives' machines are applied first (each host gets its venv with
+this pacsinfra), the backup is restored *on each archive's host* by the host's own
+``pacsinfra restore`` (:mod:`pacsinfra.dr.remote`), then the rest of the plan (the
+services) is applied. Other providers are refused (exit 2) with that reason.
 """
 
 from __future__ import annotations
@@ -37,10 +41,23 @@ from pacsinfra.errors import PacsinfraError, UsageError
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve - FIND
 #: providers whose archive data directories are on this machine
 LOCAL_DATA_DRIVERS = frozenset({"local"})
+#: providers whose archives run on hosts reached over SSH (restored there: dr.remote)
+REMOTE_DATA_DRIVERS = frozenset({"static"})
 
 
 class RebuildError(PacsinfraError):
     """The rebuilt site does not hold what the backup holds."""
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """An archive service the rebuild creates, and where its data goes."""
+
+    address: str  # service.archive[0]
+    config: Mapping[str, Any]  # the rendered archive config
+    machine: str  # the plan address of its machine (machine.pacs[0])
+    machine_name: str  # the machine's name (<site>-pacs-1): a static host entry
+    host: str | None  # the machine's address (None: this machine)
 
 
 @dataclass
@@ -72,12 +89,13 @@ class BackupContents:
         return len(self.instances_per_study)
 
 
-def latest_backup(source: Path) -> Path:
-    """``source`` if it is a complete backup, else the newest complete backup in it."""
+def latest_backup(source: Path, origin: str = "--from") -> Path:
+    """``source`` if it is a complete backup, else the newest complete backup in it
+    (``origin`` names where ``source`` came from in messages)."""
     if (source / SUMMARY_NAME).is_file():
         return source
     if not source.is_dir():
-        raise UsageError(f"--from {source}: no such backup or directory of backups")
+        raise UsageError(f"{origin} {source}: no such backup or directory of backups")
     found: list[tuple[float, Path]] = []
     for child in source.iterdir():
         summary = child / SUMMARY_NAME
@@ -88,7 +106,7 @@ def latest_backup(source: Path) -> Path:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     if not found:
-        raise UsageError(f"--from {source}: no complete backup (a directory with "
+        raise UsageError(f"{origin} {source}: no complete backup (a directory with "
                          f"{SUMMARY_NAME}) in it")
     return max(found)[1]
 
@@ -108,19 +126,21 @@ def read_contents(backup: Path) -> BackupContents:
     return BackupContents(backup, dict(per_study), tiers)
 
 
-def restore_targets(plan: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    """(address, rendered config) of every archive service the plan creates.
+def restore_targets(plan: Any) -> list[RestoreTarget]:
+    """Every archive service the plan creates, with its machine.
 
-    Refuses a plan whose driver keeps data elsewhere, an archive that already exists,
-    and a site without an archive."""
+    Refuses a plan whose provider cannot be restored into, an archive that already
+    exists, and a site without an archive."""
     from pacsinfra.drivers.base import ServiceSpec
+    from pacsinfra.drivers.service_common import machine_name_of
     from pacsinfra.plan.plan import Action
 
-    if plan.driver not in LOCAL_DATA_DRIVERS:
-        raise UsageError(f"dr rebuild restores archives on this machine; provider "
-                         f"{plan.driver!r} keeps them elsewhere (supported: "
-                         f"{', '.join(sorted(LOCAL_DATA_DRIVERS))})")
-    out: list[tuple[str, Mapping[str, Any]]] = []
+    supported = LOCAL_DATA_DRIVERS | REMOTE_DATA_DRIVERS
+    if plan.driver not in supported:
+        raise UsageError(f"dr rebuild restores archives on this machine or on existing hosts "
+                         f"over SSH; provider {plan.driver!r} is not supported (supported: "
+                         f"{', '.join(sorted(supported))})")
+    out: list[RestoreTarget] = []
     for step in plan.steps:
         spec = step.desired
         if not isinstance(spec, ServiceSpec) or spec.kind != "archive":
@@ -128,14 +148,16 @@ def restore_targets(plan: Any) -> list[tuple[str, Mapping[str, Any]]]:
         if step.action is not Action.CREATE:
             raise UsageError(f"{step.address} already exists at site {plan.name!r}: dr rebuild "
                              "builds a site from nothing (destroy it first, or use restore)")
-        out.append((step.address, spec.config))
+        out.append(RestoreTarget(step.address, spec.config, spec.machine,
+                                 machine_name_of(spec), spec.host))
     if not out:
         raise UsageError(f"site {plan.name!r} has no archive service to restore into")
     return out
 
 
-def check_fits(address: str, config: Mapping[str, Any], contents: BackupContents) -> Path:
+def check_fits(target: RestoreTarget, contents: BackupContents) -> str:
     """The archive's data directory, once it is clear the backup can be restored there."""
+    address, config = target.address, target.config
     index = config.get("index") or {}
     if index.get("backend", "sqlite") != "sqlite" or index.get("path"):
         raise UsageError(f"{address}: dr rebuild restores a SQLite index at its default "
@@ -153,7 +175,7 @@ def check_fits(address: str, config: Mapping[str, Any], contents: BackupContents
     data_dir = config.get("data_dir")
     if not data_dir:
         raise UsageError(f"{address}: the rendered config has no data_dir")
-    return Path(str(data_dir))
+    return str(data_dir)
 
 
 def count_studies(peer: Any, calling_ae: str = "PXDRCHECK") -> dict[str, int]:
@@ -194,11 +216,11 @@ def compare(check: ArchiveCheck, contents: BackupContents, found: Mapping[str, i
                          if uid in found and found[uid] < n)
 
 
-def restore_all(targets: list[tuple[str, Mapping[str, Any]]], contents: BackupContents,
+def restore_all(targets: list[RestoreTarget], contents: BackupContents,
                 echo: Callable[[str], None]) -> list[ArchiveCheck]:
-    """Check that the backup fits every target before restoring into any, then restore."""
-    checks = [ArchiveCheck(address, str(check_fits(address, config, contents)))
-              for address, config in targets]
+    """Restore into the data directory of every target on this machine (``local``), once
+    the backup is known to fit every one of them."""
+    checks = [ArchiveCheck(t.address, check_fits(t, contents)) for t in targets]
     for check in checks:
         check.restored = run_restore(contents.path, Path(check.data_dir))
         echo(f"restored {check.restored.studies} studies, {check.restored.instances} "

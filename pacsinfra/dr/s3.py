@@ -60,10 +60,13 @@ def parse(url: str) -> S3Location | None:
     return S3Location(bucket, prefix.strip("/"))
 
 
-def client(endpoint: str | None) -> Any:
+def client(endpoint: str | None, *, access_key: str | None = None,
+           secret_key: str | None = None) -> Any:
     """A boto3 S3 client (``endpoint``: an S3-compatible store's URL, else AWS or
-    ``AWS_ENDPOINT_URL``)."""
-    return s3util.client(endpoint, what="S3 backups")
+    ``AWS_ENDPOINT_URL``; credentials: the resolved pair when given, else the AWS
+    environment)."""
+    return s3util.client(endpoint, access_key=access_key, secret_key=secret_key,
+                         what="S3 backups")
 
 
 def _keys(s3: Any, loc: S3Location, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
