@@ -9,15 +9,27 @@ builder's own version, so a rerun only checks the key):
   its virtio disk and NIC (loaded in ``modules.dep`` order) and ``/init``, which mounts the
   disk, copies in the per-run keys and switches to it.
 - ``root.raw``: an ext4 file system (``mke2fs -d``: no loop mount, no root needed for it)
-  holding the dependency closure of python3, python3-venv, openssh-server and
-  busybox-static, each ``.deb`` unpacked with ``dpkg-deb`` (maintainer scripts are not
-  run: the few files they would make are written here), the pacsinfra dependency wheels
-  installed into ``/usr/local/lib/python3.X/dist-packages`` (so a venv with
-  ``--system-site-packages`` needs only the pacsinfra wheel: pip under TCG is slow), and a
-  busybox ``init`` whose ``/etc/pacsinfra-rc`` brings up ``eth0`` as 10.0.2.15/24 (QEMU
-  user networking), generates an SSH host key when none was given, starts sshd and prints
-  the host keys on the console between ``-----BEGIN SSH HOST KEY KEYS-----`` markers, as
-  cloud-init does (so the KVM driver learns them from the console log).
+  holding the dependency closure of python3, python3-venv, openssh-server,
+  busybox-static and systemd, each ``.deb`` unpacked with ``dpkg-deb`` (maintainer
+  scripts are not run: the few files they would make are written here), the pacsinfra
+  dependency wheels installed into ``/usr/local/lib/python3.X/dist-packages`` (so a venv
+  with ``--system-site-packages`` needs only the pacsinfra wheel: pip under TCG is slow).
+
+Two inits in one image, chosen by the kernel command line (the initramfs reads
+``init=`` from ``/proc/cmdline``; :attr:`GuestImage.cmdline` or
+:attr:`GuestImage.systemd_cmdline`):
+
+- **busybox** (the default): ``/etc/pacsinfra-rc`` brings up ``eth0`` as 10.0.2.15/24
+  (QEMU user networking), generates an SSH host key when none was given, starts sshd
+  and prints the host keys on the console between ``-----BEGIN SSH HOST KEY
+  KEYS-----`` markers, as cloud-init does (so the KVM driver learns them from the
+  console log). PID 1 is not systemd: services run under the pacsinfra supervisor.
+- **systemd** (``init=/lib/systemd/systemd``): the same steps as units: a oneshot
+  ``pacsinfra-guest-net.service`` (eth0), ``pacsinfra-guest-hostkey.service`` (a key
+  when none was given), Debian's own ``ssh.service``, and
+  ``pacsinfra-guest-keys.service`` printing the keys on the console once sshd is up.
+  Units that need what the image lacks (logind without D-Bus, gettys, first-boot
+  set-up) are masked.
 
 Per run, :func:`keyed_initrd` appends a second cpio to the base initrd holding the SSH
 host key and root's ``authorized_keys`` (the kernel unpacks concatenated archives), so
@@ -41,8 +53,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-BUILDER_VERSION = "1"
-GUEST_PACKAGES = ("python3", "python3-venv", "openssh-server", "busybox-static")
+BUILDER_VERSION = "2"
+GUEST_PACKAGES = ("python3", "python3-venv", "openssh-server", "busybox-static", "systemd")
 # in the closure through maintainer scripts or alternatives, never used at run time
 DROP = frozenset({"perl", "perl-modules-5.36", "libperl5.36", "usrmerge", "usr-is-merged"})
 KERNEL_META = "linux-image-cloud-amd64"
@@ -74,6 +86,11 @@ INITRAMFS_INIT = """\
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
+# init= on the kernel command line picks the second stage (the kernel keeps it from us)
+INIT=
+for x in $(/bin/busybox cat /proc/cmdline); do
+  case "$x" in init=*) INIT="${x#init=}" ;; esac
+done
 for m in $(/bin/busybox cat /modules.order); do /bin/busybox insmod /modules/$m; done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done
@@ -88,7 +105,8 @@ if [ -d /keys ]; then
 fi
 /bin/busybox umount /proc /sys
 /bin/busybox mount --move /dev /newroot/dev
-echo "pacsinfra-guest: switching to the root file system"
+echo "pacsinfra-guest: switching to the root file system (init ${INIT:-busybox})"
+[ -n "$INIT" ] && exec /bin/busybox switch_root /newroot "$INIT"
 exec /bin/busybox switch_root /newroot /usr/bin/busybox init
 """
 
@@ -127,6 +145,70 @@ chmod 0755 /run/sshd
   echo "-----END SSH HOST KEY KEYS-----"; }} > /dev/console
 """
 
+# -- the systemd flavour: the rc's steps as units ----------------------------------------------
+SYSTEMD_INIT = "/lib/systemd/systemd"
+NET_UNIT = f"""\
+[Unit]
+Description=pacsinfra test guest: eth0 on QEMU's user network
+DefaultDependencies=no
+After=systemd-sysctl.service
+Before=network.target ssh.service
+Wants=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/busybox ip link set lo up
+ExecStart=/usr/bin/busybox ip addr add {GUEST_ADDRESS}/24 dev eth0
+ExecStart=/usr/bin/busybox ip link set eth0 up
+ExecStart=/usr/bin/busybox ip route add default via {GUEST_GATEWAY}
+
+[Install]
+WantedBy=multi-user.target
+"""
+HOSTKEY_UNIT = """\
+[Unit]
+Description=pacsinfra test guest: an SSH host key when none was given
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C root@pacsinfra-guest -f /etc/ssh/ssh_host_ed25519_key
+
+[Install]
+WantedBy=multi-user.target
+"""
+# after ssh.service (Type=notify: sshd listens by then), like cloud-init's keys-to-console
+KEYS_UNIT = """\
+[Unit]
+Description=pacsinfra test guest: SSH host keys on the console, as cloud-init prints them
+After=ssh.service
+Wants=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c '{ echo "-----BEGIN SSH HOST KEY KEYS-----"; cat /etc/ssh/ssh_host_*_key.pub; echo "-----END SSH HOST KEY KEYS-----"; } > /dev/console'
+
+[Install]
+WantedBy=multi-user.target
+"""
+GUEST_UNITS = {"pacsinfra-guest-net.service": NET_UNIT,
+               "pacsinfra-guest-hostkey.service": HOSTKEY_UNIT,
+               "pacsinfra-guest-keys.service": KEYS_UNIT}
+# What the image cannot run or does not need, masked (a link to /dev/null): logind wants
+# D-Bus, the gettys a udev-announced tty; first-boot and update units would only cost
+# boot time under TCG.
+MASKED_UNITS = ("systemd-logind.service", "getty.target", "serial-getty@ttyS0.service",
+                "getty-static.service", "systemd-firstboot.service",
+                "proc-sys-fs-binfmt_misc.automount", "systemd-binfmt.service",
+                "systemd-journal-catalog-update.service", "systemd-update-done.service",
+                "ldconfig.service", "systemd-hwdb-update.service",
+                "systemd-pcrphase.service", "systemd-pcrphase-sysinit.service",
+                "systemd-repart.service", "systemd-ask-password-wall.path",
+                "systemd-ask-password-console.path", "e2scrub_reap.service")
+MACHINE_ID = "5f0c1a0e7c9d4b6e8a2f3b4c5d6e7f80\n"  # set: not a first boot (no firstboot prompts)
+
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n" \
     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
@@ -143,6 +225,11 @@ class GuestImage:
     python: str  # "3.11"
     cmdline: str = "console=ttyS0 panic=-1 quiet"
     build_seconds: float = 0.0  # 0 when it came from the cache
+
+    @property
+    def systemd_cmdline(self) -> str:
+        """The command line that boots the same image with systemd as PID 1."""
+        return f"{self.cmdline} init={SYSTEMD_INIT}"
 
 
 def _run(args: Sequence[str], *, cwd: Path | None = None, timeout: float = 600,
@@ -248,6 +335,7 @@ def configure(staging: Path) -> None:
     _write(staging / "etc/ssh/sshd_config.pacsinfra", SSHD_CONFIG)
     _write(staging / "etc/inittab", INITTAB)
     _write(staging / "etc/pacsinfra-rc", RC, 0o755)
+    configure_systemd(staging)
     for d in ("proc", "sys", "dev", "run", "tmp", "root", "opt", "var/tmp"):
         (staging / d).mkdir(parents=True, exist_ok=True)
     (staging / "tmp").chmod(0o1777)
@@ -262,6 +350,28 @@ def configure(staging: Path) -> None:
             target.symlink_to("/usr/bin/busybox")
     if not (staging / "usr/bin/sh").exists():
         (staging / "usr/bin/sh").symlink_to("busybox")
+
+
+def configure_systemd(staging: Path) -> None:
+    """What booting with systemd as PID 1 needs: the guest's units enabled (links, as
+    ``systemctl enable`` makes them), Debian's ``ssh.service`` with this sshd config,
+    multi-user as the default target, the masks, a machine id and the resolver."""
+    etc = staging / "etc/systemd/system"
+    wants = etc / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    for name, text in GUEST_UNITS.items():
+        _write(etc / name, text)
+        (wants / name).symlink_to(f"../{name}")
+    (wants / "ssh.service").symlink_to("/lib/systemd/system/ssh.service")
+    (etc / "default.target").symlink_to("/lib/systemd/system/multi-user.target")
+    for name in MASKED_UNITS:
+        (etc / name).symlink_to("/dev/null")
+    # ssh.service checks the default config (sshd -t) before it starts sshd
+    _write(staging / "etc/ssh/sshd_config", SSHD_CONFIG)
+    _write(staging / "etc/machine-id", MACHINE_ID, 0o444)
+    _write(staging / "etc/resolv.conf", "nameserver 10.0.2.3\n")
+    for d in ("var/lib/systemd", "var/log"):
+        (staging / d).mkdir(parents=True, exist_ok=True)
 
 
 def python_version(staging: Path) -> str:
@@ -386,7 +496,8 @@ def build_guest(wheelhouse: Path, requirements: Sequence[str], *,
     wheels = sorted(p.name for p in wheelhouse.glob("*.whl"))
     key = hashlib.sha256(json.dumps(
         [BUILDER_VERSION, sorted(versions.items()), wheels, sorted(requirements),
-         INITRAMFS_INIT, RC, SSHD_CONFIG, INITTAB]).encode()).hexdigest()[:16]
+         INITRAMFS_INIT, RC, SSHD_CONFIG, INITTAB, GUEST_UNITS, MASKED_UNITS,
+         MACHINE_ID]).encode()).hexdigest()[:16]
     where = cache_dir() / f"guest-{key}"
     facts = where / "guest.json"
     if facts.exists():

@@ -4,8 +4,9 @@ Once a domain has booted it is, for its services, an existing host reached over 
 this module hands every :class:`~pacsinfra.drivers.base.ServiceSpec` step to the
 ``static`` driver's remote-host code (:class:`~pacsinfra.drivers.static.StaticDriver`,
 one per machine, built for that one host: wheel -> ``<root>/venv``, config 0640,
-supervisor, C-ECHO; marks ``<root>/machine.json`` and ``<root>/services/<svc>/``), so
-both providers run a service the same way.
+a systemd unit where the guest's PID 1 is systemd (else the supervisor; ``ssh.init``),
+C-ECHO; marks ``<root>/machine.json`` and ``<root>/services/<svc>/``), so both
+providers run a service the same way.
 
 What is KVM's own:
 
@@ -87,6 +88,7 @@ class GuestLogin:
     host_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     wheel: str | None = None
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    init: str = "auto"  # systemd units where the guest's PID 1 is systemd, else the supervisor
 
     @classmethod
     def parse(cls, kvm_settings: Any) -> GuestLogin | None:
@@ -100,6 +102,7 @@ class GuestLogin:
             host_keys={str(k): tuple(v) for k, v in (raw.get("host_keys") or {}).items()},
             wheel=raw.get("wheel"),
             boot_timeout=float(raw.get("boot_timeout") or DEFAULT_BOOT_TIMEOUT),
+            init=str(raw.get("init") or "auto"),
         )
 
     @property
@@ -348,7 +351,8 @@ class GuestServices:
                 host = {**self.login.login, "address": ep.address, "port": ep.port,
                         "host_keys": list(keys)}
                 inner = StaticDriver({"hosts": {machine.name: host},
-                                      "records": str(self._tmpdir() / "records")})
+                                      "records": str(self._tmpdir() / "records"),
+                                      "init": self.login.init})
                 self._inner[machine.name] = (ident, inner)
         if wheel is not None and inner.settings.wheel != wheel:
             inner.settings = dataclasses.replace(inner.settings, wheel=wheel)

@@ -14,10 +14,13 @@
   orphan deletion work as with the hypervisor drivers.
 - A service: create = install the pacsinfra wheel into ``<root>/venv`` (built once per
   run and reused, skipped when the venv already holds it), write the config (0640,
-  atomically), start it under the supervisor on the host, C-ECHO it from here (60 s);
+  atomically), start it as a systemd unit where the host's PID 1 is systemd, else under
+  the supervisor (``deploy.init``; :mod:`pacsinfra.drivers.static.service`), C-ECHO it
+  from here (60 s);
   an unhealthy service is stopped and the step fails with the end of its log. A config
   change restarts that service only. Delete = stop, remove config and mark, keep data.
-  Observed: the config file as it is on the host and whether its supervisor runs it.
+  Observed: the config file as it is on the host and whether its unit or supervisor
+  runs it.
 
 Layout on a host: :mod:`pacsinfra.drivers.static.layout`.
 """
@@ -54,19 +57,21 @@ from pacsinfra.drivers.base import (
 from pacsinfra.drivers.local.marks import decode_mark, encode_mark
 from pacsinfra.drivers.static.layout import HostSettings, StaticSettings, records_root
 from pacsinfra.drivers.static.remote import MARK_FORMAT, HostSession
-from pacsinfra.drivers.static.service import RemoteService
+from pacsinfra.drivers.static.service import RemoteService, init_choice, remove_units
 from pacsinfra.errors import AlreadyExists, DeployError
 from pacsinfra.fsutil import write_atomic
 
 
 class StaticDriver(Driver):
-    """Existing hosts over SSH; services run under the pacsinfra supervisor there."""
+    """Existing hosts over SSH; services run as systemd units or under the pacsinfra
+    supervisor there."""
 
     name: ClassVar[str] = "static"
 
     def __init__(self, config: Any, *, client: Any = None) -> None:
         super().__init__(config, client=client)
         self.settings = StaticSettings.parse(config)
+        self.init = init_choice(config)  # systemd units or the supervisor (auto: per host)
         self.records = records_root(self.settings)
         self.health_timeout = 60.0
         self._sessions: dict[str, HostSession] = {}
@@ -115,8 +120,19 @@ class StaticDriver(Driver):
                 self._sessions[machine] = session
             return session
 
+    def host_session(self, machine: str, *, with_pacsinfra: bool = False) -> HostSession:
+        """The session to ``machine``'s host, shared with this driver's own steps (one
+        connection; it knows the venv a machine step installed). For work on a host
+        between steps: ``dr rebuild`` restores an archive's data there after the
+        machine step and before the service step. ``with_pacsinfra``: make sure
+        ``<root>/venv`` holds this pacsinfra first (a no-op when it does)."""
+        session = self._session(machine)
+        if with_pacsinfra:
+            self._ensure_installed(session)
+        return session
+
     def _service(self, spec: ServiceSpec) -> RemoteService:
-        return RemoteService(self._session(common.machine_name_of(spec)), spec)
+        return RemoteService(self._session(common.machine_name_of(spec)), spec, self.init)
 
     # -- the local record of no-op objects ------------------------------------------------
     def _record_path(self, site: str, spec: NetworkSpec | StorageSpec) -> Path:
@@ -323,6 +339,7 @@ class StaticDriver(Driver):
 
     def _delete_machine(self, session: HostSession) -> None:
         host = session.settings
+        remove_units(session)
         if session.has_venv():
             res = session.run(["sh", "-c", 'cd "$1" 2>/dev/null && ls -1 -- *.lock 2>/dev/null',
                                "sh", host.run_dir], 30)

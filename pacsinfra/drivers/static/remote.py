@@ -23,6 +23,7 @@ from typing import Any
 import paramiko
 
 from pacsinfra.deploy.ssh import SSHTarget, SSHTransport
+from pacsinfra.deploy.systemd import InitProbe, pid1_is_systemd
 from pacsinfra.deploy.transport import Command, Result, Transport, put_text
 from pacsinfra.drivers.base import Ownership, Spec
 from pacsinfra.drivers.local.marks import decode_mark, encode_mark
@@ -33,7 +34,8 @@ MARK_FORMAT = "pacsinfra-static/1"
 
 # Run on the host (its venv's python when pacsinfra is installed, else its own python):
 # every mark and config file under the root in one round trip, plus each service's
-# supervisor status when pacsinfra is importable (nothing runs where it is not).
+# status when pacsinfra is importable (nothing runs where it is not): from systemd for a
+# service run by a unit, else from its supervisor.
 _SNAPSHOT = """\
 import glob, json, os, sys
 root = sys.argv[1]
@@ -55,9 +57,22 @@ try:
 except ImportError:
     pass
 else:
+    try:
+        from pacsinfra.deploy.systemd import read_status as unit_status
+    except ImportError:
+        unit_status = None
     for d in sorted(glob.glob(os.path.join(root, "services", "*"))):
         name = os.path.basename(d)
-        status[name] = asdict(read_status(Path(root, "run"), name))
+        try:
+            # a service run by a systemd unit records the unit's name here
+            with open(os.path.join(d, "systemd.unit"), encoding="utf-8") as fh:
+                unit = fh.read().strip()
+        except OSError:
+            unit = ""
+        if unit and unit_status is not None:
+            status[name] = asdict(unit_status(name, unit))
+        else:
+            status[name] = asdict(read_status(Path(root, "run"), name))
 print(json.dumps({"files": files, "status": status}))
 """
 
@@ -95,6 +110,7 @@ class HostSession:
         self._lock = threading.Lock()
         self.install_lock = threading.Lock()  # one wheel install per host at a time
         self.installed: str | None = None  # content hash installed during this run
+        self._init: InitProbe | None = None  # what PID 1 is there, asked once
 
     @property
     def transport(self) -> Transport:
@@ -154,6 +170,12 @@ class HostSession:
         with self._lock:
             if self._transport is not None:
                 self._transport.close()
+
+    def init_probe(self) -> InitProbe:
+        """Whether the host's PID 1 is systemd and pacsinfra logs in as root (asked once)."""
+        if self._init is None:
+            self._init = pid1_is_systemd(self.transport)
+        return self._init
 
     def has_venv(self) -> bool:
         """Whether ``<root>/venv`` holds a python (known without asking once installed here)."""

@@ -1,40 +1,83 @@
-"""One PACS service on an existing host: its config file, its supervised process, its health.
+"""One PACS service on an existing host: its config file, its process, its health.
 
-The process is ``<root>/venv/bin/python -m pacsinfra <kind> serve --config
-<root>/services/<svc>/config.yaml`` under the pacsinfra supervisor on the host, driven
-through the session's transport (SSH or ansible) (:class:`~pacsinfra.deploy.supervisor.Supervised`). Health is a C-ECHO from
-the pacsinfra machine to the host's address and the service's port.
+What keeps the process running depends on the host (``init``: ``auto`` by default):
 
-A ``database`` service is the host's own PostgreSQL
-(:class:`~pacsinfra.deploy.postgres.PgServer`, its commands run over the same SSH
-session), supervised the same way; health is ``SELECT 1`` from the pacsinfra machine.
-Secrets named by ``env`` references in a rendered config are resolved here and handed
-to the process in the supervisor's spec (0600 on the host, like a systemd
-``EnvironmentFile``): the host's login shell does not have the admin's environment.
+- **systemd** where PID 1 is systemd (``/run/systemd/system`` exists, as
+  ``sd_booted()`` tests) and pacsinfra logs in as root: a unit
+  ``/etc/systemd/system/pacsinfra-<svc>.service`` rendered from
+  ``templates/systemd/<kind>.service.j2`` (:mod:`pacsinfra.deploy.systemd`), running
+  ``<root>/venv/bin/python -m pacsinfra <kind> serve --config
+  <root>/services/<svc>/config.yaml`` hardened (read-only system but the service's own
+  paths, no capabilities); secrets in ``<root>/services/<svc>/secrets.env`` (0600,
+  ``EnvironmentFile=``). ``daemon-reload`` when the unit changed, ``enable`` +
+  ``restart`` on every deploy, the state from ``systemctl show``, the log from the
+  journal. ``<svc>/systemd.unit`` records the unit's name: the service is read, stopped
+  and removed through systemd exactly when it holds one.
+- **the pacsinfra supervisor** otherwise (containers, the test hosts), with the same
+  restart policy (:class:`~pacsinfra.deploy.supervisor.Supervised`), secrets in its
+  spec (0600 on the host, like the ``EnvironmentFile``).
+
+``init: systemd`` insists on systemd (an error naming the host where PID 1 is not),
+``init: supervisor`` never uses it. A ``database`` service is the host's own
+PostgreSQL (:class:`~pacsinfra.deploy.postgres.PgServer`, its commands run over the
+same session), always under the supervisor. Health is a C-ECHO (``SELECT 1`` for a
+database) from the pacsinfra machine; a failure carries the end of the service's log.
+Secrets named by ``env`` references in a rendered config are resolved here: the host's
+login shell does not have the admin's environment.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
 from pacsinfra.deploy import supervisor
+from pacsinfra.deploy import systemd as sd
 from pacsinfra.deploy.postgres import PgServer
 from pacsinfra.drivers import service_common as common
 from pacsinfra.drivers.base import ServiceSpec
+from pacsinfra.drivers.static.layout import DEFAULT_ROOT, HostSettings
 from pacsinfra.drivers.static.remote import HostSession
+from pacsinfra.errors import DeployError
+
+INIT_CHOICES = ("auto", "systemd", "supervisor")
+UNIT_RECORD = "systemd.unit"  # in the service's directory: the unit that runs it
+# PrivateTmp= and ProtectHome= hide these from a hardened unit: a root there cannot work
+_HIDDEN = ("/tmp", "/var/tmp", "/home", "/root", "/run/user")
+
+
+def init_choice(config: Any) -> str:
+    """``init`` of a driver's settings (the model or its JSON dump): auto, systemd, supervisor."""
+    value = config.get("init") if isinstance(config, dict) else getattr(config, "init", None)
+    value = str(value or "auto")
+    if value not in INIT_CHOICES:
+        raise DeployError(f"init {value!r} is not one of {', '.join(INIT_CHOICES)}")
+    return value
+
+
+def unit_name(host: HostSettings, service: str) -> str:
+    """``pacsinfra-<svc>.service``; under another root, with a tag of the root (two roots
+    on one host are two deployments, so their units must not share names)."""
+    if host.root.rstrip("/") == DEFAULT_ROOT:
+        return f"pacsinfra-{service}.service"
+    tag = hashlib.sha256(host.root.encode()).hexdigest()[:8]
+    return f"pacsinfra-{tag}-{service}.service"
 
 
 class RemoteService(common.ServiceRunner):
     """Files and process of one ServiceSpec on one host."""
 
-    def __init__(self, session: HostSession, spec: ServiceSpec) -> None:
+    def __init__(self, session: HostSession, spec: ServiceSpec, init: str = "auto") -> None:
         self.session = session
         self.spec = spec
+        self.init = init
         host = session.settings
         self.dir = host.service_dir(spec.service)
         self.config_path = f"{self.dir}/config.yaml"
         self.mark_path = f"{self.dir}/service.json"
+        self.unit_record = f"{self.dir}/{UNIT_RECORD}"
+        self.env_path = f"{self.dir}/secrets.env"
         self.data_dir = host.data_dir(spec.service)
         self._supervised = supervisor.Supervised(
             _LazyTransport(session),
@@ -50,6 +93,8 @@ class RemoteService(common.ServiceRunner):
         if spec.kind == "database":
             self.database = PgServer(_LazyTransport(session), spec.name, spec.config,
                                      host=host.address)
+        self._unit: sd.SystemdUnit | None = None
+        self._unit_known = False
 
     # -- files ------------------------------------------------------------------------
     def write_config(self) -> None:
@@ -62,32 +107,142 @@ class RemoteService(common.ServiceRunner):
         return common.parse_config(self.session.read_text(self.config_path))
 
     def remove_files(self) -> None:
-        """Config and mark go; the data directory stays."""
-        self.session.check(["rm", "-f", "--", self.config_path, self.mark_path], 30,
+        """Config, mark, and the unit with its env file go; the data directory stays."""
+        unit = self.unit()
+        if unit is not None:
+            unit.remove(self.env_path)
+        self.session.check(["rm", "-f", "--", self.config_path, self.mark_path,
+                            self.unit_record, self.env_path], 30,
                            what=f"removing {self.dir}")
+        self._unit, self._unit_known = None, True
         self.session.run(["rmdir", "--", self.dir], 30)  # only when empty
+
+    # -- which init keeps it running --------------------------------------------------------
+    def wants_systemd(self) -> bool:
+        """Whether this deploy makes the service a systemd unit (asked of the host once)."""
+        if self.database is not None or self.init == "supervisor":
+            return False
+        probe = self.session.init_probe()
+        if self.init == "systemd":
+            host = self.session.settings.describe()
+            if not probe.systemd:
+                raise DeployError(f"{self.spec.name}: init is systemd, but PID 1 on {host} is "
+                                  "not systemd (no /run/systemd/system); use init: auto or "
+                                  "supervisor")
+            if not probe.root:
+                raise DeployError(f"{self.spec.name}: init is systemd, which installs system "
+                                  f"units, but pacsinfra does not log in to {host} as root")
+            return True
+        return probe.systemd and probe.root
+
+    def unit(self) -> sd.SystemdUnit | None:
+        """The systemd unit that runs the service (its record on the host), if any."""
+        if not self._unit_known:
+            text = (self.session.read_text(self.unit_record) or "").strip()
+            self._unit = (sd.SystemdUnit(_LazyTransport(self.session), self.spec.service, text)
+                          if text else None)
+            self._unit_known = True
+        return self._unit
+
+    def render_unit(self, *, with_secrets: bool) -> str:
+        """The unit file for this service on this host."""
+        host = self.session.settings
+        kind: sd.Service
+        if self.spec.kind == "archive":
+            kind = "archive"
+        elif self.spec.kind == "router":
+            kind = "router"
+        else:
+            raise DeployError(f"{self.spec.name}: no systemd unit for a {self.spec.kind} service")
+        rw = sd.writable_paths(kind, self.spec.config) or [self.data_dir]
+        for path in (host.root, *rw):
+            if any(path == h or path.startswith(h + "/") for h in _HIDDEN):
+                raise DeployError(
+                    f"{self.spec.name}: {path} is hidden from a hardened systemd unit "
+                    "(PrivateTmp, ProtectHome): put the host's root and the service's data "
+                    "elsewhere, or set init: supervisor")
+        aet, _, port = common.endpoint(self.spec.config)
+        return sd.render_unit(sd.UnitSpec(
+            service=kind, ae_title=aet, port=port, venv=host.venv,
+            config_path=self.config_path, rw_paths=rw, user=host.user, group=None,
+            site=host.machine, environment_file=self.env_path if with_secrets else None,
+            exec_start=common.serve_argv(host.venv_python, self.spec, self.config_path),
+            name=unit_name(host, self.spec.service)))
 
     # -- process ----------------------------------------------------------------------
     def status(self) -> supervisor.ServiceStatus:
+        unit = self.unit()
+        if unit is not None:
+            return unit.status()
         if not self.session.has_venv():
             return supervisor.ServiceStatus(name=self.spec.service, active=False, state="stopped")
         return self._supervised.status()
 
     def _supervisor_start(self) -> supervisor.ServiceStatus:
+        """(Re)start it: as a systemd unit, or under the supervisor; moves it from one to
+        the other when the host or the ``init`` setting changed."""
+        if self.wants_systemd():
+            return self._start_unit()
+        unit = self.unit()
+        if unit is not None:  # it ran as a unit: hand it back to the supervisor
+            unit.remove(self.env_path)
+            self.session.check(["rm", "-f", "--", self.unit_record], 30, what="removing the unit record")
+            self._unit = None
         base = replace(self._supervised.spec, env=common.env_secrets(self.spec.config))
         self._supervised.spec = (self.database.supervised(base) if self.database is not None
                                  else base)
         return self._supervised.start()
 
+    def _start_unit(self) -> supervisor.ServiceStatus:
+        host = self.session.settings
+        env = common.env_secrets(self.spec.config)
+        text = self.render_unit(with_secrets=bool(env))
+        if self.session.transport.exists(f"{host.run_dir}/{self.spec.service}.pid"):
+            # it ran under the supervisor: one listener per port, so that one goes first
+            self._supervised.stop()
+        rw = sd.writable_paths(self.spec.kind, self.spec.config)
+        if rw:  # ReadWritePaths= must exist, or the unit cannot set up its namespace
+            self.session.check(["mkdir", "-p", "-m", "0750", "--", *rw], 30,
+                               what="creating the service's directories")
+        unit = sd.SystemdUnit(_LazyTransport(self.session), self.spec.service,
+                              unit_name(host, self.spec.service))
+        # the record first: a deploy killed half-way leaves a unit that is found and removed
+        self.session.write_text(self.unit_record, unit.unit + "\n", 0o644)
+        self._unit, self._unit_known = unit, True
+        unit.install(text, self.env_path, env)
+        return unit.restart()
+
+    def restart(self) -> None:
+        """Stop, then start with the current config (one ``systemctl restart`` for a unit)."""
+        if self.wants_systemd():
+            self.start()
+        else:
+            super().restart()
+
     def stop(self) -> None:
-        if self.session.has_venv():
+        unit = self.unit()
+        if unit is not None:
+            unit.stop()
+        elif self.session.has_venv():
             self._supervised.stop()
 
     def log_tail(self, lines: int = 20) -> str:
         try:
-            return common.indent_log(self._supervised.logs(lines))
+            unit = self.unit()
+            text = unit.logs(lines) if unit is not None else self._supervised.logs(lines)
+            return common.indent_log(text)
         except Exception as exc:  # noqa: BLE001 - a log we cannot read must not hide the failure
             return f"  (log not readable: {exc})"
+
+    def python(self) -> str:
+        return self.session.settings.venv_python
+
+    def config_location(self) -> str:
+        return self.config_path
+
+    def run_check(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        res = self.session.run(argv, timeout)
+        return res.rc, res.stdout, res.stderr
 
     # -- health -----------------------------------------------------------------------
     def endpoint(self) -> tuple[str, str, int]:
@@ -96,13 +251,24 @@ class RemoteService(common.ServiceRunner):
 
     def check_health(self, timeout: float = 60.0) -> float:
         host = self.session.settings
-        log_where = f"{host.machine}:{host.run_dir}/{self.spec.service}.log"
+        unit = self.unit()
+        log_where = (f"{host.machine}: journalctl -u {unit.unit}" if unit is not None
+                     else f"{host.machine}:{host.run_dir}/{self.spec.service}.log")
         if self.database is not None:
             return self.database.wait_healthy(self.status, self.log_tail, log_where=log_where,
                                               timeout=timeout)
         return common.wait_healthy(
             self.spec.name, self.endpoint(), self.status, self.log_tail,
             log_where=log_where, timeout=timeout)
+
+
+def remove_units(session: HostSession) -> None:
+    """Stop, disable and delete the systemd unit of every service under the host's root."""
+    services = session.settings.services_dir
+    res = session.run(["sh", "-c", 'for f in "$1"/*/' + UNIT_RECORD
+                       + '; do [ -f "$f" ] && cat -- "$f"; done; exit 0', "sh", services], 30)
+    for name in res.stdout.split():
+        sd.SystemdUnit(session.transport, name, name).remove()
 
 
 class _LazyTransport:
