@@ -32,7 +32,7 @@ from pacsinfra.pacs.fastscp.association import ProtocolError  # noqa: E402
 from pacsinfra.pacs.fastscp.requestor import (  # noqa: E402
     AssociationFailed,
     StreamingRequestor,
-    dataset_offset,
+    read_meta,
 )
 
 
@@ -77,7 +77,8 @@ def test_file_sent_byte_for_byte_in_small_pdus(instance: Path) -> None:
                                    ExplicitVRLittleEndian) == 0
         link.release()
     raw = instance.read_bytes()
-    assert got == [raw[dataset_offset(instance):]] * 3  # 32 KiB over 16 KiB PDUs, as stored
+    offset = read_meta(instance).dataset_offset
+    assert got == [raw[offset:]] * 3  # 32 KiB over 16 KiB PDUs, as stored
 
 
 def test_failure_status_is_returned(instance: Path) -> None:

@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -42,17 +43,55 @@ class AssociationFailed(Exception):
     """The association could not be established; the message says why."""
 
 
-def dataset_offset(path: Path) -> int:
-    """Where the data set starts in a Part 10 file written with group lengths (after
-    the preamble, ``DICM`` and the file meta group, whose length (0002,0000) gives)."""
+@dataclass(frozen=True)
+class Part10Meta:
+    """What sending a Part 10 file needs from its file meta group."""
+
+    sop_class: str  # (0002,0002)
+    sop_uid: str  # (0002,0003)
+    transfer_syntax: str  # (0002,0010)
+    dataset_offset: int  # where the data set starts
+
+
+_META_UIDS = {0x0002: "sop_class", 0x0003: "sop_uid", 0x0010: "transfer_syntax"}
+_META_LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV")
+
+
+def read_meta(path: Path) -> Part10Meta:
+    """The file meta of a Part 10 file written with a group length (as the router's
+    spool files are), read with one open and no pydicom; ValueError when it is not."""
     with path.open("rb") as f:
-        head = f.read(132 + 12)
-    if len(head) < 144 or head[128:132] != b"DICM":
-        raise ValueError(f"{path}: not a DICOM Part 10 file")
-    group, elem, vr, _, length = _META_GROUP_LENGTH.unpack_from(head, 132)
-    if (group, elem, vr) != (0x0002, 0x0000, b"UL"):
-        raise ValueError(f"{path}: file meta group without (0002,0000) group length")
-    return 144 + length
+        head = f.read(1024)
+        if len(head) < 144 or head[128:132] != b"DICM":
+            raise ValueError(f"{path}: not a DICOM Part 10 file")
+        group, elem, vr, _, length = _META_GROUP_LENGTH.unpack_from(head, 132)
+        if (group, elem, vr) != (0x0002, 0x0000, b"UL"):
+            raise ValueError(f"{path}: file meta group without (0002,0000) group length")
+        end = 144 + length
+        if end > len(head):
+            head += f.read(end - len(head))
+    if end > len(head):
+        raise ValueError(f"{path}: file meta group longer than the file")
+    found: dict[str, str] = {}
+    pos = 144
+    while pos < end:  # explicit VR little endian, always (PS3.10 7.1)
+        if pos + 8 > end:
+            raise ValueError(f"{path}: truncated file meta element at byte {pos}")
+        group, elem = struct.unpack_from("<HH", head, pos)
+        vr = head[pos + 4:pos + 6]
+        if vr in _META_LONG_VRS:
+            (size,), pos = struct.unpack_from("<L", head, pos + 8), pos + 12
+        else:
+            (size,), pos = struct.unpack_from("<H", head, pos + 6), pos + 8
+        if group != 0x0002 or pos + size > end:
+            raise ValueError(f"{path}: malformed file meta element ({group:04X},{elem:04X})")
+        if elem in _META_UIDS:
+            found[_META_UIDS[elem]] = head[pos:pos + size].decode("ascii").rstrip("\x00 ")
+        pos += size
+    missing = sorted(set(_META_UIDS.values()) - set(found))
+    if missing:
+        raise ValueError(f"{path}: file meta without {', '.join(missing)}")
+    return Part10Meta(dataset_offset=end, **found)
 
 
 class StreamingRequestor:
@@ -140,9 +179,12 @@ class StreamingRequestor:
         """The transfer syntaxes the peer accepted for SOP class ``sop``."""
         return [ts for (s, ts) in self.accepted if s == sop]
 
-    def store_file(self, path: Path, sop_class: str, sop_uid: str, ts: str) -> int:
-        """C-STORE the data set of a Part 10 file as it is on disk; the response status."""
-        offset = dataset_offset(path)
+    def store_file(self, path: Path, sop_class: str, sop_uid: str, ts: str,
+                   offset: int | None = None) -> int:
+        """C-STORE the data set of a Part 10 file as it is on disk (from ``offset``, the
+        data set's start, read from the file when not given); the response status."""
+        if offset is None:
+            offset = read_meta(path).dataset_offset
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             ctx = self._request(sop_class, sop_uid, ts)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.dsutils import encode
@@ -31,7 +30,12 @@ from pacsinfra.pacs.config_common import Limits, Peer
 from pacsinfra.pacs.dicom import associate, make_ae
 from pacsinfra.pacs.fastscp import pdu
 from pacsinfra.pacs.fastscp.association import ProtocolError
-from pacsinfra.pacs.fastscp.requestor import AssociationFailed, StreamingRequestor
+from pacsinfra.pacs.fastscp.requestor import (
+    AssociationFailed,
+    Part10Meta,
+    StreamingRequestor,
+    read_meta,
+)
 from pacsinfra.pacs.router.config import Destination
 
 LOG = logging.getLogger("pacsinfra.router")
@@ -175,11 +179,10 @@ class Sender:
     def send(self, path: Path) -> Outcome:
         """C-STORE one spooled file; classify the result."""
         try:
-            meta = read_file_meta_info(path)
-            sop = str(meta.MediaStorageSOPClassUID)
-            file_ts = str(meta.TransferSyntaxUID)
-        except Exception as exc:  # noqa: BLE001 - a broken spool file is a permanent failure
+            meta = read_meta(path)
+        except (OSError, ValueError) as exc:  # a broken spool file is a permanent failure
             return Outcome(False, error=f"unreadable spool file: {exc}", permanent=True)
+        sop, file_ts = meta.sop_class, meta.transfer_syntax
         problem = self._ensure(sop, file_ts)
         if problem:
             self.close()
@@ -211,12 +214,12 @@ class Sender:
         return Outcome(False, status=code, error=f"C-STORE status 0x{code:04X}",
                        permanent=is_permanent(code))
 
-    def _send_streaming(self, link: StreamingRequestor, path: Path, meta: Any, file_ts: str,
-                        target: str | None, accepted: list[str]) -> Outcome:
-        sop, sop_uid = str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID)
+    def _send_streaming(self, link: StreamingRequestor, path: Path, meta: Part10Meta,
+                        file_ts: str, target: str | None, accepted: list[str]) -> Outcome:
+        sop, sop_uid = meta.sop_class, meta.sop_uid
         try:
-            if target == file_ts:
-                code = link.store_file(path, sop, sop_uid, file_ts)  # bytes as stored
+            if target == file_ts:  # bytes as stored
+                code = link.store_file(path, sop, sop_uid, file_ts, meta.dataset_offset)
             else:
                 payload = self._convert(path, file_ts, accepted)
                 if isinstance(payload, Outcome):
