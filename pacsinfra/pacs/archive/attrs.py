@@ -66,7 +66,9 @@ _UNDEFINED = 0xFFFFFFFF
 
 
 def check_structure(data: Buffer, implicit: bool, little: bool,
-                    collect: dict[int, bytes] | None = None) -> int:
+                    collect: dict[int, bytes] | None = None, *,
+                    wanted: frozenset[int] | None = None,
+                    vrs: dict[int, bytes] | None = None) -> int:
     """Walk every element header; raise :class:`DatasetUnreadable` if any length overruns.
 
     Catches truncated datasets and lying lengths that a stop-before-pixels parse would
@@ -74,9 +76,11 @@ def check_structure(data: Buffer, implicit: bool, little: bool,
     the first top-level element at or after (7FE0,0010) Pixel Data (``len(data)`` if
     none): everything the index needs lies before it. Only element headers are read,
     so ``data`` may be an mmap of a large file (the pixel data is never touched).
-    ``collect``: the raw values of the top-level elements in :data:`_PLAIN_TAGS` are
-    stored into it (a tag seen twice is stored as ``None``: let pydicom judge).
+    ``collect``: the raw values of the top-level elements in ``wanted`` (default
+    :data:`_PLAIN_TAGS`) are stored into it (a tag seen twice is stored as ``None``:
+    let pydicom judge); ``vrs`` gets their explicit VRs (``b""`` in implicit VR).
     """
+    wanted_tags = _PLAIN_TAGS if wanted is None else wanted
     first_pixel = [len(data)]
     e = "<" if little else ">"
     u16 = struct.Struct(e + "H")
@@ -100,6 +104,7 @@ def check_structure(data: Buffer, implicit: bool, little: bool,
                     return pos + 8
                 raise DatasetUnreadable(f"unexpected delimiter (FFFE,{elem:04X}) at {pos}")
             if implicit:
+                vr = b""
                 length = u32.unpack_from(data, pos + 4)[0]
                 pos += 8
             else:
@@ -116,9 +121,11 @@ def check_structure(data: Buffer, implicit: bool, little: bool,
             else:
                 need(pos, length)
                 tag = (group << 16) | elem
-                if collect is not None and not in_item and tag in _PLAIN_TAGS:
+                if collect is not None and not in_item and tag in wanted_tags:
                     collect[tag] = (bytes(data[pos:pos + length]) if tag not in collect
                                     else None)  # type: ignore[assignment]
+                    if vrs is not None:
+                        vrs[tag] = vr
                 pos += length
         if in_item:
             raise DatasetUnreadable("item without delimiter")
@@ -199,6 +206,74 @@ def read_header(raw: Buffer, transfer_syntax: str) -> Dataset:
         return read_dataset(BytesIO(bytes(data[:cut])), implicit, little)
     except Exception as exc:  # pydicom raises many types on garbage; all mean "unreadable"
         raise DatasetUnreadable(f"{type(exc).__name__}: {exc}") from exc
+
+
+# VRs whose values are backslash-separated text that pydicom only strips: their
+# values can be taken from the bytes when those are plain (see header_values).
+_SPLIT_TEXT_VRS = frozenset((b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"PN",
+                             b"SH", b"TM", b"UI"))
+# Specific Character Sets that map 0x20-0x7E to ASCII (ISO 2022 ones use escapes,
+# which are not plain bytes anyway)
+_ASCII_CHARSETS = frozenset(("", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109",
+                             "ISO_IR 110", "ISO_IR 126", "ISO_IR 127", "ISO_IR 138",
+                             "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 192",
+                             "GB18030", "GBK"))
+_PRINTABLE = bytes(range(0x20, 0x7F))
+
+
+def _plain_values(raw: bytes | None, vr: bytes) -> list[str] | None:
+    """The values of a text element as pydicom would give them (``str`` of each, in
+    order), when its bytes leave no doubt; None when they do (let pydicom decode)."""
+    if raw is None or vr not in _SPLIT_TEXT_VRS:
+        return None
+    value = raw.rstrip(b"\x00 ") if vr == b"UI" else raw.rstrip(b" ")
+    if not value:
+        return []
+    if value.translate(None, _PRINTABLE) or value[:1] == b" ":
+        return None
+    parts = value.split(b"\\")
+    if any(not p or p != p.strip(b" ") for p in parts):
+        return None
+    return [p.decode("ascii") for p in parts]
+
+
+def header_values(raw: Buffer, transfer_syntax: str,
+                  tags: frozenset[int]) -> dict[int, list[str] | None] | None:
+    """The values of top-level elements ``tags`` straight from the bytes (None for an
+    absent one), as the router's rules read them from a pydicom Dataset; None when one
+    of them needs pydicom (another character set, a binary or free-text VR, odd
+    spacing, a private tag in implicit VR): then :func:`read_header`. Checks the
+    whole structure first; raises :class:`DatasetUnreadable`."""
+    from pydicom.datadict import dictionary_VR
+
+    data, implicit, little = _inflated(raw, UID(transfer_syntax))
+    found: dict[int, bytes] = {}
+    vrs: dict[int, bytes] = {}
+    check_structure(data, implicit, little, found,
+                    wanted=tags | {0x00080005}, vrs=vrs)
+    if not little:
+        return None
+    charset = found.get(0x00080005)
+    if charset is not None and (
+            charset.translate(None, _PRINTABLE)
+            or charset.decode("ascii").strip() not in _ASCII_CHARSETS):
+        return None
+    out: dict[int, list[str] | None] = {}
+    for tag in tags:
+        if tag not in found:
+            out[tag] = None
+            continue
+        vr = vrs.get(tag, b"")
+        if not vr:
+            try:
+                vr = dictionary_VR(tag).encode("ascii")
+            except KeyError:
+                return None
+        values = _plain_values(found[tag], vr)
+        if values is None:
+            return None
+        out[tag] = values
+    return out
 
 
 def read_indexed(raw: Buffer, transfer_syntax: str) -> dict[str, str]:

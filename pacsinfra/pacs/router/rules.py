@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -86,13 +86,43 @@ def _equal(value: str, expected: Any) -> bool:
     return value == str(expected)
 
 
+#: tag -> its values as :func:`_values` gives them (None: absent); what the receive path
+#: reads straight from the bytes for the tags the rules name (see :func:`rule_tags`)
+TagValues = Mapping[int, "list[str] | None"]
+
+
 @dataclass
 class Subject:
-    """What a condition looks at: the dataset and the association's AE titles."""
+    """What a condition looks at: the dataset (or the values of the tags the rules
+    name) and the association's AE titles."""
 
-    ds: Dataset
+    ds: Dataset | TagValues
     calling_ae: str = ""
     called_ae: str = ""
+
+    def values(self, tag: BaseTag) -> list[str] | None:
+        """The element's values as strings (one per value); None when absent."""
+        if isinstance(self.ds, Dataset):
+            return _values(self.ds, tag)
+        return self.ds[int(tag)]  # a KeyError is a bug: the tag was not read
+
+
+def rule_tags(rules: Sequence[Rule]) -> frozenset[int]:
+    """Every tag a condition of ``rules`` looks at (what a :class:`Subject` needs)."""
+    tags: set[int] = set()
+
+    def walk(c: Condition | None) -> None:
+        if c is None:
+            return
+        for kid in (c.all or []) + (c.any or []):
+            walk(kid)
+        walk(c.not_)
+        if c.tag is not None:
+            tags.add(int(resolve_tag(c.tag)))
+
+    for r in rules:
+        walk(r.match)
+    return frozenset(tags)
 
 
 @dataclass
@@ -131,7 +161,7 @@ def evaluate(cond: Condition | None, subj: Subject) -> Verdict:
     else:
         assert cond.tag is not None
         label = cond.tag
-        values = _values(subj.ds, resolve_tag(cond.tag))
+        values = subj.values(resolve_tag(cond.tag))
     return _leaf(cond, label, values)
 
 

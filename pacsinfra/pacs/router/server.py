@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
+from pydicom.tag import Tag
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
@@ -39,11 +41,17 @@ from pacsinfra.pacs.router.audit import AuditLog
 from pacsinfra.pacs.router.config import RouterConfig, TagEdit
 from pacsinfra.pacs.router.forwarder import Forwarder
 from pacsinfra.pacs.router.queue import NewItem, Queue
-from pacsinfra.pacs.router.rules import Subject, apply_edits, route
+from pacsinfra.pacs.router.rules import Subject, TagValues, apply_edits, route, rule_tags
 from pacsinfra.pacs.router.sink import RouterSink
 from pacsinfra.pacs.router.spool import Spool
 
 LOG = logging.getLogger("pacsinfra.router")
+SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
+STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
+
+
+def _first(values: list[str] | None) -> str:
+    return values[0] if values else ""
 _STORAGE_UIDS = frozenset(STORAGE_CLASSES.values())
 Verification = "1.2.840.10008.1.1"
 _PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -73,6 +81,9 @@ class RouterServer:
         self.queue = open_queue(cfg)
         self.audit = AuditLog(cfg.audit, cfg.ae_title) if cfg.audit.file else None
         self.forwarder = Forwarder(cfg, self.queue, self.spool, self.audit)
+        #: what the receive path reads of each instance: the UIDs and the rules' tags
+        self.header_tags = rule_tags(cfg.rules) | {int(SOP_INSTANCE_UID),
+                                                   int(STUDY_INSTANCE_UID)}
         self.received = 0
         self.dropped = 0
         self._count_lock = threading.Lock()
@@ -223,22 +234,23 @@ class RouterServer:
             return Status.CANNOT_UNDERSTAND
         return None
 
-    def admit(self, sop_uid: str, calling: str, called: str, ds: Any, *,
+    def admit(self, sop_uid: str, calling: str, called: str, ds: Dataset | TagValues, *,
               keep_received: Callable[[], str], read_received: Callable[[], bytes]) -> Status:
-        """Route a received instance (``ds``: its attributes, pixel data not needed),
-        spool what the rules ask for and queue it; the status to answer. Shared by
-        C-STORE through pynetdicom and the streaming path.
+        """Route a received instance (``ds``: its attributes, pixel data not needed, or
+        the values of :attr:`header_tags`), spool what the rules ask for and queue it;
+        the status to answer. Shared by C-STORE through pynetdicom and the streaming path.
 
         ``keep_received()`` makes the file as received durable in the spool and returns
         its spool name; ``read_received()`` returns its bytes (for tag morphing), and is
         only called before ``keep_received``.
         """
-        if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+        subject = Subject(ds, calling, called)
+        if _first(subject.values(SOP_INSTANCE_UID)) != sop_uid:
             return Status.DATASET_MISMATCH
-        study = str(ds.get("StudyInstanceUID", "")) or sop_uid
+        study = _first(subject.values(STUDY_INSTANCE_UID)) or sop_uid
         with self._count_lock:
             self.received += 1
-        decision = route(self.cfg.rules, Subject(ds, calling, called))
+        decision = route(self.cfg.rules, subject)
         if not decision.deliveries:
             with self._count_lock:
                 self.dropped += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pacsinfra.pacs.archive.attrs import DatasetUnreadable, read_header
+from pacsinfra.pacs.archive.attrs import DatasetUnreadable, header_values, read_header
 from pacsinfra.pacs.dicom import Status
 from pacsinfra.pacs.fastscp.association import StoreRequest
 from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
@@ -60,7 +60,9 @@ class RouterSink:
         with self._sealer.sealing(incoming) as sealed:
             try:
                 with incoming.mapped() as raw:
-                    ds = read_header(raw, req.transfer_syntax)
+                    # the rules' tags from the bytes; pydicom only when they need it
+                    fields = header_values(raw, req.transfer_syntax, self.router.header_tags)
+                    ds = fields if fields is not None else read_header(raw, req.transfer_syntax)
             except DatasetUnreadable as exc:
                 LOG.warning("C-STORE %s from %s: unreadable: %s", req.sop_uid, req.calling, exc)
                 return Status.CANNOT_UNDERSTAND
