@@ -2,13 +2,15 @@
 
 The streaming SCP writes each data set straight into its spool file: a fresh random
 name in one of the spool's fan-out directories, so no rename is needed (a crash
-leaves a file no queue row names, which the start-up sweep removes). When the data
-set is complete the file is fsynced on a helper thread (its directory was, when
-the file was created) while this one reads the attributes the rules need (pixel data skipped, through an mmap
-of the page cache); the rules decide; then the file itself is the spool file of
-every unmodified delivery, morphed variants are written from it, and the queue rows
-are committed, all by :meth:`RouterServer.admit`, the same step C-STORE through
-pynetdicom takes. Its pages stay cached: the forwarder reads the file again at once.
+leaves a file no queue row names, which the start-up sweep removes); the new
+directory entry is fsynced on a helper thread while the data set streams in. When
+it is complete, the attributes the rules need are read back through an mmap of the
+page cache (pixel data skipped; plain values straight from the bytes); the rules
+decide; then, if anything is to be forwarded as received, the file is fsynced and is
+the spool file of every unmodified delivery, morphed variants are written from it,
+and the queue rows are committed, all by :meth:`RouterServer.admit`, the same step
+C-STORE through pynetdicom takes. Its pages stay cached: the forwarder reads the
+file again at once.
 """
 
 from __future__ import annotations
@@ -57,25 +59,26 @@ class RouterSink:
             incoming.discard()  # closes; removes the file unless a queue row kept it
 
     def _admit(self, req: StoreRequest, incoming: IncomingFile) -> Status:
-        with self._sealer.sealing(incoming) as sealed:
-            try:
-                with incoming.mapped() as raw:
-                    # the rules' tags from the bytes; pydicom only when they need it
-                    fields = header_values(raw, req.transfer_syntax, self.router.header_tags)
-                    ds = fields if fields is not None else read_header(raw, req.transfer_syntax)
-            except DatasetUnreadable as exc:
-                LOG.warning("C-STORE %s from %s: unreadable: %s", req.sop_uid, req.calling, exc)
-                return Status.CANNOT_UNDERSTAND
+        try:
+            with incoming.mapped() as raw:
+                # the rules' tags from the bytes; pydicom only when they need it
+                fields = header_values(raw, req.transfer_syntax, self.router.header_tags)
+                ds = fields if fields is not None else read_header(raw, req.transfer_syntax)
+        except DatasetUnreadable as exc:
+            LOG.warning("C-STORE %s from %s: unreadable: %s", req.sop_uid, req.calling, exc)
+            return Status.CANNOT_UNDERSTAND
 
-            def keep_received() -> str:
-                sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
-                incoming.parent_synced()  # and its directory entry's (started at open)
-                incoming.keep()
-                return f"{incoming.path.parent.name}/{incoming.path.name}"
+        def keep_received() -> str:
+            # fsync here, on this thread: the parse above is too short to be worth
+            # overlapping with it through a hand-off to a helper thread
+            incoming.seal()  # raises the write/fsync error (ENOSPC, EIO) if any
+            incoming.parent_synced()  # and its directory entry's (started at open)
+            incoming.keep()
+            return f"{incoming.path.parent.name}/{incoming.path.name}"
 
-            return self.router.admit(req.sop_uid, req.calling, req.called, ds,
-                                     keep_received=keep_received,
-                                     read_received=incoming.path.read_bytes)
+        return self.router.admit(req.sop_uid, req.calling, req.called, ds,
+                                 keep_received=keep_received,
+                                 read_received=incoming.path.read_bytes)
 
     def close(self) -> None:
         """Stop the fsync helpers (after the listener has stopped)."""
