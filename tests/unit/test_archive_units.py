@@ -274,3 +274,16 @@ def test_streaming_file_meta_is_what_pydicom_writes(sop_uid: str, ts: str) -> No
     ref.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
     ref.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
     assert file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, ts) == bytes(encode_file_meta(ref))
+
+
+def test_ensure_dir_caches_durable_directories_and_recovers_from_removal(tmp_path: Path) -> None:
+    from pacsinfra.pacs.archive import storage
+
+    leaf = tmp_path / "study" / "series"
+    storage.ensure_dir(leaf)
+    assert leaf.is_dir() and {leaf, leaf.parent} <= storage._durable_dirs
+    # removed behind the archive's back: the next durable write re-creates it
+    leaf.rmdir()
+    storage.write_durable(leaf / "x.dcm", [b"data"], tmp_dir=tmp_path / "incoming")
+    assert (leaf / "x.dcm").read_bytes() == b"data"
+    assert not list((tmp_path / "incoming").iterdir())

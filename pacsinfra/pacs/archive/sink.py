@@ -25,7 +25,7 @@ from pynetdicom.dsutils import encode
 
 from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.service import ArchiveService
-from pacsinfra.pacs.archive.storage import TMP_MARK, ensure_dir
+from pacsinfra.pacs.archive.storage import TMP_MARK, ensure_dir, forget_dirs
 from pacsinfra.pacs.dicom import Status
 from pacsinfra.pacs.fastscp.association import FindRequest, StoreRequest
 from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
@@ -73,7 +73,12 @@ class ArchiveSink:
             def persist(path: Path) -> None:
                 sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
                 ensure_dir(path.parent)
-                os.replace(incoming.path, path)
+                try:
+                    os.replace(incoming.path, path)
+                except FileNotFoundError:  # its directory was removed behind our back
+                    forget_dirs()
+                    ensure_dir(path.parent)
+                    os.replace(incoming.path, path)
                 fsync_dir(path.parent)
 
             return int(self.service.store_checked(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -70,19 +71,43 @@ class Tier:
         remove_durable(self.path(rel))
 
 
+# Directories whose entry in their parent is known durable in this process: most
+# stores go into a study's existing series directory, which then costs no syscall.
+_durable_dirs: set[Path] = set()
+_dirs_lock = threading.Lock()
+
+
 def ensure_dir(path: Path) -> None:
-    """Create ``path`` and missing parents, fsyncing each new entry into its parent."""
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:  # another association created it first; it is fsynced by them
-            continue
-        fsync_dir(d.parent)
+    """Create ``path`` and missing parents; on return, every entry from ``path`` up is
+    durable in its parent. A directory another thread or process just created, or one
+    left by a crash, gets its parent fsynced here once too: existing is not durable."""
+    if path in _durable_dirs:
+        return
+    with _dirs_lock:  # one creator at a time: a directory is cached only once durable
+        chain: list[Path] = []
+        p = path
+        while p not in _durable_dirs and p != p.parent:
+            chain.append(p)
+            p = p.parent
+        for d in reversed(chain):
+            created = True
+            try:
+                d.mkdir()
+            except FileExistsError:
+                created = False
+            try:
+                fsync_dir(d.parent)
+            except PermissionError:
+                if created:
+                    raise
+                # an ancestor we may only traverse (mode --x): it predates us, nothing to do
+            _durable_dirs.add(d)
+
+
+def forget_dirs() -> None:
+    """Drop what :func:`ensure_dir` knows (a directory was removed behind its back)."""
+    with _dirs_lock:
+        _durable_dirs.clear()
 
 
 def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = None) -> int:
@@ -96,7 +121,13 @@ def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = No
         ensure_dir(tmp_dir)
     tmp = (tmp_dir or path.parent) / f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}"
     size = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileNotFoundError:  # a directory was removed behind ensure_dir's back
+        forget_dirs()
+        ensure_dir(path.parent)
+        ensure_dir(tmp.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         for chunk in chunks:
             view = memoryview(chunk)
@@ -111,7 +142,12 @@ def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = No
         raise
     os.close(fd)
     try:
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # the target directory was removed behind our back
+            forget_dirs()
+            ensure_dir(path.parent)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
