@@ -124,7 +124,11 @@ def test_tiny_domain_lifecycle_on_real_qemu(embed_driver: Any) -> None:
     assert changed_fields(tuned, after) == []
     live = conn.lookupByName(spec.name).schedulerParameters()
     assert live["cpu_shares"] == 500
-    assert live["global_period"] == 100_000 and live["global_quota"] == 50_000
+    # half the host's clock, in microseconds of each 100 ms period (an odd clock:
+    # just under 50,000)
+    assert live["global_period"] == 100_000
+    assert live["global_quota"] == round((host_mhz // 2) * 100_000 / host_mhz)
+    assert 49_900 <= live["global_quota"] <= 50_000
     assert conn.lookupByName(spec.name).ID() == dom.ID()
 
     # the disk grows in place, live (blockResize on the running QEMU)
