@@ -105,10 +105,13 @@ def dr() -> None:
 @click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True)
 @click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
               help="run `pacsinfra verify` on the rebuilt site")
+@click.option("--receiver-bind", metavar="ADDRESS",
+              help="verify: where its C-MOVE receiver listens, when that is not the address "
+                   "the archives send to (NAT, e.g. QEMU user-mode networking)")
 @S3_ENDPOINT
 def rebuild(blueprint: Path, overlay: str, source: str | None, state_path: str | None,
             auto_approve: bool, parallelism: int, run_verify: bool,
-            s3_endpoint: str | None) -> None:
+            receiver_bind: str | None, s3_endpoint: str | None) -> None:
     """Restore the archives from a backup, build the site, count every study, verify."""
     from pacsinfra.cli.engine_cmds import _load, _print_warnings
     from pacsinfra.dr.source import choose, local_copy
@@ -126,7 +129,8 @@ def rebuild(blueprint: Path, overlay: str, source: str | None, state_path: str |
         from pacsinfra.cli.verify_cmds import verify
 
         ctx.invoke(verify, blueprint=blueprint, overlay=overlay,
-                   state_path=Path(state_path) if state_path else None)
+                   state_path=Path(state_path) if state_path else None,
+                   receiver_bind=receiver_bind)
 
 
 def _rebuild(bp: Any, backup_dir: Path, state_path: str | None, auto_approve: bool,
@@ -150,8 +154,9 @@ def _rebuild(bp: Any, backup_dir: Path, state_path: str | None, auto_approve: bo
             from pacsinfra.dr import remote as rmt
 
             for target in targets:
-                rmt.ensure_free(rmt.host_session(engine.driver, target.machine_name),
-                                target.address, rb.check_fits(target, contents))
+                if rmt.existing_host(engine.driver, target.machine_name):
+                    rmt.ensure_free(rmt.host_session(engine.driver, target.machine_name),
+                                    target.address, rb.check_fits(target, contents))
         click.echo(render_plan(plan))
         _confirm(f"Restore the backup into {len(targets)} archive(s) and build site "
                  f"{plan.name!r}?", auto_approve)

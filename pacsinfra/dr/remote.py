@@ -85,6 +85,14 @@ def host_session(driver: Any, machine: str, *, with_pacsinfra: bool = False) -> 
     return opener(machine, with_pacsinfra=with_pacsinfra)
 
 
+def existing_host(driver: Any, machine: str) -> bool:
+    """Whether ``machine`` is there to look at before the rebuild builds anything (a
+    host of the static provider always is; a VM only once made, and a new one's disks
+    are empty)."""
+    running = getattr(driver, "machine_running", None)
+    return True if running is None else bool(running(machine))
+
+
 def data_dir_free(session: Any, data_dir: str) -> bool:
     """Whether ``data_dir`` on the host is absent or an empty directory."""
     q = shlex.quote(data_dir)

@@ -180,6 +180,15 @@ class KvmDriver(Driver):
             default = str(getattr(self._lc.storage, "root", default)) + "/pools"
         return str(setting(self.config, "pool_root", default))
 
+    # -- hosts, for work between steps ----------------------------------------------
+    def host_session(self, machine: str, *, with_pacsinfra: bool = False) -> Any:
+        """The SSH session to running machine ``machine`` (``provider.kvm.ssh``)."""
+        return self.services.host_session(machine, with_pacsinfra=with_pacsinfra)
+
+    def machine_running(self, machine: str) -> bool:
+        """Whether ``machine`` exists and runs."""
+        return self.services.running(machine)
+
     # -- planning --------------------------------------------------------------------
     def render(self, spec: Spec, owner: Ownership) -> Rendered:
         """The XML ``create`` would send (no changes on the hypervisor)."""

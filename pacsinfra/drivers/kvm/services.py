@@ -427,6 +427,32 @@ class GuestServices:
     def create(self, spec: ServiceSpec, owner: Ownership) -> Observed:
         return self._ready(spec, owner).create(spec, owner)
 
+    def running(self, machine: str) -> bool:
+        """Whether domain ``machine`` exists and runs (a new one has nothing on its disks)."""
+        from pacsinfra.drivers.kvm.machines import read_machine
+
+        obs = read_machine(self.driver, machine, desired=None)
+        return obs is not None and obs.power == PowerState.ON
+
+    def host_session(self, machine: str, *, with_pacsinfra: bool = False) -> Any:
+        """The SSH session to running domain ``machine`` (waits for its host keys and
+        sshd as a service step does); ``with_pacsinfra``: this pacsinfra installed in its
+        venv. For work between the machine and service steps (``dr rebuild``)."""
+        from pacsinfra.drivers.kvm.machines import read_machine
+
+        if self.login is None:
+            raise DeployError("provider.kvm.ssh is not set: pacsinfra cannot log in to "
+                              f"{machine}")
+        obs = read_machine(self.driver, machine, desired=None)
+        if obs is None or obs.power != PowerState.ON or not isinstance(obs.spec, MachineSpec):
+            raise DeployError(f"{machine} is not running")
+        deadline = time.monotonic() + self.login.boot_timeout
+        found = self._static(obs.spec, wait=self.login.boot_timeout, install=with_pacsinfra)
+        assert found is not None
+        inner, ep = found
+        _wait_for_banner(ep, deadline)
+        return inner.host_session(machine, with_pacsinfra=with_pacsinfra)
+
     def update(self, spec: ServiceSpec, observed: Observed, fields: Any) -> Observed:
         assert observed.owner is not None
         return self._ready(spec, observed.owner).update(spec, observed, fields)
