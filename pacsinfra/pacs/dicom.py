@@ -274,6 +274,26 @@ def make_ae(ae_title: str, limits: Limits | None = None) -> AE:
     return ae
 
 
+def keep_responses(assoc: Any) -> None:
+    """Work around a pynetdicom race that loses C-STORE responses on a requestor.
+
+    ``send_c_store`` pauses the association's reactor thread with a check-then-act
+    that can see a stale "paused" flag; the reactor then takes the response off the
+    DIMSE queue, logs "Received unexpected C-STORE service message" and drops it, and
+    the sender waits for the whole DIMSE timeout. A response is never something the
+    reactor should serve, so we put it back for the waiting ``send_c_store``.
+    """
+    serve = assoc._serve_request
+
+    def _serve(msg: Any, context_id: int) -> None:
+        if msg is not None and not msg.is_valid_request and msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = _serve
+
+
 def associate(
     ae: AE,
     peer: Peer,
@@ -292,7 +312,9 @@ def associate(
     if ctx is not None:
         kwargs["tls_args"] = (ctx, None)
     kwargs["evt_handlers"] = [TCP_TUNING_HANDLER, *(evt_handlers or [])]
-    return ae.associate(peer.host, peer.port, **kwargs)
+    assoc = ae.associate(peer.host, peer.port, **kwargs)
+    keep_responses(assoc)
+    return assoc
 
 
 def associate_kwargs(peer: Peer, contexts: list[PresentationContext]) -> dict[str, Any]:
@@ -311,6 +333,7 @@ __all__ = [
     "associate",
     "accept_proposed",
     "associate_kwargs",
+    "keep_responses",
     "make_ae",
     "prefer_requestor_syntaxes",
     "scu_contexts",

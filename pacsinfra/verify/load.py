@@ -155,6 +155,9 @@ def run_load(
             sent = nbytes = 0
             try:
                 for ds in study:
+                    if not assoc.is_established:  # aborted by the peer, or timed out
+                        error("association lost before the study was sent")
+                        break
                     t0 = time.monotonic()
                     status = assoc.send_c_store(ds)
                     lat.append(time.monotonic() - t0)
@@ -165,7 +168,8 @@ def run_load(
                     else:
                         error(f"C-STORE status {code if code is None else hex(code)}")
             finally:
-                assoc.release()
+                if assoc.is_established:
+                    assoc.release()
             with lock:
                 report.studies += 1
                 report.instances += sent

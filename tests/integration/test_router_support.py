@@ -25,8 +25,7 @@ import yaml
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pacsinfra.pacs.dicom import TCP_TUNING_HANDLER
-from pacsinfra.pacs.router.sender import keep_responses
+from pacsinfra.pacs.dicom import TCP_TUNING_HANDLER, keep_responses
 
 REPO = Path(__file__).resolve().parents[2]
 CT, MR, CR, US = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",

@@ -57,26 +57,6 @@ def is_success(status: int) -> bool:
     return status == 0x0000 or status in (0xB000, 0xB006, 0xB007)
 
 
-def keep_responses(assoc: Any) -> None:
-    """Work around a pynetdicom race that loses C-STORE responses on a requestor.
-
-    ``send_c_store`` pauses the association's reactor thread with a check-then-act
-    that can see a stale "paused" flag; the reactor then takes the response off the
-    DIMSE queue, logs "Received unexpected C-STORE service message" and drops it, and
-    the sender waits for the whole DIMSE timeout. A response is never something the
-    reactor should serve, so we put it back for the waiting ``send_c_store``.
-    """
-    serve = assoc._serve_request
-
-    def _serve(msg: Any, context_id: int) -> None:
-        if msg is not None and not msg.is_valid_request and msg.is_valid_response:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = _serve
-
-
 @dataclass
 class Outcome:
     """What happened to one file."""
@@ -172,7 +152,6 @@ class Sender:
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
             return f"association {why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
-        keep_responses(assoc)
         self.assoc = assoc
         return None
 
