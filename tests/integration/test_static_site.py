@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,3 +275,62 @@ def test_wrong_host_key_is_refused_with_both_fingerprints(site: StaticSite) -> N
     assert offered in text and pinned in text, text
     assert not any((root / "machine.json").exists() for root in site.roots)
     assert site.processes() == []
+
+
+def test_service_data_goes_to_the_mounted_disk(site: StaticSite) -> None:
+    """A disk the blueprint mounts must be mounted on the host (else the machine step
+    refuses, naming it, before anything is installed); the archive's data goes there."""
+    import secrets
+
+    host, root = site.hosts[1], site.roots[1]
+    svc = f"arch-{secrets.token_hex(3)}"
+    shm = Path("/dev/shm") / svc  # /dev/shm is a mount point, also in the host's namespace
+    bad = site.tmp / "not-a-mount"
+    bad.mkdir()
+
+    def write(disks: str) -> None:
+        site.bp.write_text(f"""\
+apiVersion: pacsinfra/v1
+kind: Site
+metadata: {{name: stdisk}}
+provider:
+  driver: static
+  static:
+    user: root
+    key_file: {host.key_file}
+    python: {SYSTEM_PY}
+    find_links: {site.house}
+    records: {site.records}
+    hosts:
+      stdisk-pacs-1: {{address: {host.address}, root: {root}, host_keys: ["{host.host_key_line}"]}}
+images: {{existing: {{}}}}
+storage: {{fast: {{tier: performance, encrypted: true}}}}
+machines:
+  pacs:
+    image: existing
+    cpu: {{count: 1}}
+    memory: {{size: 1GiB}}
+    disks: [{disks}]
+    services: [{svc}]
+services:
+  {svc}: {{kind: archive, config: {{ae_title: DISKARCH, port: 11112, dicomweb: {{enabled: false}}}}}}
+""")
+
+    try:
+        write(f"{{name: data, size: 1GiB, storage: fast, mount: /dev/shm}}, "
+              f"{{name: nl, size: 1GiB, storage: fast, mount: {bad}}}")
+        r = site.cli("apply", str(site.bp), "--auto-approve")
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in out, out
+        assert f"nothing is mounted where the blueprint mounts disk 'nl' at {bad}" in out, out
+        assert "disk 'data'" not in out, out  # /dev/shm is mounted
+        assert not (root / "machine.json").exists() and not (root / "venv").exists()
+
+        write("{name: data, size: 1GiB, storage: fast, mount: /dev/shm}")
+        site.ok("apply", str(site.bp), "--auto-approve")
+        cfg = (root / "services" / svc / "config.yaml").read_text()
+        assert f"data_dir: {shm}" in cfg, cfg
+        assert (shm / "index.sqlite").exists()  # the running archive made its index there
+        site.ok("destroy", str(site.bp), "--auto-approve")
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)

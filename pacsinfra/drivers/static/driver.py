@@ -269,6 +269,7 @@ class StaticDriver(Driver):
             other = found[1]
             raise AlreadyExists(f"{host.describe()}: {host.root} already belongs to "
                                 f"{other.address} of site {other.site}")
+        self._check_mounts(session, spec)
         session.check(["mkdir", "-p", "-m", "0750", "--", host.root, f"{host.root}/data",
                        host.run_dir, host.services_dir], 30, what=f"creating {host.root}")
         session.write_mark(host.machine_mark, spec, owner)
@@ -276,6 +277,26 @@ class StaticDriver(Driver):
         # parallel, so every host installs at once instead of one dependency layer at a time.
         self._ensure_installed(session)
         return self._find(spec)
+
+    @staticmethod
+    def _check_mounts(session: HostSession, spec: MachineSpec) -> None:
+        """Every disk the blueprint mounts must be mounted on the host: the services' data
+        goes there (deploy/services.py), and a missing mount would silently put it on
+        the root file system instead."""
+        mounted = [(d.name, d.mount) for d in spec.disks if d.mount]
+        if not mounted:
+            return
+        probe = ("import os, sys\n"
+                 "print('\\n'.join(p for p in sys.argv[1:] if not os.path.ismount(p)))")
+        res = session.check([session.settings.python, "-c", probe,
+                             *(m for _, m in mounted)], 30, what="looking at the disks' mounts")
+        missing = {ln for ln in res.stdout.splitlines() if ln}
+        if missing:
+            names = ", ".join(f"disk {n!r} at {m}" for n, m in mounted if m in missing)
+            raise DeployError(
+                f"{session.settings.describe()}: nothing is mounted where the blueprint mounts "
+                f"{names}; mount the disk there first (the services' data would otherwise land "
+                "on the root file system), or leave out its mount:")
 
     def _find(self, spec: MachineSpec | ServiceSpec) -> Observed:
         obs = self.read(spec)
@@ -306,6 +327,7 @@ class StaticDriver(Driver):
             return self.create(spec, owner)
         if isinstance(spec, MachineSpec):
             session = self._session(spec.name)
+            self._check_mounts(session, spec)
             session.write_mark(session.settings.machine_mark, spec, owner)
             return self._find(spec)
         svc = self._service(spec)
