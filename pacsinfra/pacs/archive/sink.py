@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -28,7 +29,7 @@ from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.storage import TMP_MARK, ensure_dir, forget_dirs
 from pacsinfra.pacs.dicom import Status
 from pacsinfra.pacs.fastscp.association import FindRequest, StoreRequest
-from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
+from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer, Staging
 
 LOG = logging.getLogger("pacsinfra.archive")
 
@@ -40,6 +41,7 @@ class ArchiveSink:
     def __init__(self, service: ArchiveService, fsync_threads: int = 8) -> None:
         self.service = service
         self._sealer = Sealer(fsync_threads)
+        self._local = threading.local()
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
         """A temp file in the default tier, or a refusal when the tier is full."""
@@ -49,7 +51,17 @@ class ArchiveSink:
                       tier.max_usage_percent, req.sop_uid)
             self.service.counters.add("failed")
             return int(Status.OUT_OF_RESOURCES)
-        return IncomingFile(tier.root / ".incoming", meta, tmp_mark=TMP_MARK)
+        # Files kept out of the page cache (the default) are collected in this
+        # association's staging buffer and written with O_DIRECT when complete.
+        staging = self._staging() if tier.drop_cache else None
+        return IncomingFile(tier.root / ".incoming", meta, tmp_mark=TMP_MARK, staging=staging)
+
+    def _staging(self) -> Staging:
+        """This thread's (this association's) staging buffer, made on first use."""
+        staging: Staging | None = getattr(self._local, "staging", None)
+        if staging is None:
+            staging = self._local.staging = Staging()
+        return staging
 
     def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
         """fsync, rename, index (or refuse); the temp file is gone afterwards either way."""

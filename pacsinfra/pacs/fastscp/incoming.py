@@ -1,19 +1,30 @@
-"""The temporary file an incoming instance is streamed into.
+"""The file an incoming instance is streamed into.
 
-Fragments are written as they arrive; every ~1 MiB the kernel is asked to start
-writing them to the device (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux), so
-the data reaches the disk while the rest is still on the wire and the final
-:meth:`IncomingFile.seal` (``fsync``) waits only for the tail. The dataset bytes
-are never copied or kept: the sink reads them back through
-:meth:`IncomingFile.mapped` (an mmap of the page cache) to hash them and to parse
-the attributes it needs, while the ``fsync`` runs. A write error (ENOSPC, EIO) is remembered, the rest of the data is discarded, and
-the sink answers a failure: the sender keeps its copy.
+Two ways, one result (``preamble + file meta + the data set as received``, fsynced):
+
+- **Staged** (the archive's default): the fragments are collected in the association's
+  :class:`Staging` buffer, and :meth:`IncomingFile.seal` writes the whole instance in
+  one ``O_DIRECT`` write (the device reads the buffer: no copy into the page cache,
+  whose fresh pages cost ~1.2 ms per 512 KB on this VM), then fsyncs. The sink reads
+  the attributes and hashes the data set from the buffer meanwhile. An instance that
+  outgrows the buffer spills to the plain way; a file system that refuses
+  ``O_DIRECT`` gets a plain write of the same bytes.
+- **Plain** (the router's spool, whose files are read again at once): fragments are
+  written as they arrive; every ~1 MiB the kernel is asked to start writing them
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux), so the final fsync waits only
+  for the tail. The sink reads the data back through :meth:`IncomingFile.mapped`, an
+  mmap of the page cache, while the fsync runs.
+
+A write error (ENOSPC, EIO) is remembered, the rest of the data is discarded, and the
+sink answers a failure: the sender keeps its copy.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -45,6 +56,20 @@ def _sync_file_range() -> object | None:
 _SFR = _sync_file_range()
 
 
+_DIRECT_ALIGN = 4096  # O_DIRECT: buffer address, length and offset aligned to this
+
+
+class Staging:
+    """A page-aligned buffer one association reuses to hold each incoming instance
+    whole, so it can be written to disk in one ``O_DIRECT`` write when it is complete
+    (no page-cache copy; the buffer's pages are touched once, not every instance's)."""
+
+    def __init__(self, capacity: int = 32 << 20) -> None:
+        self.capacity = capacity
+        self._buf = mmap.mmap(-1, capacity)  # anonymous: page-aligned, zero-filled
+        self.view = memoryview(self._buf)
+
+
 class IncomingFile:
     """``<directory>/in<tmp_mark><random>``: preamble + file meta + the dataset.
 
@@ -54,7 +79,7 @@ class IncomingFile:
     """
 
     def __init__(self, directory: Path, meta: bytes, *, tmp_mark: str = ".tmp-",
-                 final: Path | None = None) -> None:
+                 final: Path | None = None, staging: Staging | None = None) -> None:
         self.path = final if final is not None else directory / f"in{tmp_mark}{uuid.uuid4().hex}"
         self._kept = False
         self.parent_sync: Future[None] | None = None  # the directory's fsync, when started
@@ -65,8 +90,29 @@ class IncomingFile:
         self._kicked = 0
         # read-write: mapped() maps the file to read the attributes back
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-        self._write(memoryview(PREAMBLE))
-        self._write(memoryview(meta))
+        # ``staging``: the instance is collected in memory and written by seal(); one that
+        # outgrows the buffer is spilled to the file and continues as a buffered write
+        self._staging = staging
+        if staging is not None and self.ds_offset <= staging.capacity:
+            staging.view[:len(PREAMBLE)] = PREAMBLE
+            staging.view[len(PREAMBLE):self.ds_offset] = meta
+            self.size = self.ds_offset
+        else:
+            self._staging = None
+            self._write(memoryview(PREAMBLE))
+            self._write(memoryview(meta))
+
+    @property
+    def staged(self) -> bool:
+        """Whether the instance so far is in the staging buffer, not yet in the file."""
+        return self._staging is not None
+
+    def _spill(self) -> None:
+        """Too big for the staging buffer: what it holds goes to the file, the rest follows."""
+        staging, self._staging = self._staging, None
+        assert staging is not None
+        held, self.size = self.size, 0
+        self._write(staging.view[:held])
 
     def _write(self, view: memoryview) -> None:
         fd = self._fd
@@ -86,6 +132,14 @@ class IncomingFile:
 
     def write(self, data: memoryview) -> None:
         """Append a dataset fragment (``data`` is only read during the call)."""
+        staging = self._staging
+        if staging is not None:
+            end = self.size + len(data)
+            if end <= staging.capacity:
+                staging.view[self.size:end] = data
+                self.size = end
+                return
+            self._spill()
         self._write(data)
 
     @contextmanager
@@ -99,6 +153,13 @@ class IncomingFile:
         if self.size <= self.ds_offset:
             yield memoryview(b"")
             return
+        if self._staging is not None:
+            dataset = self._staging.view[self.ds_offset:self.size]
+            try:
+                yield dataset
+            finally:
+                dataset.release()
+            return
         with mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             dataset = view[self.ds_offset:]
@@ -110,13 +171,41 @@ class IncomingFile:
                 view.release()
 
     def seal(self) -> None:
-        """fsync (the file stays open); raises the first write error, if there was one."""
+        """Write what is staged, then fsync (the file stays open); raises the first write
+        error, if there was one."""
         fd = self._fd
         if fd is None:
             raise OSError("incoming file already closed")
         if self.error is not None:
             raise self.error
+        if self._staging is not None:
+            self._write_staged(fd, self._staging)
         os.fsync(fd)
+
+    def _write_staged(self, fd: int, staging: Staging) -> None:
+        """The staged instance in one write: ``O_DIRECT`` (the device reads the buffer,
+        no page-cache copy) of the block-aligned length, cut back to the real size; a
+        plain write where the file system refuses ``O_DIRECT`` (tmpfs, some FUSE)."""
+        size = self.size
+        aligned = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        if aligned > staging.capacity:  # no room to pad: the plain write
+            _write_all(fd, staging.view[:size])
+            return
+        staging.view[size:aligned] = bytes(aligned - size)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+            written = os.pwrite(fd, staging.view[:aligned], 0)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise  # ENOSPC, EIO: the instance is not stored
+            written = -1
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        if written != aligned:  # refused or short: write it all again, the plain way
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, staging.view[:size])
+        os.ftruncate(fd, size)
 
     def parent_synced(self) -> None:
         """Make sure the directory entry is durable: wait for the fsync started by
@@ -154,6 +243,11 @@ class IncomingFile:
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 LOG.warning("could not remove %s: %s", self.path, exc)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class Sealer:
