@@ -378,4 +378,7 @@ sites:
         times.values["destroy"] = time.monotonic() - t0
         assert not _dicom_open(guest["dicom_port"])
     finally:
+        if "destroy" not in times.values:  # a failed rebuild or check: take the guest down
+            subprocess.run([sys.executable, "-m", "pacsinfra", "destroy", str(bp), "--site",
+                            "dr", "--auto-approve"], env=env, capture_output=True, timeout=300)
         print(f"\n--- console tail ---\n{_tail(console, 1500)}")
