@@ -4,6 +4,7 @@ that refuses O_DIRECT (tmpfs) gets the plain write. The file is the same every w
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def test_staged_instance_is_written_whole_at_seal(tmp_path: Path, size: int) -> 
     staging = Staging(1 << 20)
     inc = IncomingFile(tmp_path, META, staging=staging)
     _fill(inc, data, 10_000)
-    assert inc.staged and inc.path.stat().st_size == 0  # nothing on disk before seal
+    assert inc.staged and not inc.path.exists()  # nothing on disk before seal
+    assert inc.sha256() == hashlib.sha256(data).hexdigest()  # hashed as it came
     with inc.mapped() as view:
         assert bytes(view) == data
     inc.seal()
@@ -94,3 +96,43 @@ def test_a_full_disk_is_an_error_not_a_fallback(tmp_path: Path,
     with pytest.raises(OSError) as err:
         inc.seal()
     assert err.value.errno == errno.ENOSPC
+
+
+def test_created_at_its_final_name_or_refused_when_one_exists(tmp_path: Path) -> None:
+    data = os.urandom(70_000)
+    inc = IncomingFile(tmp_path / "incoming", META, staging=Staging(1 << 20))
+    _fill(inc, data, 16_384)
+    final = tmp_path / "study" / "x.dcm"
+    final.parent.mkdir()
+    assert inc.create_at(final)
+    inc.seal()
+    inc.keep()
+    inc.discard()
+    assert final.read_bytes() == PREAMBLE + META + data
+    assert not (tmp_path / "incoming").exists()  # no temp file was ever made
+
+    again = IncomingFile(tmp_path, META, staging=Staging(1 << 20))
+    _fill(again, data, 16_384)
+    assert not again.create_at(final)  # exists: the caller renames a sealed temp file
+    again.seal()
+    assert again.path != final and again.path.read_bytes() == final.read_bytes()
+    again.discard()
+    assert not again.path.exists() and final.exists()
+
+
+def test_a_failed_write_at_the_final_name_leaves_no_file(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    inc = IncomingFile(tmp_path, META, staging=Staging(1 << 20))
+    _fill(inc, b"y" * 5000, 1000)
+    final = tmp_path / "y.dcm"
+    assert inc.create_at(final)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(OSError):
+        inc.seal()
+    inc.discard()  # not kept: the partial file goes
+    assert not final.exists()

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -80,26 +80,60 @@ class ArchiveSink:
         return status
 
     def _store(self, req: StoreRequest, incoming: IncomingFile) -> int:
+        if incoming.staged:
+            return self._store_staged(req, incoming)
         with incoming.mapped() as raw, self._sealer.sealing(incoming) as sealed:
 
             def persist(path: Path) -> None:
                 sealed()  # raises the write/fsync error (ENOSPC, EIO) if any
-                ensure_dir(path.parent)
-                try:
-                    os.replace(incoming.path, path)
-                except FileNotFoundError:  # its directory was removed behind our back
-                    forget_dirs()
-                    ensure_dir(path.parent)
-                    os.replace(incoming.path, path)
-                fsync_dir(path.parent)
+                self._rename_into_place(incoming, path)
 
-            return int(self.service.store_checked(
-                sop_class=req.sop_class, sop_uid=req.sop_uid,
-                transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling,
-                sha=hashlib.sha256(raw).hexdigest(),
-                meta_tag=hashlib.sha256(incoming.meta).hexdigest()[:4],
-                ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
-                persist=persist))
+            return self._checked(req, incoming, raw, hashlib.sha256(raw).hexdigest(), persist)
+
+    def _store_staged(self, req: StoreRequest, incoming: IncomingFile) -> int:
+        """The whole instance is in memory, already hashed: its file is made at its final
+        (content-addressed) name and written once; the new directory entry is fsynced
+        while the data is. A file of that name already there (the same bytes from
+        another worker, or left by a crash before it was indexed) is replaced the
+        atomic way instead: temp file, fsync, rename."""
+        sha = incoming.sha256()
+        assert sha is not None
+        with incoming.mapped() as raw:
+
+            def persist(path: Path) -> None:
+                ensure_dir(path.parent)
+                if not incoming.create_at(path):
+                    incoming.seal()
+                    self._rename_into_place(incoming, path)
+                    return
+                self._sealer.sync_parent(incoming)
+                try:
+                    incoming.seal()
+                finally:
+                    incoming.parent_synced()
+                incoming.keep()  # the stored file: discard() must not remove it
+
+            return self._checked(req, incoming, raw, sha, persist)
+
+    @staticmethod
+    def _rename_into_place(incoming: IncomingFile, path: Path) -> None:
+        ensure_dir(path.parent)
+        try:
+            os.replace(incoming.path, path)
+        except FileNotFoundError:  # its directory was removed behind our back
+            forget_dirs()
+            ensure_dir(path.parent)
+            os.replace(incoming.path, path)
+        fsync_dir(path.parent)
+
+    def _checked(self, req: StoreRequest, incoming: IncomingFile, raw: memoryview, sha: str,
+                 persist: Callable[[Path], None]) -> int:
+        return int(self.service.store_checked(
+            sop_class=req.sop_class, sop_uid=req.sop_uid,
+            transfer_syntax=req.transfer_syntax, raw=raw, calling=req.calling, sha=sha,
+            meta_tag=hashlib.sha256(incoming.meta).hexdigest()[:4],
+            ds_offset=incoming.ds_offset, size=incoming.size, room_needed=0,
+            persist=persist))
 
     def find(self, req: FindRequest, identifier: bytes) -> Iterator[tuple[int, bytes | None]]:
         """C-FIND on a streaming association: the service's matches, encoded here (one

@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import logging
 import mmap
 import os
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pacsinfra.fsutil import fsync_dir
 
@@ -88,30 +90,55 @@ class IncomingFile:
         self.size = 0
         self.error: OSError | None = None
         self._kicked = 0
-        # read-write: mapped() maps the file to read the attributes back
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-        # ``staging``: the instance is collected in memory and written by seal(); one that
-        # outgrows the buffer is spilled to the file and continues as a buffered write
+        self._fd: int | None = None
+        self._created = False  # a file exists that discard() must remove unless kept
+        self._closed = False
+        # ``staging``: the instance is collected in memory (and hashed as it comes) and
+        # only written by seal() or commit_at(); one that outgrows the buffer is spilled
+        # to the file and continues as a plain write
         self._staging = staging
+        self._hash: Any = None
         if staging is not None and self.ds_offset <= staging.capacity:
             staging.view[:len(PREAMBLE)] = PREAMBLE
             staging.view[len(PREAMBLE):self.ds_offset] = meta
             self.size = self.ds_offset
+            self._hash = hashlib.sha256()
         else:
             self._staging = None
+            self._open()
             self._write(memoryview(PREAMBLE))
             self._write(memoryview(meta))
+
+    def _open(self) -> int:
+        """The file descriptor, creating the file at :attr:`path` on first use."""
+        if self._closed:
+            raise OSError("incoming file already closed")
+        if self._fd is None:
+            # read-write: mapped() maps the file to read the attributes back
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+            self._created = True
+        return self._fd
 
     @property
     def staged(self) -> bool:
         """Whether the instance so far is in the staging buffer, not yet in the file."""
         return self._staging is not None
 
+    def sha256(self) -> str | None:
+        """The SHA-256 of the data set received so far, when it was hashed as it came
+        (staged instances); None otherwise."""
+        return self._hash.hexdigest() if self._hash is not None else None
+
     def _spill(self) -> None:
         """Too big for the staging buffer: what it holds goes to the file, the rest follows."""
-        staging, self._staging = self._staging, None
+        staging, self._staging, self._hash = self._staging, None, None
         assert staging is not None
         held, self.size = self.size, 0
+        try:
+            self._open()
+        except OSError as exc:
+            self.error = exc
+            return
         self._write(staging.view[:held])
 
     def _write(self, view: memoryview) -> None:
@@ -138,6 +165,8 @@ class IncomingFile:
             if end <= staging.capacity:
                 staging.view[self.size:end] = data
                 self.size = end
+                # hashed while the next fragment is on the wire (hashlib lets go of the GIL)
+                self._hash.update(data)
                 return
             self._spill()
         self._write(data)
@@ -147,8 +176,7 @@ class IncomingFile:
         """The dataset bytes written so far, as a read-only view of the file (mmap);
         valid inside the ``with`` block, even after :meth:`seal` (which may run on
         another thread meanwhile: the map holds its own reference to the file)."""
-        fd = self._fd
-        if fd is None:
+        if self._closed:
             raise OSError("incoming file already closed")
         if self.size <= self.ds_offset:
             yield memoryview(b"")
@@ -160,7 +188,7 @@ class IncomingFile:
             finally:
                 dataset.release()
             return
-        with mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) as mm:
+        with mmap.mmap(self._open(), self.size, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             dataset = view[self.ds_offset:]
             try:
@@ -173,14 +201,24 @@ class IncomingFile:
     def seal(self) -> None:
         """Write what is staged, then fsync (the file stays open); raises the first write
         error, if there was one."""
-        fd = self._fd
-        if fd is None:
-            raise OSError("incoming file already closed")
         if self.error is not None:
             raise self.error
+        fd = self._open()
         if self._staging is not None:
             self._write_staged(fd, self._staging)
         os.fsync(fd)
+
+    def create_at(self, final: Path) -> bool:
+        """Make the staged instance's file at ``final`` itself (no temp file, no rename),
+        for :meth:`seal` to write; False when a file of that name exists (then the
+        temp-file-and-rename way must replace it atomically)."""
+        assert self._staging is not None and self._fd is None, "only a staged instance"
+        try:
+            self._fd = os.open(final, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            return False
+        self.path, self._created = final, True
+        return True
 
     def _write_staged(self, fd: int, staging: Staging) -> None:
         """The staged instance in one write: ``O_DIRECT`` (the device reads the buffer,
@@ -229,6 +267,7 @@ class IncomingFile:
         (measured here: 0.1 vs 1.2 ms for 512 KB).
         """
         fd, self._fd = self._fd, None
+        self._closed = True
         if fd is not None:
             try:
                 if drop_cache:
@@ -236,7 +275,7 @@ class IncomingFile:
                 os.close(fd)
             except OSError:
                 pass
-        if self._kept:
+        if self._kept or not self._created:
             return
         try:
             self.path.unlink()
