@@ -18,6 +18,7 @@ from pacsinfra.blueprint.capabilities import (
     drivers_that_can,
 )
 from pacsinfra.blueprint.checks_dr import check_dr
+from pacsinfra.blueprint.checks_guests import check_guest_services
 from pacsinfra.blueprint.checks_kvm import check_kvm_nics, check_kvm_services
 from pacsinfra.blueprint.checks_net import check_addresses, check_networks
 from pacsinfra.blueprint.checks_services import check_phi, check_services, phi_classes
@@ -150,6 +151,7 @@ def check_provider(site: Site, r: Reporter) -> None:
         check_static(site, r)
     if drv == "kvm":
         check_kvm_services(site, r)
+    check_guest_services(site, r)  # vsphere / hyperv with provider.<driver>.ssh
     roles = sorted(site.machines)
     per_role: list[tuple[tuple[Any, ...], Any]] = []
     if p.kvm is not None and p.kvm.cpu_pinning:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pacsinfra.blueprint.overlay import did_you_mean
+from pacsinfra.blueprint.checks_guests import check_login
 
 if TYPE_CHECKING:
     from pacsinfra.blueprint.checks import Reporter
@@ -46,20 +46,7 @@ def check_kvm_services(site: Site, r: Reporter) -> None:
     ssh = kvm.ssh if kvm is not None else None
     if ssh is None:
         return
-    base = ("provider", "kvm", "ssh")
-    if ssh.key_file is None and ssh.key is None:
-        r.add(base, "services on kvm machines need a login key",
-              hint="add key_file: ~/.ssh/id_ed25519 (or key: {env: ...})", code=CODE)
-    metadata_ok = "metadata" not in r.dropped.get("*", ())
-    if metadata_ok:
-        members = {m for n, role in site.machines.items()
-                   for m in role.member_names(site.metadata.name, n)}
-        for target in ssh.host_keys:
-            if target not in site.machines and target not in members:
-                r.add(base + ("host_keys", target), f"unknown machine or role {target!r}",
-                      hint=did_you_mean(target, sorted(members | set(site.machines)),
-                                        "roles and machines"),
-                      code="unknown-ref", key=True)
+    check_login(site, r, "kvm", ssh)
     for role_name, role in site.machines.items():
         if not role.services:
             continue

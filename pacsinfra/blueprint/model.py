@@ -79,6 +79,8 @@ class VsphereProvider(_Strict):
     hot_add: bool | None = None
     cloud_init: bool | None = None
     shutdown_timeout: float | None = Field(None, gt=0, le=3600)
+    # how pacsinfra logs in to the VMs it makes, to run their services (see GuestLogin)
+    ssh: GuestLogin | None = None
 
 
 class HypervProvider(_Strict):
@@ -98,6 +100,8 @@ class HypervProvider(_Strict):
     shutdown_timeout: float | None = Field(None, gt=0, le=3600)
     host_mhz: Mhz | None = None  # core clock, for MHz -> reserve %
     storage_root: str | None = None  # where storage classes without a path live
+    # how pacsinfra logs in to the VMs it makes, to run their services (see GuestLogin)
+    ssh: GuestLogin | None = None
 
 
 class LocalProvider(_Strict):
@@ -176,6 +180,22 @@ class KvmGuestLogin(StaticLogin):
     host_keys: dict[str, list[HostKey]] = Field(default_factory=dict)  # machine or role -> keys
     wheel: str | None = None  # a pacsinfra wheel to install (default: built from this checkout)
     boot_timeout: float | None = Field(None, gt=0, le=3600)  # first boot -> SSH answering (300 s)
+    init: InitSystem | None = None  # what keeps the services running (usually deploy.init)
+
+
+class GuestLogin(StaticLogin):
+    """``provider.vsphere.ssh`` / ``provider.hyperv.ssh``: how pacsinfra reaches the VMs it makes.
+
+    With it, machines that list ``services`` get them deployed over SSH after they boot
+    (as on ``static`` hosts: wheel, config, systemd unit or supervisor, C-ECHO), at the
+    machine's first static NIC address (``nics[].addresses``) on ``port`` (22). Host keys
+    are never trusted on first use: pinned here per machine (``<site>-<role>-<n>``) or
+    role, or in ``known_hosts``.
+    """
+
+    host_keys: dict[str, list[HostKey]] = Field(default_factory=dict)  # machine or role -> keys
+    wheel: str | None = None  # a pacsinfra wheel to install (default: built from this checkout)
+    boot_timeout: float | None = Field(None, gt=0, le=3600)  # power on -> SSH answering (300 s)
     init: InitSystem | None = None  # what keeps the services running (usually deploy.init)
 
 
@@ -557,24 +577,26 @@ class Site(_Strict):
                 static.ansible_threshold = self.deploy.ansible_threshold
         self._copy_deploy_init()
 
-    def _init_targets(self) -> list[StaticProvider | KvmGuestLogin]:
-        """The provider sections that carry ``deploy.init`` to their driver."""
-        kvm = self.provider.kvm
-        return [t for t in (self.provider.static, kvm.ssh if kvm else None) if t is not None]
+    def _init_targets(self) -> list[tuple[str, StaticProvider | KvmGuestLogin | GuestLogin]]:
+        """The provider sections that carry ``deploy.init`` to their driver, by where."""
+        p = self.provider
+        found: list[tuple[str, Any]] = [("static", p.static)]
+        found += [(f"{d}.ssh", getattr(getattr(p, d), "ssh", None))
+                  for d in ("kvm", "vsphere", "hyperv")]
+        return [(where, t) for where, t in found if t is not None]
 
     def _copy_deploy_init(self) -> None:
         # as for the engine: a driver (and a saved plan) sees only the provider section
         if self.deploy is not None and "init" in self.deploy.model_fields_set:
-            for target in self._init_targets():
+            for _, target in self._init_targets():
                 if target.init is None:
                     target.init = self.deploy.init
 
     @model_validator(mode="after")
     def _one_init(self) -> Site:
         if self.deploy is not None and "init" in self.deploy.model_fields_set:
-            for target in self._init_targets():
+            for where, target in self._init_targets():
                 if target.init != self.deploy.init:
-                    where = "static" if target is self.provider.static else "kvm.ssh"
                     raise ValueError(f"provider.{where}.init {target.init!r} contradicts "
                                      f"deploy.init {self.deploy.init!r}: set it in one place")
         return self
@@ -596,6 +618,7 @@ __all__ = [
     "Disk",
     "DrS3",
     "Gpu",
+    "GuestLogin",
     "HostCapacity",
     "HypervProvider",
     "Image",

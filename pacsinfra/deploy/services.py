@@ -1,7 +1,8 @@
 """Services as plan resources: render each (machine, service) pair's config file from the blueprint.
 
 For drivers that run the PACS services themselves (``local``: this box; ``static``:
-existing hosts over SSH; ``kvm``: the machines it makes, over SSH once they boot), every service a machine role lists becomes a
+existing hosts over SSH; ``kvm``, ``vsphere``, ``hyperv``: the machines they make, over
+SSH once they boot), every service a machine role lists becomes a
 :class:`~pacsinfra.drivers.base.ServiceSpec` resource ``service.<name>[<i>]`` (its
 i-th host), ordered after its machine, and a router after the archives its
 destinations name. The spec's ``config`` is the file the service reads, rendered here
@@ -40,8 +41,10 @@ from pacsinfra.drivers.base import ServiceSpec
 from pacsinfra.errors import PlanError
 
 #: drivers whose plans can include the services (they install and run them themselves);
-#: kvm only when the blueprint says how to log in to its machines (``provider.kvm.ssh``)
-SERVICE_DRIVERS = frozenset({"local", "static", "kvm"})
+#: the hypervisor drivers only when the blueprint says how to log in to their machines
+#: (``provider.<driver>.ssh``)
+SERVICE_DRIVERS = frozenset({"local", "static", "kvm", "vsphere", "hyperv"})
+GUEST_DRIVERS = frozenset({"kvm", "vsphere", "hyperv"})
 #: service kinds a driver can run today (the others are left to the deploy stage)
 RUNNABLE_KINDS = frozenset({"archive", "router", "database"})
 LOOPBACK = "127.0.0.1"
@@ -97,8 +100,8 @@ def runs_services(driver: str, site: Any) -> bool:
     """Whether the plan of ``site`` on ``driver`` includes its services as resources."""
     if driver not in SERVICE_DRIVERS:
         return False
-    if driver == "kvm":
-        return getattr(getattr(site.provider, "kvm", None), "ssh", None) is not None
+    if driver in GUEST_DRIVERS:
+        return getattr(getattr(site.provider, driver, None), "ssh", None) is not None
     return True
 
 
@@ -114,6 +117,10 @@ def layout_for(driver: str, site: Any, site_id: str, *,
         from pacsinfra.drivers.kvm.services import KvmLayout
 
         return KvmLayout(settings, machines or {})
+    if driver in GUEST_DRIVERS:
+        from pacsinfra.drivers.guest_services import GuestLayout
+
+        return GuestLayout(settings, machines or {})
     if driver == "static":
         from pacsinfra.drivers.static.layout import StaticLayout, StaticSettings
 

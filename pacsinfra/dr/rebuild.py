@@ -42,8 +42,8 @@ FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve - FIND
 #: providers whose archive data directories are on this machine
 LOCAL_DATA_DRIVERS = frozenset({"local"})
 #: providers whose archives run on hosts reached over SSH (restored there: dr.remote);
-#: kvm: the machines it makes, with provider.kvm.ssh
-REMOTE_DATA_DRIVERS = frozenset({"static", "kvm"})
+#: kvm / vsphere / hyperv: the machines they make, with provider.<driver>.ssh
+REMOTE_DATA_DRIVERS = frozenset({"static", "kvm", "vsphere", "hyperv"})
 
 
 class RebuildError(PacsinfraError):

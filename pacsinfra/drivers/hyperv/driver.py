@@ -2,16 +2,20 @@
 
 Every operation renders one script (``scripts.render``) and runs it through the one
 :class:`HypervClient`; the mapping between specs and the scripts' JSON lives in
-``machines.py`` and ``infra.py``, the change table in ``classify.py``.
+``machines.py`` and ``infra.py``, the change table in ``classify.py``. Services
+(``ServiceSpec``, when ``provider.hyperv.ssh`` is set) run in the VMs over SSH:
+:mod:`.services`.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from pacsinfra.drivers import service_common
 from pacsinfra.drivers.base import (
     Capability,
     ChangeKind,
@@ -21,8 +25,10 @@ from pacsinfra.drivers.base import (
     Observed,
     Ownership,
     Rendered,
+    ServiceSpec,
     Spec,
     StorageSpec,
+    spec_to_dict,
 )
 from pacsinfra.drivers.hyperv import classify as cls_mod
 from pacsinfra.drivers.hyperv import infra
@@ -31,6 +37,7 @@ from pacsinfra.drivers.hyperv.client import HypervClient, open_session
 from pacsinfra.drivers.hyperv.config import HypervSettings, read_settings, setting
 from pacsinfra.drivers.hyperv.marks import MARK_PREFIX
 from pacsinfra.drivers.hyperv.scripts import Script, render
+from pacsinfra.drivers.hyperv.services import HypervGuests
 from pacsinfra.errors import AlreadyExists, AuthError, CapabilityError, TaskFailed
 
 WINDOWS_FILE_NAME_FORBIDDEN = '\\/:*?"<>|\n\r\t'
@@ -60,6 +67,7 @@ class HypervDriver(Driver):
         self._hc: HypervClient | None = None
         self._host: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.services = HypervGuests(self)
 
     # -- connection ----------------------------------------------------------------
     def connect(self) -> None:
@@ -82,7 +90,8 @@ class HypervDriver(Driver):
             self._hc = hc
 
     def close(self) -> None:
-        """Forget the session (WinRM shells are closed after every script)."""
+        """Forget the session (WinRM shells are closed after every script) and the guests'."""
+        self.services.close()
         with self._lock:
             self._hc = None
 
@@ -108,9 +117,21 @@ class HypervDriver(Driver):
         return mach.HostContext(host_mhz=mhz, storage_root=self.settings.storage_root,
                                 vm_path=self.settings.vm_path)
 
+    # -- hosts, for work between steps ---------------------------------------------
+    def host_session(self, machine: str, *, with_pacsinfra: bool = False) -> Any:
+        """The SSH session to running VM ``machine`` (``provider.hyperv.ssh``)."""
+        return self.services.host_session(machine, with_pacsinfra=with_pacsinfra)
+
+    def machine_running(self, machine: str) -> bool:
+        """Whether VM ``machine`` exists, is pacsinfra's and runs."""
+        return self.services.running(machine)
+
     # -- planning ------------------------------------------------------------------
     def render(self, spec: Spec, owner: Ownership) -> Rendered:
         """The script ``create`` would run, with its parameters document. Pure."""
+        if isinstance(spec, ServiceSpec):
+            return Rendered("application/json", json.dumps(spec_to_dict(spec), indent=1),
+                            self.services.render_params(spec))
         script = self._create_script(spec, owner)
         return Rendered(media_type="text/x-powershell", text=script.text, parameters=script.parameters)
 
@@ -125,15 +146,21 @@ class HypervDriver(Driver):
         raise TypeError(f"unknown spec type {type(spec).__name__}")
 
     def classify(self, spec: Spec, field_name: str) -> ChangeKind:
+        if isinstance(spec, ServiceSpec):
+            return service_common.classify(spec, field_name)
         return cls_mod.classify(spec, field_name)
 
     def classify_change(self, spec: Spec, observed: Observed, field_name: str) -> ChangeKind:
+        if isinstance(spec, ServiceSpec):
+            return self.classify(spec, field_name)
         return cls_mod.classify_change(spec, observed, field_name)
 
     def check(self, spec: Spec) -> list[str]:
         """What Hyper-V cannot do for ``spec`` (pure)."""
         problems: list[str] = []
-        if isinstance(spec, MachineSpec):
+        if isinstance(spec, ServiceSpec):
+            problems += self.services.check(spec)
+        elif isinstance(spec, MachineSpec):
             where = spec.address
             bad = sorted(set(spec.name) & set(WINDOWS_FILE_NAME_FORBIDDEN))
             if bad:
@@ -177,6 +204,8 @@ class HypervDriver(Driver):
     # -- reading -------------------------------------------------------------------
     def read(self, spec: Spec) -> Observed | None:
         """The object for ``spec`` by name (a marked one for this address first)."""
+        if isinstance(spec, ServiceSpec):
+            return self.services.read(spec)
         if isinstance(spec, MachineSpec):
             vms = self.run("get-vm", {"name": spec.name, "mark_prefix": MARK_PREFIX})["vms"]
             found = [self._vm(f, spec) for f in vms]
@@ -192,10 +221,11 @@ class HypervDriver(Driver):
         raise TypeError(f"unknown spec type {type(spec).__name__}")
 
     def list_owned(self, site: str) -> list[Observed]:
-        """Every VM, switch and storage directory marked for ``site``."""
+        """Every VM, switch and storage directory marked for ``site``, and the services in its VMs."""
         out: list[Observed] = []
         vms = [self._vm(f, None) for f in self.run("get-vm", {"name": None, "mark_prefix": MARK_PREFIX})["vms"]]
-        out += [o for o in vms if o.owner and o.owner.site == site]
+        machines = [o for o in vms if o.owner and o.owner.site == site]
+        out += machines
         sws = self.run("get-switch", {"name": None, "mark_prefix": MARK_PREFIX})["switches"]
         out += [o for o in (self._switch(f, None) for f in sws) if o.owner and o.owner.site == site]
         ctx = self.context()
@@ -209,7 +239,12 @@ class HypervDriver(Driver):
                 obs = self._storage(d, None)
                 if obs.owner and obs.owner.site == site:
                     out.append(obs)
+        out += self.services.list_owned(site, machines)
         return out
+
+    def observe_vm(self, facts: dict[str, Any]) -> Observed:
+        """A VM's facts (from ``get-vm``) as an observation, without a desired spec."""
+        return self._vm(facts, None)
 
     def _vm(self, facts: dict[str, Any], desired: MachineSpec | None) -> Observed:
         spec, owner, power, addresses = mach.parse_vm(facts, desired, self.context())
@@ -235,6 +270,8 @@ class HypervDriver(Driver):
 
     def create(self, spec: Spec, owner: Ownership) -> Observed:
         """Create the object; a failed VM create removes what it left behind, then raises."""
+        if isinstance(spec, ServiceSpec):
+            return self.services.create(spec, owner)
         found = self.read(spec)
         if self.claim(spec, found, owner):
             assert found is not None
@@ -272,6 +309,8 @@ class HypervDriver(Driver):
         if observed.owner is None:
             raise AlreadyExists(f"hyperv: {spec.name} is not owned by pacsinfra; refusing to change it")
         owner = observed.owner
+        if isinstance(spec, ServiceSpec):
+            return self.services.update(spec, observed, fields)
         if isinstance(spec, MachineSpec):
             return self._update_machine(spec, observed, owner, fields)
         if isinstance(spec, NetworkSpec):
@@ -317,10 +356,13 @@ class HypervDriver(Driver):
         spec = observed.spec
         if observed.owner is None:
             raise AlreadyExists(f"hyperv: {spec.name} is not owned by pacsinfra; refusing to delete it")
-        if isinstance(spec, MachineSpec):
+        if isinstance(spec, ServiceSpec):
+            self.services.delete(observed)
+        elif isinstance(spec, MachineSpec):
             ctx = self.context()
             paths = [mach.disk_path(spec.name, d, ctx) for d in spec.disks]
             self.run("remove-vm", {"id": observed.id, "paths": paths})
+            self.services.forget(spec.name)
         elif isinstance(spec, NetworkSpec):
             self.run("remove-switch", {"name": spec.name})
         elif isinstance(spec, StorageSpec):

@@ -11,6 +11,8 @@ Settings (``provider.vsphere`` of the blueprint; an object with attributes or a 
   (a level, or role -> level), ``guest_id``, ``shutdown_timeout`` (s), ``task_timeout`` (s),
   ``cloud_init`` (guestinfo metadata/userdata, default True), ``vgpu_profiles``
   (declared vGPU profiles, for hosts that do not report theirs, e.g. the simulator).
+- ``ssh``: how to log in to the VMs to run their services (``ServiceSpec`` steps, over
+  SSH at each VM's first static address: :mod:`.services`). Without it, machines only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, ClassVar
 
 from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
+from pacsinfra.drivers import service_common
 from pacsinfra.drivers.base import (
     Capability,
     ChangeKind,
@@ -30,8 +33,10 @@ from pacsinfra.drivers.base import (
     Observed,
     Ownership,
     Rendered,
+    ServiceSpec,
     Spec,
     StorageSpec,
+    spec_to_dict,
 )
 from pacsinfra.drivers.vsphere import classify as classify_mod
 from pacsinfra.drivers.vsphere import network as net_mod
@@ -40,6 +45,7 @@ from pacsinfra.drivers.vsphere.client import Endpoint, VsphereClient
 from pacsinfra.drivers.vsphere.inventory import Inventory, setting
 from pacsinfra.drivers.vsphere.machines import Machines
 from pacsinfra.drivers.vsphere.network import Networks
+from pacsinfra.drivers.vsphere.services import VsphereGuests
 from pacsinfra.drivers.vsphere.storage import Policies
 from pacsinfra.errors import CapabilityError, ConnectError, SecretError
 from pacsinfra.secrets import SecretRef
@@ -83,6 +89,7 @@ class VsphereDriver(Driver):
         self._machines: Machines | None = None
         self._networks: Networks | None = None
         self._policies: Policies | None = None
+        self.services = VsphereGuests(self)
 
     # -- connection -------------------------------------------------------------------
     def connect(self) -> None:
@@ -113,6 +120,7 @@ class VsphereDriver(Driver):
         self._policies = Policies(vc, self._inv)
 
     def close(self) -> None:
+        self.services.close()
         vc, self._vc = self._vc, None
         if vc is not None:
             vc.close()
@@ -152,10 +160,14 @@ class VsphereDriver(Driver):
             obs = self.networks.read_name(name, mark)
             if obs is not None:
                 out.append(obs)
-        out += self.machines.list_owned(site)
+        machines = self.machines.list_owned(site)
+        out += machines
+        out += self.services.list_owned(site, machines)
         return out
 
     def read(self, spec: Spec) -> Observed | None:
+        if isinstance(spec, ServiceSpec):
+            return self.services.read(spec)
         if isinstance(spec, MachineSpec):
             return self.machines.read(spec)
         if isinstance(spec, NetworkSpec):
@@ -164,8 +176,20 @@ class VsphereDriver(Driver):
             return self.policies.read(spec)
         raise TypeError(f"not a spec: {type(spec).__name__}")
 
+    # -- hosts, for work between steps ----------------------------------------------------
+    def host_session(self, machine: str, *, with_pacsinfra: bool = False) -> Any:
+        """The SSH session to running VM ``machine`` (``provider.vsphere.ssh``)."""
+        return self.services.host_session(machine, with_pacsinfra=with_pacsinfra)
+
+    def machine_running(self, machine: str) -> bool:
+        """Whether VM ``machine`` exists, is pacsinfra's and is powered on."""
+        return self.services.running(machine)
+
     # -- planning ----------------------------------------------------------------------
     def render(self, spec: Spec, owner: Ownership) -> Rendered:
+        if isinstance(spec, ServiceSpec):
+            return Rendered("application/json", json.dumps(spec_to_dict(spec), indent=1),
+                            self.services.render_params(spec))
         if isinstance(spec, MachineSpec):
             extras = spec_mod.Extras(owner=owner, hot_add=bool(setting(self.config, "hot_add", False)))
             ds = str(setting(self.config, "datastore", "datastore"))
@@ -197,15 +221,21 @@ class VsphereDriver(Driver):
         return Rendered(media_type="application/json", text=text)
 
     def classify(self, spec: Spec, field_name: str) -> ChangeKind:
+        if isinstance(spec, ServiceSpec):
+            return service_common.classify(spec, field_name)
         return classify_mod.classify(spec, field_name)
 
     def classify_change(self, spec: Spec, observed: Observed, field_name: str) -> ChangeKind:
+        if isinstance(spec, ServiceSpec):
+            return self.classify(spec, field_name)
         hot = self._machines.hot_add.get(observed.id, (False, False)) if self._machines else (False, False)
         return classify_mod.classify_change(spec, observed, field_name, hot)
 
     def check(self, spec: Spec) -> list[str]:
         problems: list[str] = []
-        if isinstance(spec, MachineSpec):
+        if isinstance(spec, ServiceSpec):
+            problems += self.services.check(spec)
+        elif isinstance(spec, MachineSpec):
             where = f"{spec.address} ({spec.name})"
             if spec.gpu is not None:
                 if spec.gpu.mode == "vgpu" and not spec.gpu.profile:
@@ -238,6 +268,8 @@ class VsphereDriver(Driver):
     # -- acting ------------------------------------------------------------------------------
     def create(self, spec: Spec, owner: Ownership) -> Observed:
         self._refuse(spec)
+        if isinstance(spec, ServiceSpec):
+            return self.services.create(spec, owner)
         if isinstance(spec, MachineSpec):
             return self.machines.create(spec, owner)
         if isinstance(spec, NetworkSpec):
@@ -259,6 +291,8 @@ class VsphereDriver(Driver):
         owner = observed.owner
         if owner is None:
             raise CapabilityError(f"vsphere: {spec.name} carries no pacsinfra mark; refusing to change it")
+        if isinstance(spec, ServiceSpec):
+            return self.services.update(spec, observed, fields)
         if isinstance(spec, MachineSpec):
             kinds = [self.classify_change(spec, observed, f) for f in fields]
             if ChangeKind.REPLACE in kinds:
@@ -277,8 +311,11 @@ class VsphereDriver(Driver):
 
     def delete(self, observed: Observed) -> None:
         spec = observed.spec
-        if isinstance(spec, MachineSpec):
+        if isinstance(spec, ServiceSpec):
+            self.services.delete(observed)
+        elif isinstance(spec, MachineSpec):
             self.machines.delete(observed)
+            self.services.forget(spec.name)
         elif isinstance(spec, NetworkSpec):
             self.networks.delete(spec.name, bool(spec.settings.get("distributed")))
         elif isinstance(spec, StorageSpec):
