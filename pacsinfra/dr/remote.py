@@ -6,7 +6,7 @@ the host's machine step applied (the host holds ``<root>/venv`` with this pacsin
 1. the backup is packed into one uncompressed tar on this machine (one file to send:
    the transport's ``put`` is three round trips per file, and a backup has one file
    per instance), with its SHA-256;
-2. the tar goes to ``<parent of data_dir>/.pacsinfra-dr-XXXXXXXX/`` over the host's
+2. the tar goes to ``<parent of data_dir>/.pacsinfra-dr-<random>/`` over the host's
    existing transport (SFTP or ansible ``copy``: temp name, fsync, rename), its SHA-256
    is checked there, it is unpacked and removed;
 3. the host's own ``pacsinfra restore --json`` restores it into the archive's data

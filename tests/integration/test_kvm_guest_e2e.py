@@ -275,27 +275,6 @@ def test_one_kvm_blueprint_makes_the_machine_and_deploys_the_archive(
         print(f"\n--- console tail ---\n{_tail(console, 1500)}")
 
 
-def _study_counts(port: int, aet: str) -> dict[str, int]:
-    """Study UID -> instances, by a study-level C-FIND to 127.0.0.1:``port``."""
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
-
-    ae = AE(ae_title="QGTEST")
-    ae.add_requested_context(FIND)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
-    assert assoc.is_established, f"cannot associate with {aet} on port {port}"
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = ""
-    q.NumberOfStudyRelatedInstances = ""
-    try:
-        return {str(m.StudyInstanceUID): int(m.NumberOfStudyRelatedInstances)
-                for st, m in assoc.send_c_find(q, FIND) if st and st.Status == 0xFF00}
-    finally:
-        assoc.release()
-
-
 def _local_site_a(port: int) -> str:
     return f"""\
 apiVersion: pacsinfra/v1
@@ -316,7 +295,7 @@ def test_dr_rebuild_restores_into_a_kvm_guest(guest: dict[str, Any], tmp_path: P
     """``dr rebuild`` onto the kvm provider: the guest is made first, the backup copied
     into it over SSH and restored there by the guest's own pacsinfra, and only then does
     the archive start; every study of the backup is found through the forward."""
-    from test_archive_support import store_studies
+    from test_archive_support import store_studies, study_counts
 
     times: Times = guest["times"]
     console: Path = guest["console"]
@@ -371,7 +350,7 @@ sites:
         assert order == sorted(order), out  # machine, restore, then the archive
         # the test's own C-FIND through the forward: what site A held, instance for instance
         # (verify's own test study stays: this archive has no DICOMweb to delete it with)
-        found = _study_counts(guest["dicom_port"], "QGARCH")
+        found = study_counts(guest["dicom_port"], "QGARCH")
         assert {uid: found.get(uid) for uid in sent} == sent, found
         t0 = time.monotonic()
         cli("destroy", str(bp), "--site", "dr", "--auto-approve", timeout=300)
