@@ -38,35 +38,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pacsinfra.drivers import service_common as common
 from pacsinfra.drivers.base import MachineSpec, Observed, Ownership, PowerState, ServiceSpec
+from pacsinfra.drivers.settings import as_dict, setting
+from pacsinfra.drivers.static.layout import DEFAULT_ROOT
+from pacsinfra.drivers.static.layout import LOGIN_FIELDS as HOST_LOGIN_FIELDS
 from pacsinfra.errors import DeployError, PlanError
 
 if TYPE_CHECKING:
     from pacsinfra.drivers.static import StaticDriver
     from pacsinfra.drivers.static.remote import HostSession
 
-DEFAULT_ROOT = "/opt/pacsinfra"
 DEFAULT_BOOT_TIMEOUT = 300.0
 #: the login fields a static host entry takes (``provider.<driver>.ssh`` has the same names)
-LOGIN_FIELDS = ("user", "key_file", "key", "known_hosts", "python", "root", "find_links",
-                "system_site_packages")
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if hasattr(value, "model_dump"):
-        data = value.model_dump(mode="json", exclude_none=True, by_alias=True)
-        assert isinstance(data, dict)
-        return data
-    return {k: v for k, v in dict(value).items() if v is not None}
-
-
-def _setting(config: Any, key: str) -> Any:
-    if config is None:
-        return None
-    if isinstance(config, Mapping):
-        return config.get(key)
-    return getattr(config, key, None)
+LOGIN_FIELDS = tuple(f for f in HOST_LOGIN_FIELDS if f != "port")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +66,10 @@ class GuestLogin:
     @classmethod
     def parse(cls, provider_settings: Any) -> GuestLogin | None:
         """From ``provider.<driver>`` (model or its JSON dump); None when ``ssh`` is not set."""
-        given = _setting(provider_settings, "ssh")
+        given = setting(provider_settings, "ssh")
         if given is None:
             return None
-        raw = _as_dict(given)
+        raw = as_dict(given)
         return cls(
             login={k: raw[k] for k in LOGIN_FIELDS if raw.get(k) is not None},
             port=int(raw.get("port") or 22),

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pacsinfra.drivers.settings import setting
 from pacsinfra.errors import UsageError
 from pacsinfra.secrets import SecretRef
 
@@ -13,12 +14,6 @@ TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
 DEFAULT_STORAGE_ROOT = r"C:\ProgramData\pacsinfra"
 
 
-def setting(config: Any, key: str, default: Any = None) -> Any:
-    """``config.key`` or ``config[key]`` (None counts as unset)."""
-    if config is None:
-        return default
-    value = config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
-    return default if value is None else value
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,11 @@ from pacsinfra.drivers.hyperv import classify as cls_mod
 from pacsinfra.drivers.hyperv import infra
 from pacsinfra.drivers.hyperv import machines as mach
 from pacsinfra.drivers.hyperv.client import HypervClient, open_session
-from pacsinfra.drivers.hyperv.config import HypervSettings, read_settings, setting
+from pacsinfra.drivers.hyperv.config import HypervSettings, read_settings
 from pacsinfra.drivers.hyperv.marks import MARK_PREFIX
 from pacsinfra.drivers.hyperv.scripts import Script, render
 from pacsinfra.drivers.hyperv.services import HypervGuests
+from pacsinfra.drivers.settings import setting
 from pacsinfra.errors import AlreadyExists, AuthError, CapabilityError, TaskFailed
 
 WINDOWS_FILE_NAME_FORBIDDEN = '\\/:*?"<>|\n\r\t'

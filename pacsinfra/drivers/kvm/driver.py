@@ -45,20 +45,12 @@ from pacsinfra.drivers.kvm import domain as dom
 from pacsinfra.drivers.kvm import network as net
 from pacsinfra.drivers.kvm import pool as pool_mod
 from pacsinfra.drivers.kvm.client import LibvirtClient, is_embed_uri, open_connection
+from pacsinfra.drivers.settings import setting
 from pacsinfra.errors import AlreadyExists, CapabilityError, NotFound, TaskFailed
 
 DEFAULT_URI = "qemu:///system"
 
 
-def setting(config: Any, key: str, default: Any = None) -> Any:
-    """``config.key`` or ``config[key]`` (config may be a model object or a Mapping)."""
-    if config is None:
-        return default
-    if isinstance(config, Mapping):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
 
 
 class KvmDriver(Driver):

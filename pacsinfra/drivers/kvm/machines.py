@@ -555,7 +555,7 @@ def delete_machine(driver: KvmDriver, observed: Observed) -> None:
 
 
 def _seed_pool_setting(driver: KvmDriver) -> str | None:
-    from pacsinfra.drivers.kvm.driver import setting
+    from pacsinfra.drivers.settings import setting
 
     value = setting(driver.config, "seed_pool")
     return str(value) if value else None

@@ -119,7 +119,7 @@ class GuestServices(guest.GuestServices):
 
     # -- host keys from the console, recorded in the domain -----------------------------------
     def _console_path(self, machine: str) -> Path | None:
-        from pacsinfra.drivers.kvm.driver import setting
+        from pacsinfra.drivers.settings import setting
 
         where = setting(self.driver.config, "console_log")
         return Path(str(where)) / f"{machine}.console.log" if where else None

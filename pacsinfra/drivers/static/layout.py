@@ -26,22 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pacsinfra.drivers.settings import as_dict
+
 DEFAULT_ROOT = "/opt/pacsinfra"
 DEFAULT_USER = "root"
 DEFAULT_PYTHON = "/usr/bin/python3"
 DEFAULT_ANSIBLE_THRESHOLD = 10  # engine auto: ansible-runner for more hosts than this
-_LOGIN_FIELDS = ("port", "user", "key_file", "key", "known_hosts", "python", "root",
+LOGIN_FIELDS = ("port", "user", "key_file", "key", "known_hosts", "python", "root",
                  "find_links", "system_site_packages")
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if hasattr(value, "model_dump"):
-        data = value.model_dump(mode="json", exclude_none=True, by_alias=True)
-        assert isinstance(data, dict)
-        return data
-    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -117,11 +111,11 @@ class StaticSettings:
     @classmethod
     def parse(cls, config: Any) -> StaticSettings:
         """From the blueprint model or its JSON dump (unknown keys were refused by validation)."""
-        raw = _as_dict(config)
-        defaults = {k: raw[k] for k in _LOGIN_FIELDS if raw.get(k) is not None}
+        raw = as_dict(config)
+        defaults = {k: raw[k] for k in LOGIN_FIELDS if raw.get(k) is not None}
         hosts: dict[str, HostSettings] = {}
         for name, entry in (raw.get("hosts") or {}).items():
-            own = {k: v for k, v in _as_dict(entry).items() if v is not None}
+            own = {k: v for k, v in as_dict(entry).items() if v is not None}
             base = dict(defaults)
             if "key_file" in own or "key" in own:
                 # a host's own key replaces the default, whichever form either is in

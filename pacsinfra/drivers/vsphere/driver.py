@@ -38,11 +38,12 @@ from pacsinfra.drivers.base import (
     StorageSpec,
     spec_to_dict,
 )
+from pacsinfra.drivers.settings import setting
 from pacsinfra.drivers.vsphere import classify as classify_mod
 from pacsinfra.drivers.vsphere import network as net_mod
 from pacsinfra.drivers.vsphere import spec as spec_mod
 from pacsinfra.drivers.vsphere.client import Endpoint, VsphereClient
-from pacsinfra.drivers.vsphere.inventory import Inventory, setting
+from pacsinfra.drivers.vsphere.inventory import Inventory
 from pacsinfra.drivers.vsphere.machines import Machines
 from pacsinfra.drivers.vsphere.network import Networks
 from pacsinfra.drivers.vsphere.services import VsphereGuests

@@ -7,27 +7,16 @@ on a miss (pacsinfra may have just created the object).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pyVmomi import vim
 
 from pacsinfra.drivers.base import DiskSpec
+from pacsinfra.drivers.settings import setting
 from pacsinfra.drivers.vsphere import pbm as pbm_mod
 from pacsinfra.drivers.vsphere.client import VsphereClient
 from pacsinfra.errors import CapabilityError, NotFound
-
-
-def setting(config: Any, key: str, default: Any = None) -> Any:
-    """``config.key`` or ``config[key]`` (config may be a model object or a Mapping)."""
-    if config is None:
-        return default
-    if isinstance(config, Mapping):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
 
 
 @dataclass

@@ -16,9 +16,10 @@ from typing import Any
 from pyVmomi import vim
 
 from pacsinfra.drivers.base import MachineSpec, Observed, Ownership, PowerState
+from pacsinfra.drivers.settings import setting
 from pacsinfra.drivers.vsphere import spec as spec_mod
 from pacsinfra.drivers.vsphere.client import PowerStateConflict, VsphereClient
-from pacsinfra.drivers.vsphere.inventory import Inventory, InventoryResolver, setting
+from pacsinfra.drivers.vsphere.inventory import Inventory, InventoryResolver
 from pacsinfra.drivers.vsphere.parse import parse_vm
 from pacsinfra.drivers.vsphere.pbm import PolicyStore, check_placement
 from pacsinfra.errors import AlreadyExists, CapabilityError, NotFound, PacsinfraError
