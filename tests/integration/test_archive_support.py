@@ -146,15 +146,15 @@ def store_studies(port: int, studies: int, per_study: int, *, prefix: str = "PAT
     return out
 
 
-def study_counts(port: int, aet: str = "ARCHIVE") -> dict[str, int]:
+def study_counts(port: int, aet: str = "ARCHIVE", *, host: str = "127.0.0.1") -> dict[str, int]:
     """Study Instance UID -> NumberOfStudyRelatedInstances, from a study-level C-FIND."""
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     ae = scu_ae()
     ae.add_requested_context(FIND)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
-    assert assoc.is_established, f"cannot associate with {aet} on port {port}"
+    assoc = ae.associate(host, port, ae_title=aet)
+    assert assoc.is_established, f"cannot associate with {aet} at {host}:{port}"
     q = Dataset()
     q.QueryRetrieveLevel = "STUDY"
     q.StudyInstanceUID = ""

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port, need, need_module
 from support.netns_hosts import NetnsHost, NetnsLab, require_netns
-from test_archive_support import store_studies
+from support.procs import cmdline, processes_under
+from test_archive_support import store_studies, study_counts
 
 pytestmark = pytest.mark.integration
 
@@ -122,40 +123,6 @@ def house() -> Path:
         raise
 
 
-def _study_counts(address: str, port: int) -> dict[str, int]:
-    """Study UID -> instances, by a study-level C-FIND to ``address:port`` (the test's own)."""
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
-
-    ae = AE(ae_title="DRSTTEST")
-    ae.add_requested_context(FIND)
-    assoc = ae.associate(address, port, ae_title="ARCHIVE")
-    assert assoc.is_established, f"cannot associate with ARCHIVE at {address}:{port}"
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = ""
-    q.NumberOfStudyRelatedInstances = ""
-    try:
-        return {str(m.StudyInstanceUID): int(m.NumberOfStudyRelatedInstances)
-                for st, m in assoc.send_c_find(q, FIND) if st and st.Status == 0xFF00}
-    finally:
-        assoc.release()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _processes_under(root: Path) -> list[int]:
-    """Live processes whose command line names ``root`` (whatever started them)."""
-    return [int(p.name) for p in Path("/proc").iterdir()
-            if p.name.isdigit() and str(root) in _cmdline(int(p.name))]
-
-
 def _started_at(pid: int) -> float:
     """When ``pid`` started, as a Unix time (boot time from /proc/uptime: 10 ms, not 1 s)."""
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
@@ -214,7 +181,7 @@ def test_dr_rebuild_onto_a_static_host(host: NetnsHost, house: Path, tmp_path: P
         assert not data.exists()
         assert not list((root / "data").glob(".*"))  # no staging, no half-restored directory
         assert not (root / "services").exists() or not any((root / "services").iterdir())
-        assert _processes_under(root) == []
+        assert processes_under(root) == []
         shutil.rmtree(wed)
 
         # site B on the static host, from the backups the blueprint names (again: the
@@ -237,13 +204,13 @@ def test_dr_rebuild_onto_a_static_host(host: NetnsHost, house: Path, tmp_path: P
         assert sorted(first, key=first.__getitem__) == list(first), out
 
         # the test's own C-FIND at the host's address: every study, every instance
-        found = _study_counts(host.address, 11112)
+        found = study_counts(11112, host=host.address)
         assert {uid: found.get(uid) for uid in sent} == sent, found
 
         # the archive runs inside the host's namespace, from the host's venv, and started
         # after its data was in place (restored files are immutable: their mtime is the copy)
         config_path = str(root / "services" / "archive" / "config.yaml")
-        (pid,) = [p for p in _processes_under(root) if config_path in _cmdline(p)]
+        (pid,) = [p for p in processes_under(root) if config_path in cmdline(p)]
         netns = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True,
                                text=True).stdout.strip()
         assert netns == host.netns
@@ -267,7 +234,7 @@ def test_dr_rebuild_onto_a_static_host(host: NetnsHost, house: Path, tmp_path: P
         timings["refusal"] = time.monotonic() - t0
         assert f"{data} on {MACHINE}" in again and "is not empty" in again, again
         assert not (root / "machine.json").exists()
-        assert _processes_under(root) == []
+        assert processes_under(root) == []
         print(f"\ncorrupt backup refused {timings['corrupt']:.1f}s, rebuild "
               f"{timings['rebuild']:.1f}s, refusal {timings['refusal']:.1f}s")
     finally:
@@ -275,6 +242,6 @@ def test_dr_rebuild_onto_a_static_host(host: NetnsHost, house: Path, tmp_path: P
             cli("destroy", str(bp), "--site", "dr", "--auto-approve")
         if list(local_root.glob("drst/machines/*")):
             cli("destroy", str(bp), "--auto-approve")
-        for pid in _processes_under(root):  # what a failed test left under the host's root
+        for pid in processes_under(root):  # what a failed test left under the host's root
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -28,21 +28,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, need, need_binary, need_module
-from support.guest_image import GuestImage, build_guest, keyed_initrd
-from support.qemu_embed import embed_root
-from support.wheelhouse import requirements, wheelhouse
+from conftest import free_port
+from support.guest_image import GuestImage
+from support.kvm_guest import ConsoleWatch, Times, dicom_open, prepared_guest, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,28 +46,6 @@ SITE = "qg"
 MACHINE = "qg-archive-1"  # <site>-<role>-<n>
 BOOT_TIMEOUT = 180  # TCG on a busy 2-core machine: ~7 s idle, allow a lot more
 GUEST_ROOT = "/opt/pacsinfra"
-
-
-@dataclass
-class Times:
-    """Measured seconds, printed at the end (pytest -s) and on failure."""
-
-    values: dict[str, float] = field(default_factory=dict)
-
-    def report(self) -> str:
-        return ", ".join(f"{k} {v:.1f}s" for k, v in self.values.items())
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pacsinfra-e2e",
-                    "-f", str(path)], check=True, capture_output=True)
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return f"(no console log at {path})"
 
 
 def kvm_blueprint(g: dict[str, Any], receiver_port: int) -> str:
@@ -127,82 +101,9 @@ services:
 @pytest.fixture
 def guest(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The guest's image, this run's keys and ports; leftovers removed at the end."""
-    need_module("libvirt")
-    need_module("pynetdicom")
-    need_binary("qemu-system-x86_64", "qemu-img", "apt-get", "apt-cache", "dpkg-deb", "tar",
-                "mke2fs", "ssh-keygen")
-    need(os.geteuid() == 0, "qemu:///embed with user=root needs root")
-    times = Times()
-    t0 = time.monotonic()
-    try:
-        house = wheelhouse(sys.version_info[:2])
-        log: list[str] = []
-        image: GuestImage = build_guest(house, requirements(), log=log)
-    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-        need(False, f"cannot build the guest image from Debian packages: {exc}")
-        raise
-    times.values["image"] = time.monotonic() - t0
-    need(image.python == "{}.{}".format(*sys.version_info[:2]),
-         f"the guest's Python {image.python} differs from this venv's (binary wheels are per ABI)")
-
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    _keygen(keys / "host")
-    _keygen(keys / "client")
-    initrd = keyed_initrd(image, keys / "host", (keys / "client.pub").read_text(),
-                          tmp_path / "initrd")
-    console_dir = tmp_path / "console"
-    console_dir.mkdir()
-    root = embed_root(tmp_path_factory)
-    g = {"image": image, "initrd": initrd, "embed": root, "console_dir": console_dir,
-         "console": console_dir / f"{MACHINE}.console.log", "client_key": keys / "client",
-         "host_key": " ".join((keys / "host.pub").read_text().split()[:2]),
-         "ssh_port": free_port(), "dicom_port": free_port(), "times": times, "log": log}
-    try:
+    with prepared_guest(tmp_path, tmp_path_factory, site=SITE, machine=MACHINE,
+                        ports=("dicom_port",), label="kvm guest e2e") as g:
         yield g
-    finally:
-        t0 = time.monotonic()
-        _remove_leftovers(root)
-        times.values["leftovers"] = time.monotonic() - t0
-        print(f"\nkvm guest e2e: {times.report()}; image build log: {log or 'cached'}")
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Whatever a failed destroy left of this site (run in a child: embed is per process)."""
-    code = f"""
-from pacsinfra.drivers.kvm import KvmDriver
-from pacsinfra.drivers.base import MachineSpec, StorageSpec
-d = KvmDriver({{"uri": "qemu:///embed?root={root}", "shutdown_timeout": 2}})
-d.connect()
-found = d.list_owned({SITE!r})
-for kind in (MachineSpec, StorageSpec):
-    for obs in found:
-        if isinstance(obs.spec, kind):
-            d.delete(obs)
-            print("removed leftover", obs.spec.address)
-d.close()
-"""
-    subprocess.run([sys.executable, "-c", code], timeout=120, check=False)
-
-
-class ConsoleWatch(threading.Thread):
-    """Seconds from start until the console shows the host keys (the guest has booted)."""
-
-    def __init__(self, console: Path) -> None:
-        super().__init__(daemon=True)
-        self.console, self.t0, self.seen, self.stop = console, time.monotonic(), None, False
-
-    def run(self) -> None:
-        while not self.stop and self.seen is None:
-            if "-----END SSH HOST KEY KEYS-----" in _tail(self.console, 100_000):
-                self.seen = time.monotonic() - self.t0
-            time.sleep(0.2)
-
-
-def _dicom_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _took(out: str, address: str) -> float:
@@ -225,9 +126,9 @@ def test_one_kvm_blueprint_makes_the_machine_and_deploys_the_archive(
                                capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(f"pacsinfra {args[0]} timed out after {timeout:.0f}s\n--- console ---\n"
-                        f"{_tail(console)}", pytrace=False)
+                        f"{tail(console)}", pytrace=False)
         assert r.returncode in ok, (f"pacsinfra {' '.join(args)} -> {r.returncode}\n{r.stdout}\n"
-                                    f"{r.stderr}\n--- console ---\n{_tail(console)}")
+                                    f"{r.stderr}\n--- console ---\n{tail(console)}")
         return r.stdout
 
     try:
@@ -246,12 +147,12 @@ def test_one_kvm_blueprint_makes_the_machine_and_deploys_the_archive(
         times.values["boot (console keys)"] = watch.seen or -1.0
         times.values["service step"] = _took(out, "service.archive[0]")
         assert "Apply complete" in out and "3 done" in out, out
-        assert _dicom_open(guest["dicom_port"])  # through the forward into the guest
+        assert dicom_open(guest["dicom_port"])  # through the forward into the guest
 
         # the key was learnt from the console (not pinned anywhere) and is the guest's own
         from pacsinfra.deploy.ssh import host_keys_from_console
 
-        learnt = [" ".join(k.split()[:2]) for k in host_keys_from_console(_tail(console, 10**6))]
+        learnt = [" ".join(k.split()[:2]) for k in host_keys_from_console(tail(console, 10**6))]
         assert learnt == [guest["host_key"]], learnt
 
         t0 = time.monotonic()
@@ -270,9 +171,9 @@ def test_one_kvm_blueprint_makes_the_machine_and_deploys_the_archive(
         for addr in ("service.archive[0]", "machine.archive[0]", "storage.guest"):
             assert f"{addr}: deleted" in out, out
         assert out.index("service.archive[0]: deleted") < out.index("machine.archive[0]: deleted")
-        assert not _dicom_open(guest["dicom_port"])
+        assert not dicom_open(guest["dicom_port"])
     finally:
-        print(f"\n--- console tail ---\n{_tail(console, 1500)}")
+        print(f"\n--- console tail ---\n{tail(console, 1500)}")
 
 
 def _local_site_a(port: int) -> str:
@@ -308,10 +209,10 @@ def test_dr_rebuild_restores_into_a_kvm_guest(guest: dict[str, Any], tmp_path: P
                                capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(f"pacsinfra {args[0]} timed out after {timeout:.0f}s\n--- console ---\n"
-                        f"{_tail(console)}", pytrace=False)
+                        f"{tail(console)}", pytrace=False)
         out = r.stdout + r.stderr
         assert r.returncode == rc, (f"pacsinfra {' '.join(args)} -> {r.returncode}\n{out}\n"
-                                    f"--- console ---\n{_tail(console)}")
+                                    f"--- console ---\n{tail(console)}")
         assert "Traceback" not in out, out
         return out
 
@@ -355,9 +256,9 @@ sites:
         t0 = time.monotonic()
         cli("destroy", str(bp), "--site", "dr", "--auto-approve", timeout=300)
         times.values["destroy"] = time.monotonic() - t0
-        assert not _dicom_open(guest["dicom_port"])
+        assert not dicom_open(guest["dicom_port"])
     finally:
         if "destroy" not in times.values:  # a failed rebuild or check: take the guest down
             subprocess.run([sys.executable, "-m", "pacsinfra", "destroy", str(bp), "--site",
                             "dr", "--auto-approve"], env=env, capture_output=True, timeout=300)
-        print(f"\n--- console tail ---\n{_tail(console, 1500)}")
+        print(f"\n--- console tail ---\n{tail(console, 1500)}")

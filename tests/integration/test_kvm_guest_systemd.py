@@ -40,12 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, need, need_binary, need_module
-from support.guest_image import GuestImage, build_guest, keyed_initrd
+from conftest import free_port
+from support.guest_image import GuestImage
+from support.kvm_guest import ConsoleWatch, Times, dicom_open, prepared_guest, tail
 from support.netns_hosts import NetnsLab, require_netns
-from support.qemu_embed import embed_root
-from support.wheelhouse import requirements, wheelhouse
-from test_kvm_guest_e2e import ConsoleWatch, Times, _dicom_open, _keygen, _tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -135,61 +133,9 @@ services:
 @pytest.fixture
 def guest(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The image, this run's keys and ports; leftovers removed at the end."""
-    need_module("libvirt")
-    need_module("pynetdicom")
-    need_binary("qemu-system-x86_64", "qemu-img", "apt-get", "apt-cache", "dpkg-deb", "tar",
-                "mke2fs", "ssh-keygen")
-    need(os.geteuid() == 0, "qemu:///embed with user=root needs root")
-    times = Times()
-    t0 = time.monotonic()
-    try:
-        log: list[str] = []
-        image = build_guest(wheelhouse(sys.version_info[:2]), requirements(), log=log)
-    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-        need(False, f"cannot build the guest image from Debian packages: {exc}")
-        raise
-    times.values["image"] = time.monotonic() - t0
-    need(image.python == "{}.{}".format(*sys.version_info[:2]),
-         f"the guest's Python {image.python} differs from this venv's (binary wheels are per ABI)")
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    _keygen(keys / "host")
-    _keygen(keys / "client")
-    initrd = keyed_initrd(image, keys / "host", (keys / "client.pub").read_text(),
-                          tmp_path / "initrd")
-    console_dir = tmp_path / "console"
-    console_dir.mkdir()
-    root = embed_root(tmp_path_factory)
-    g = {"image": image, "initrd": initrd, "embed": root, "console_dir": console_dir,
-         "console": console_dir / f"{MACHINE}.console.log", "client_key": keys / "client",
-         "host_key": " ".join((keys / "host.pub").read_text().split()[:2]),
-         "ssh_port": free_port(), "archive_port": free_port(), "router_port": free_port(),
-         "times": times, "log": log}
-    try:
+    with prepared_guest(tmp_path, tmp_path_factory, site=SITE, machine=MACHINE,
+                        ports=("archive_port", "router_port"), label="kvm guest systemd") as g:
         yield g
-    finally:
-        t0 = time.monotonic()
-        _remove_leftovers(root)
-        times.values["leftovers"] = time.monotonic() - t0
-        print(f"\nkvm guest systemd: {times.report()}; image build log: {log or 'cached'}")
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Whatever a failed destroy left of this site (run in a child: embed is per process)."""
-    code = f"""
-from pacsinfra.drivers.kvm import KvmDriver
-from pacsinfra.drivers.base import MachineSpec, StorageSpec
-d = KvmDriver({{"uri": "qemu:///embed?root={root}", "shutdown_timeout": 2}})
-d.connect()
-found = d.list_owned({SITE!r})
-for kind in (MachineSpec, StorageSpec):
-    for obs in found:
-        if isinstance(obs.spec, kind):
-            d.delete(obs)
-            print("removed leftover", obs.spec.address)
-d.close()
-"""
-    subprocess.run([sys.executable, "-c", code], timeout=120, check=False)
 
 
 class Guest:
@@ -234,10 +180,10 @@ def test_services_run_as_systemd_units_in_a_systemd_guest(
                                capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(f"pacsinfra {args[0]} timed out after {timeout:.0f}s\n--- console ---\n"
-                        f"{_tail(console)}", pytrace=False)
+                        f"{tail(console)}", pytrace=False)
         outputs.extend((r.stdout, r.stderr))
         assert r.returncode in ok, (f"pacsinfra {' '.join(args)} -> {r.returncode}\n{r.stdout}\n"
-                                    f"{r.stderr}\n--- console ---\n{_tail(console)}")
+                                    f"{r.stderr}\n--- console ---\n{tail(console)}")
         return r.stdout
 
     vm: Guest | None = None
@@ -304,7 +250,7 @@ def test_services_run_as_systemd_units_in_a_systemd_guest(
         assert vm.show(ARCHIVE_UNIT, "NRestarts") == "1"
         apid = pid
         deadline = time.monotonic() + 60
-        while not _dicom_open(guest["archive_port"]) and time.monotonic() < deadline:
+        while not dicom_open(guest["archive_port"]) and time.monotonic() < deadline:
             time.sleep(0.5)
         times.values["restart after kill -9"] = time.monotonic() - t0
 
@@ -371,18 +317,18 @@ def test_services_run_as_systemd_units_in_a_systemd_guest(
         times.values["destroys"] = time.monotonic() - t0
         for addr in ("machine.pacs[0]", "storage.guest"):
             assert f"{addr}: deleted" in out, out
-        assert not _dicom_open(guest["archive_port"])
+        assert not dicom_open(guest["archive_port"])
 
         # the secret never left the env file: no output, state or plan holds it
         state = bp.parent / ".pacsinfra"
         leaks = [str(p) for p in state.rglob("*") if p.is_file() and "s3cr" in p.read_text()]
         assert leaks == [] and not any("s3cr" in o for o in outputs)
-        assert "s3cr" not in _tail(console, 10**7)
+        assert "s3cr" not in tail(console, 10**7)
         times.values["whole test"] = time.monotonic() - t_all
     finally:
         if vm is not None:
             vm.close()
-        print(f"\n--- console tail ---\n{_tail(console, 1500)}")
+        print(f"\n--- console tail ---\n{tail(console, 1500)}")
 
 
 def test_hosts_without_systemd_keep_the_supervisor() -> None:

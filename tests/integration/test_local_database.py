@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, need, need_module
+from support.procs import cmdline, processes_under
 
 pytestmark = pytest.mark.integration
 
@@ -138,17 +139,7 @@ class Site:
 
     def processes(self) -> list[str]:
         """Live processes that mention this site's root (postgres, archive, router, supervisors)."""
-        out = []
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(self.root) in cmd:
-                out.append(f"{p.name}: {cmd}")
-        return out
+        return [f"{pid}: {cmdline(pid)}" for pid in processes_under(self.root)]
 
     def connect(self, database: str) -> object:
         import psycopg

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, need, need_module
+from support.procs import cmdline, processes_under
 
 pytestmark = pytest.mark.integration
 
@@ -108,18 +109,7 @@ class Site:
 
     def processes(self) -> list[str]:
         """Command lines of live processes that mention this site's root."""
-        out = []
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(self.root) in cmd:
-                out.append(f"{p.name}: {cmd}")
-        return out
-
+        return [f"{pid}: {cmdline(pid)}" for pid in processes_under(self.root)]
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:

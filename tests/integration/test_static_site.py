@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, need, need_module
 from support.netns_hosts import NetnsHost, netns_hosts, route_between  # noqa: F401 - fixture
+from support.procs import processes_under
 
 pytestmark = pytest.mark.integration
 
@@ -146,18 +147,7 @@ class StaticSite:
 
     def processes(self) -> list[int]:
         """Live processes whose command line names one of the hosts' roots."""
-        out = []
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if any(str(r) in cmd for r in self.roots):
-                out.append(int(p.name))
-        return out
-
+        return processes_under(*self.roots)
 
 @pytest.fixture(scope="module")
 def house() -> Path:

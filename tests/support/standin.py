@@ -30,6 +30,7 @@ import pytest
 from conftest import need
 
 from support.netns_hosts import NetnsHost, NetnsLab, require_netns
+from support.procs import netns_of, processes_under  # noqa: F401 - re-exported
 from support.wheelhouse import wheelhouse
 
 SYSTEM_PY = "/usr/bin/python3"  # the stand-in's interpreter (not this venv's)
@@ -137,27 +138,6 @@ def pid_of(root: Path, service: str) -> int:
     st = supervised(root, service)
     assert st["state"] == "running", st
     return int(st["pid"])
-
-
-def netns_of(pid: int) -> str:
-    """The named network namespace process ``pid`` runs in ("" for the root one)."""
-    return subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True,
-                          text=True).stdout.strip()
-
-
-def processes_under(root: Path) -> list[int]:
-    """Live processes whose command line names ``root`` (the services pacsinfra started)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(root) in cmd:
-            out.append(int(p.name))
-    return out
 
 
 def kill_under(root: Path) -> None:
