@@ -10,8 +10,10 @@ Ingest: DCMTK storescu sends synthetic CT-like (512x512x16 bit, ~0.5 MB) and CR-
 (~8 MB) instances over one association and over four in parallel; receivers are the
 archive (fsync + index commit per instance), Orthanc (own JSON config, SQLite index,
 temp dir) and storescp (writes files, no index, no fsync: the floor). Receiver CPU is
-user+system seconds of the receiver process tree during the run. TCP_NODELAY=1 is set
-for DCMTK and Orthanc.
+user+system seconds of the receiver process tree during the run (storescp's per-association
+children included). TCP_NODELAY=1 is set for DCMTK and Orthanc. ``--separate`` adds, with
+four associations, four independent archives with one sender each: a ceiling for what
+the same code does when only the cores and the disk are shared.
 
 C-FIND: study-level PatientID query latency on one open association over an index of
 N generated instances (rows bulk-inserted into the archive's index), and the cost per
@@ -21,6 +23,7 @@ match compared with Orthanc on the same small set of studies.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +65,8 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 
 def tree_cpu(pid: int) -> float:
-    """user+system CPU seconds of ``pid`` and its live children (Linux /proc)."""
+    """user+system CPU seconds of ``pid``, its live children and the children it has
+    reaped (storescp --fork's per-association processes) (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     pids = [pid]
@@ -74,6 +79,8 @@ def tree_cpu(pid: int) -> float:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
+            if p == pid:  # cutime + cstime: children already waited for
+                total += (int(fields[13]) + int(fields[14])) / tick
         except (OSError, IndexError):
             pass
     return total
@@ -116,6 +123,18 @@ class Receiver:
     proc: subprocess.Popen[bytes]
     workdir: Path
 
+    def ports(self, n: int) -> list[int]:
+        """The port each of ``n`` parallel senders uses."""
+        return [self.port] * n
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the receiver's processes."""
+        return tree_cpu(self.proc.pid)
+
+    def workdirs(self) -> list[Path]:
+        """What to delete once the block is over."""
+        return [self.workdir]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -124,6 +143,35 @@ class Receiver:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@dataclass
+class Separate:
+    """Several independent archives, one sender each (own process, own index): the
+    most the same code can do when nothing is shared but the two cores and the disk.
+    Not a way to deploy (one AE, one index is); a ceiling for the table."""
+
+    name: str
+    aet: str
+    members: list[Receiver]
+
+    def ports(self, n: int) -> list[int]:
+        return [self.members[i % len(self.members)].port for i in range(n)]
+
+    def cpu(self) -> float:
+        return sum(m.cpu() for m in self.members)
+
+    def workdirs(self) -> list[Path]:
+        return [m.workdir for m in self.members]
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+
+def start_separate(base: Path, n: int) -> Separate:
+    members = [start_archive(base, 1) for _ in range(n)]
+    return Separate(f"({n} separate archives)", "ARCHIVE", members)
 
 
 # Receivers' files are deleted after each block of runs (one data set, one sender mode),
@@ -199,19 +247,19 @@ def start_storescp(base: Path) -> Receiver:
 
 # -- ingest -----------------------------------------------------------------------------------
 
-def send(parts: list[Path], rcv: Receiver, parallel: int) -> float:
+def send(parts: list[Path], rcv: Receiver | Separate, parallel: int) -> float:
     """storescu the parts (1 association for all, or one per part in parallel); seconds."""
     env = dict(os.environ, TCP_NODELAY="1")
     base = ["/usr/bin/storescu", "+sd", "-aec", rcv.aet]
     t0 = time.perf_counter()
     if parallel == 1:
-        r = subprocess.run([*base, "127.0.0.1", str(rcv.port), *map(str, parts)], env=env,
+        r = subprocess.run([*base, "127.0.0.1", str(rcv.ports(1)[0]), *map(str, parts)], env=env,
                            capture_output=True)
         rcs = [r.returncode]
     else:
-        procs = [subprocess.Popen([*base, "127.0.0.1", str(rcv.port), str(p)], env=env,
+        procs = [subprocess.Popen([*base, "127.0.0.1", str(port), str(p)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for p in parts]
+                 for p, port in zip(parts, rcv.ports(len(parts)), strict=True)]
         rcs = [p.wait() for p in procs]
     dt = time.perf_counter() - t0
     if any(rcs):
@@ -223,7 +271,8 @@ def bench_ingest(args: argparse.Namespace, base: Path, data: Path) -> list[list[
     rows: list[list[str]] = []
     sets = [(label, make_set(data, kind, count))
             for label, kind, count in (("CT", "ct", args.ct), ("CR", "cr", args.cr)) if count]
-    starters = [("archive", lambda: start_archive(base, 1))]
+    starters: list[tuple[str, Callable[[], Receiver | Separate]]] = [
+        ("archive", lambda: start_archive(base, 1))]
     if args.workers > 1:
         starters.append(("archive-mp", lambda: start_archive(base, args.workers)))
     starters += [("orthanc", lambda: start_orthanc(base)), ("storescp", lambda: start_storescp(base))]
@@ -233,22 +282,25 @@ def bench_ingest(args: argparse.Namespace, base: Path, data: Path) -> list[list[
         mb = sum(f.stat().st_size for p in parts for f in p.iterdir()) / 1e6
         for parallel in (1, 4):
             clear_block(used)  # also waits out deletions made before this block
-            results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in starters}
+            block = list(starters)
+            if parallel > 1 and args.separate:
+                block.append(("separate", functools.partial(start_separate, base, parallel)))
+            results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in block}
             names: dict[str, str] = {}
             for k in range(args.repeat):
                 # each round starts with another receiver: none always runs first
-                for name, start in starters[k % len(starters):] + starters[:k % len(starters)]:
+                for name, start in block[k % len(block):] + block[:k % len(block)]:
                     rcv = start()
                     try:
-                        c0 = tree_cpu(rcv.proc.pid)
+                        c0 = rcv.cpu()
                         dt = send(parts, rcv, parallel)
-                        cpu = tree_cpu(rcv.proc.pid) - c0
+                        cpu = rcv.cpu() - c0
                     finally:
                         rcv.stop()
-                        used.append(rcv.workdir)
+                        used.extend(rcv.workdirs())
                     results[name].append((dt, cpu))
                     names[name] = rcv.name
-            for name, _ in starters:
+            for name, _ in block:
                 dt = statistics.median(r[0] for r in results[name])
                 cpu = statistics.median(r[1] for r in results[name])
                 rows.append([label, f"{parallel}", names[name], f"{n}", f"{n / dt:.0f}",
@@ -407,6 +459,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2,
                     help="also run the archive with N worker processes (1: skip)")
+    ap.add_argument("--separate", action="store_true",
+                    help="with four associations, also run four separate archives, one "
+                         "sender each (a ceiling: nothing shared but cores and disk)")
     ap.add_argument("--index-size", type=int, default=1_000_000)
     ap.add_argument("--find-only", action="store_true")
     ap.add_argument("--ingest-only", action="store_true")

@@ -185,3 +185,80 @@ def delete(config: Path | None, data: Path | None, series_uid: str | None,
                f"{report.files_removed} files removed")
     for rel in report.files_kept:
         click.echo(f"file not removed yet (the next lifecycle pass retries): {rel}", err=True)
+
+
+@archive.command()
+@click.option("--config", "config", type=click.Path(path_type=Path), help="archive.yaml")
+@click.option("--data", type=click.Path(path_type=Path), help="data directory (quick form)")
+@click.option("--verify", is_flag=True, help="also recompute every file's SHA-256")
+@click.option("--remove-orphans", is_flag=True,
+              help="delete files no index row points at (the archive must be stopped)")
+@click.option("--min-age", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="seconds: unindexed files younger than this are never orphans")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable report")
+def check(config: Path | None, data: Path | None, verify: bool, remove_orphans: bool,
+          min_age: float, as_json: bool) -> None:
+    """Compare the index with the files on every tier; exit 1 if an indexed file is
+    missing, has the wrong size or (--verify) checksum, or an orphan is left."""
+    import json
+
+    from pacsinfra.pacs.archive.check import check_archive
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+    from pacsinfra.pacs.archive.datalock import ArchiveRunning, exclusive
+    from pacsinfra.pacs.archive.db import open_database
+    from pacsinfra.pacs.archive.index import Index
+    from pacsinfra.pacs.archive.objects import open_tiers
+
+    cfg = load_config(config, None, None, data, (), None)
+    assert isinstance(cfg, ArchiveConfig)
+    data_dir = Path(cfg.data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"{data_dir}: no such data directory")
+    tiers = open_tiers(cfg.tiers, data_dir)
+    try:
+        index = Index(open_database(cfg.index, data_dir))
+    except OSError as exc:
+        raise PacsinfraError(f"cannot open the archive index in {data_dir}: {exc}") from exc
+    try:
+        if remove_orphans:
+            try:
+                with exclusive(data_dir):
+                    report = check_archive(index, tiers, verify=verify, remove_orphans=True,
+                                           min_age=min_age)
+            except ArchiveRunning as exc:
+                raise PacsinfraError(
+                    f"an archive is serving from {data_dir} (it holds "
+                    f"{data_dir}/archive.lock): stop it before --remove-orphans, or check "
+                    "without it") from exc
+        else:
+            report = check_archive(index, tiers, verify=verify, min_age=min_age)
+    finally:
+        index.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_check(report)
+    if not report.clean:
+        raise SystemExit(1)
+
+
+def _print_check(report: object) -> None:
+    from pacsinfra.pacs.archive.check import CheckReport
+
+    assert isinstance(report, CheckReport)
+    click.echo(f"{report.instances} indexed instances, {report.files} files"
+               + (f", {report.verified} checksums verified" if report.verified else ""))
+    for title, problems in (("missing", report.missing), ("wrong size", report.wrong_size),
+                            ("bad checksum", report.bad_checksum),
+                            ("orphan", report.orphans)):
+        for p in problems:
+            who = f" ({p.sop_uid})" if p.sop_uid else ""
+            click.echo(f"{title}: {p.tier}:{p.rel_path}{who}: {p.detail}", err=True)
+    if report.young:
+        click.echo(f"{len(report.young)} unindexed files younger than --min-age (a store may "
+                   "still be in flight): left alone")
+    if report.pending:
+        click.echo(f"{report.pending} files of interrupted deletions: the next start removes them")
+    if report.removed:
+        click.echo(f"removed {report.removed} orphans")
+    click.echo("clean" if report.clean else "problems found")

@@ -3,6 +3,7 @@ back, deletion removes the objects. Real archive process, real S3 HTTP server.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,25 @@ def test_lifecycle_to_s3_then_retrieve_and_delete(s3_server: S3Server, tmp_path:
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="site-a/")["Contents"]]
     assert len(keys) == 3 and all(k.endswith(".dcm") for k in keys)
     assert not list((tmp_path / "data" / "fast").rglob("*.dcm")), "sources not deleted"
+
+    # archive check reads the bucket too: every object re-hashed, then a stray object
+    # (an orphan) found and removed
+    def check(*extra: str) -> tuple[int, dict[str, Any]]:
+        r = subprocess.run([sys.executable, "-m", "pacsinfra", "archive", "check", "--config",
+                            str(cfg), "--verify", "--json", *extra], capture_output=True,
+                           text=True, timeout=120, cwd=REPO, env=dict(os.environ))
+        assert r.returncode in (0, 1), r.stdout + r.stderr
+        return r.returncode, json.loads(r.stdout)
+
+    rc, rep = check()
+    assert rc == 0 and (rep["instances"], rep["files"], rep["verified"]) == (3, 3, 3), rep
+    stray = keys[0].rsplit("/", 1)[0] + f"/{generate_uid()}.00000000000000000000.dcm"
+    s3.put_object(Bucket=BUCKET, Key=stray, Body=b"not indexed")
+    rc, rep = check("--min-age", "0")
+    assert rc == 1 and [o["rel_path"] for o in rep["orphans"]] == [stray[len("site-a/"):]]
+    rc, rep = check("--min-age", "0", "--remove-orphans")
+    assert rep["orphans_removed"] == 1 and rc == 0
+    assert stray not in [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
 
     arch.start()
     try:

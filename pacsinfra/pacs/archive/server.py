@@ -13,6 +13,7 @@ from typing import Any
 from pynetdicom import _config as pynetdicom_config
 
 from pacsinfra.pacs.archive.config import ArchiveConfig
+from pacsinfra.pacs.archive.datalock import hold_shared
 from pacsinfra.pacs.archive.db import open_database
 from pacsinfra.pacs.archive.index import Index
 from pacsinfra.pacs.archive.objects import ObjectTier, open_tiers
@@ -50,11 +51,13 @@ class ArchiveServer:
         self._sink: ArchiveSink | None = None
         self._web: Any = None
         self._stopped = threading.Event()
+        self._lock_fd: int | None = None  # the data directory's lock, held shared
 
     def start(self) -> None:
         """Open the index, prepare tiers, start listening (non-blocking)."""
         cfg = self.config
         ensure_dir(self.data_dir)
+        self._lock_fd = hold_shared(self.data_dir)
         for tier in open_tiers(cfg.tiers, self.data_dir).values():
             self.tiers[tier.name] = tier
             if isinstance(tier, ObjectTier):
@@ -157,6 +160,9 @@ class ArchiveServer:
         if self.index is not None:
             self.index.close()
             self.index = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self._stopped.set()
 
     def serve_forever(self) -> None:
@@ -194,6 +200,7 @@ def supervise(config: ArchiveConfig) -> None:
     # Migrate once, here, so workers never race on schema changes.
     data_dir = Path(config.data_dir)
     ensure_dir(data_dir)
+    hold_shared(data_dir)  # for this process's life (workers take it too)
     tiers: dict[str, Tier] = {}
     tiers.update(open_tiers(config.tiers, data_dir))  # interrupted deletes swept in all
     for tier in tiers.values():
