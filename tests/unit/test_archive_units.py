@@ -287,3 +287,38 @@ def test_ensure_dir_caches_durable_directories_and_recovers_from_removal(tmp_pat
     storage.write_durable(leaf / "x.dcm", [b"data"], tmp_dir=tmp_path / "incoming")
     assert (leaf / "x.dcm").read_bytes() == b"data"
     assert not list((tmp_path / "incoming").iterdir())
+
+
+def test_check_matches_files_listed_out_of_study_order(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing that comes back to a study it already left (no walk or bucket listing
+    does, but nothing must be reported twice or wrongly if one did)."""
+    from pacsinfra.pacs.archive import check
+
+    svc = _service(tmp_path)
+    try:
+        a, b = make_instance(patient_id="A"), make_instance(patient_id="B")
+        a2 = make_instance(patient_id="A", study_uid=a.StudyInstanceUID,
+                           series_uid=a.SeriesInstanceUID)
+        for ds in (a, b, a2):
+            assert _store(svc, ds) == Status.SUCCESS
+        tiers = svc.tiers
+        real = list(check._tier_files(tiers["fast"]))
+        assert len(real) == 3
+        study_a = check._study_key(next(r for r in real if a.SOPInstanceUID in r[0])[0])
+        in_a = [r for r in real if r[0].startswith(study_a + "/")]
+        not_a = [r for r in real if not r[0].startswith(study_a + "/")]
+        shuffled = [in_a[0], *not_a, in_a[1]]  # A, B, A again
+        monkeypatch.setattr(check, "_tier_files", lambda tier: iter(shuffled))
+        report = check.check_archive(svc.index, tiers, verify=True)
+        assert report.clean and report.verified == 3 and report.files == 3, report.as_dict()
+
+        # rows on a tier the configuration no longer has are reported, not skipped
+        with svc.index.db.transaction() as cur:
+            cur.execute("UPDATE instance SET tier = 'gone' WHERE sop_uid = ?", (b.SOPInstanceUID,))
+        report = check.check_archive(svc.index, tiers)
+        assert [(p.sop_uid, p.detail) for p in report.missing] == [
+            (b.SOPInstanceUID, "tier not configured")]
+        assert len(report.young) == 1  # b's file, now unindexed on "fast", is fresh
+    finally:
+        svc.index.close()

@@ -26,10 +26,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pacsinfra.pacs.archive.index import Index
 from pacsinfra.pacs.archive.objects import ObjectTier
 from pacsinfra.pacs.archive.storage import TMP_MARK, Tier
+from pacsinfra.pacs.dicom import uid_path
 
 INCOMING = ".incoming"  # a tier's temp-file directory, swept at every start
 
@@ -149,6 +151,112 @@ def _still_missing(index: Index, tiers: dict[str, Tier], p: Problem) -> bool:
     return False
 
 
+def _study_key(rel: str) -> str:
+    """``<fan-out>/<study directory>`` of a stored path (:func:`~pacsinfra.pacs.dicom.uid_path`
+    layout); "" for a path outside that layout."""
+    parts = rel.split("/", 2)
+    return f"{parts[0]}/{parts[1]}" if len(parts) == 3 else ""
+
+
+def _study_dirs(index: Index, tier: str) -> dict[str, str]:
+    """Study directory (:func:`_study_key`) -> Study Instance UID, for the studies with
+    instances on ``tier``."""
+    found = index.db.query("SELECT DISTINCT study_uid FROM instance WHERE tier = ?", (tier,))
+    return {_study_key(uid_path(Path(), study, "1", "1").as_posix()): study
+            for (study,) in found}
+
+
+def _study_rows(index: Index, tier: str, study: str) -> dict[str, _Indexed]:
+    return {rel: _Indexed(sop, int(size), str(sha), int(off)) for sop, rel, size, sha, off in
+            index.db.query("SELECT sop_uid, rel_path, size, sha256, ds_offset FROM instance "
+                           "WHERE study_uid = ? AND tier = ?", (study, tier))}
+
+
+class _Checker:
+    """One pass over one tier. Files arrive grouped by study directory (a depth-first
+    walk; a bucket listing in key order), so only one study's rows are in memory at a
+    time, whatever the size of the archive."""
+
+    def __init__(self, index: Index, name: str, tier: Tier, report: CheckReport, *,
+                 verify: bool, cutoff: float, pending: set[tuple[str, str]]) -> None:
+        self.index, self.name, self.tier, self.report = index, name, tier, report
+        self.verify, self.cutoff, self.pending = verify, cutoff, pending
+        self.studies = _study_dirs(index, name)
+        self.key: str | None = None
+        self.rows: dict[str, _Indexed] = {}
+        self.report_missing = True
+        self.done: set[str] = set()
+
+    def run(self) -> None:
+        for rel, size, mtime in _tier_files(self.tier):
+            key = _study_key(rel)
+            if key != self.key:
+                self._enter(key)
+            self._file(rel, size, mtime)
+        self._leave()
+        for study in self.studies.values():  # indexed studies without a directory at all
+            self.rows, self.report_missing = _study_rows(self.index, self.name, study), True
+            self._leave()
+
+    def _enter(self, key: str) -> None:
+        self._leave()
+        self.key = key
+        study = self.studies.pop(key, None)
+        if study is None and key in self.done and key:
+            # seen before (a listing out of order): match files, report nothing missing twice
+            study = _study_uid_of(self.index, self.name, key)
+            self.report_missing = False
+        else:
+            self.report_missing = True
+        self.rows = _study_rows(self.index, self.name, study) if study is not None else {}
+
+    def _leave(self) -> None:
+        if self.report_missing:
+            self.report.missing.extend(Problem(self.name, rel, row.sop_uid, "no file")
+                                       for rel, row in self.rows.items())
+        if self.key is not None:
+            self.done.add(self.key)
+        self.rows = {}
+
+    def _file(self, rel: str, size: int, mtime: float) -> None:
+        report, name = self.report, self.name
+        report.files += 1
+        row = self.rows.pop(rel, None)
+        if row is None:
+            if (name, rel) in self.pending:
+                report.pending += 1
+            elif mtime > self.cutoff:
+                report.young.append(Problem(name, rel, detail=f"{size} bytes"))
+            else:
+                kind = "temp file" if TMP_MARK in rel else f"{size} bytes"
+                report.orphans.append(Problem(name, rel, detail=kind))
+            return
+        if size != row.size:
+            report.wrong_size.append(Problem(
+                name, rel, row.sop_uid, f"{size} bytes on disk, {row.size} indexed"))
+            return
+        if not self.verify:
+            return
+        report.verified += 1
+        try:
+            digest = _dataset_sha(self.tier, rel, row.ds_offset)
+        except FileNotFoundError:
+            report.missing.append(Problem(name, rel, row.sop_uid, "gone while checked"))
+            return
+        if digest != row.sha256:
+            report.bad_checksum.append(Problem(
+                name, rel, row.sop_uid, f"sha256 {digest[:16]}..., indexed {row.sha256[:16]}..."))
+
+
+def _study_uid_of(index: Index, tier: str, key: str) -> str | None:
+    """The study whose directory is ``key`` (slow path: only for a listing out of order)."""
+    for (study,) in index.db.query("SELECT DISTINCT study_uid FROM instance WHERE tier = ?",
+                                   (tier,)):
+        if _study_key(uid_path(Path(), study, "1", "1").as_posix()) == key:
+            return str(study)
+    return None
+
+
 def check_archive(index: Index, tiers: dict[str, Tier], *, verify: bool = False,
                   remove_orphans: bool = False, min_age: float = 3600.0,
                   now: Callable[[], float] = time.time) -> CheckReport:
@@ -157,52 +265,17 @@ def check_archive(index: Index, tiers: dict[str, Tier], *, verify: bool = False,
     ``remove_orphans``: the caller holds :func:`~.datalock.exclusive` on the data directory.
     """
     report = CheckReport()
-    indexed: dict[str, dict[str, _Indexed]] = {name: {} for name in tiers}
-    unknown_tier: list[Problem] = []
-    for sop, tier_name, rel, size, sha, ds_offset in index.db.query(
-            "SELECT sop_uid, tier, rel_path, size, sha256, ds_offset FROM instance"):
-        report.instances += 1
-        if tier_name not in indexed:
-            unknown_tier.append(Problem(tier_name, rel, sop, "tier not configured"))
-            continue
-        indexed[tier_name][rel] = _Indexed(sop, int(size), str(sha), int(ds_offset))
-    report.missing.extend(unknown_tier)
+    report.instances = int(index.db.query("SELECT COUNT(*) FROM instance")[0][0])
+    placeholders = ",".join("?" * len(tiers)) or "''"
+    report.missing.extend(
+        Problem(t, rel, sop, "tier not configured") for sop, t, rel in index.db.query(
+            f"SELECT sop_uid, tier, rel_path FROM instance WHERE tier NOT IN ({placeholders})",
+            tuple(tiers)))
     pending = {(t, r) for t, r in index.db.query("SELECT tier, rel_path FROM pending_unlink")}
     cutoff = now() - min_age
     for name, tier in tiers.items():
-        rows = indexed[name]
-        seen: set[str] = set()
-        for rel, size, mtime in _tier_files(tier):
-            report.files += 1
-            row = rows.get(rel)
-            if row is None:
-                if (name, rel) in pending:
-                    report.pending += 1
-                elif mtime > cutoff:
-                    report.young.append(Problem(name, rel, detail=f"{size} bytes"))
-                else:
-                    kind = "temp file" if TMP_MARK in rel else f"{size} bytes"
-                    report.orphans.append(Problem(name, rel, detail=kind))
-                continue
-            seen.add(rel)
-            if size != row.size:
-                report.wrong_size.append(Problem(
-                    name, rel, row.sop_uid, f"{size} bytes on disk, {row.size} indexed"))
-                continue
-            if verify:
-                report.verified += 1
-                try:
-                    digest = _dataset_sha(tier, rel, row.ds_offset)
-                except FileNotFoundError:
-                    report.missing.append(Problem(name, rel, row.sop_uid, "gone while checked"))
-                    continue
-                if digest != row.sha256:
-                    report.bad_checksum.append(Problem(
-                        name, rel, row.sop_uid, f"sha256 {digest[:16]}..., "
-                        f"indexed {row.sha256[:16]}..."))
-        report.missing.extend(Problem(name, rel, row.sop_uid, "no file")
-                              for rel, row in rows.items() if rel not in seen)
-    # A running archive may have moved or deleted an instance since the index was read.
+        _Checker(index, name, tier, report, verify=verify, cutoff=cutoff, pending=pending).run()
+    # A running archive may have moved or deleted an instance since its rows were read.
     report.missing = [p for p in report.missing if _still_missing(index, tiers, p)]
     if remove_orphans:
         for p in report.orphans:
