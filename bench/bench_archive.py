@@ -64,23 +64,6 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"port {port} not listening")
 
 
-def wait_listeners(port: int, n: int, timeout: float = 60) -> None:
-    """Wait until ``n`` sockets listen on ``port`` (every worker of an archive with
-    ``workers: n``; SO_REUSEPORT gives each its own). The port answers as soon as the
-    first worker listens: senders started then all land on that one worker."""
-    deadline = time.monotonic() + timeout
-    hexport = f":{port:04X}"
-    while True:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        listening = sum(1 for ln in lines
-                        if ln.split()[1].endswith(hexport) and ln.split()[3] == "0A")
-        if listening >= n:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {listening} of {n} workers listen on port {port}")
-        time.sleep(0.05)
-
-
 def tree_cpu(pid: int) -> float:
     """user+system CPU seconds of ``pid``, its live children and the children it has
     reaped (storescp --fork's per-association processes) (Linux /proc)."""
@@ -224,9 +207,7 @@ def start_archive(base: Path, workers: int) -> Receiver:
          str(work / "archive.yaml"), "--log-level", "WARNING"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(work / "log", "wb"),  # noqa: SIM115
     )
-    wait_port(port)
-    if workers > 1:
-        wait_listeners(port, workers)
+    wait_port(port)  # with workers, the port opens once every worker can accept
     return Receiver(f"pacsinfra archive{f' x{workers}' if workers > 1 else ''}", "ARCHIVE",
                     port, proc, work)
 

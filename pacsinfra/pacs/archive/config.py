@@ -104,8 +104,9 @@ class ArchiveConfig(DicomListener):
         "keep_if_identical"
     )
     accept_unknown_sop_classes: bool = False
-    # Processes sharing the DICOM port (SO_REUSEPORT): pynetdicom is CPU-bound per
-    # process; association limits then apply per worker.
+    # Processes accepting on one listening socket (the first idle one takes each
+    # connection): one process's Python is bound by its GIL; association limits then
+    # apply per worker.
     workers: int = Field(1, ge=1, le=64)
     dicomweb: DicomWebConfig = Field(default_factory=DicomWebConfig)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from pacsinfra.pacs.dicom import ssl_context
 from pacsinfra.pacs.fastscp.server import FastPath, start_server
 
 LOG = logging.getLogger("pacsinfra.archive")
+READY_TIMEOUT_S = 120.0  # workers' start-up (index, tiers) before the port opens anyway
 
 
 def _sweep(tier: Tier) -> None:
@@ -36,13 +39,20 @@ class ArchiveServer:
     """One running archive (DICOM listener + index + tiers).
 
     ``worker`` is this process's number when ``config.workers > 1``: every worker
-    listens on the same port (SO_REUSEPORT, the kernel spreads connections); only
-    worker 0 runs DICOMweb and the lifecycle.
+    accepts on the supervisor's listening socket (``listener``; the first idle worker
+    takes each connection); only worker 0 runs DICOMweb and the lifecycle.
+    ``handshake``: the supervisor's (ready queue, go event): once set up, the worker
+    reports ready and waits for go, so no connection is accepted before every worker
+    can take one.
     """
 
-    def __init__(self, config: ArchiveConfig, worker: int | None = None) -> None:
+    def __init__(self, config: ArchiveConfig, worker: int | None = None, *,
+                 listener: socket.socket | None = None,
+                 handshake: tuple[Any, Any] | None = None) -> None:
         self.config = config
         self.worker = worker
+        self.listener = listener
+        self.handshake = handshake
         self.data_dir = Path(config.data_dir)
         self.tiers: dict[str, Tier] = {}
         self.index: Index | None = None
@@ -87,6 +97,12 @@ class ArchiveServer:
         # Storage and C-FIND associations are served by fastscp (instances streamed to
         # disk, matches encoded directly); everything else (retrieves, TLS, role
         # selection, mixed proposals) by pynetdicom.
+        if self.handshake is not None:
+            ready, go = self.handshake
+            ready.put(self.worker)
+            while not go.wait(0.5):
+                if self._stopped.is_set():
+                    return  # stopped before serving: serve_forever's stop() closes up
         self._sink = ArchiveSink(self.service)
         fast = FastPath(ae, self._sink, self.service.streaming_contexts(),
                         per_ae_limit=cfg.limits.max_associations_per_ae,
@@ -94,7 +110,7 @@ class ArchiveServer:
                         queries=self._sink)
         self._server = start_server(
             ae, (cfg.bind, cfg.port), fast, evt_handlers=self.service.handlers(),
-            ssl_context=ssl_context(cfg.tls, server=True), reuse_port=self.worker is not None)
+            ssl_context=ssl_context(cfg.tls, server=True), listener=self.listener)
         LOG.info("archive %s listening on %s:%d", cfg.ae_title, cfg.bind, cfg.port)
         primary = self.worker in (None, 0)
         if (cfg.lifecycle or cfg.retention_days) and primary:
@@ -185,11 +201,25 @@ class ArchiveServer:
             self.stop()
 
 
-def _worker_main(config: dict[str, Any], worker: int) -> None:
+def _worker_main(config: dict[str, Any], worker: int, listener: socket.socket,
+                 ready: Any, go: Any) -> None:
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker{worker} %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    ArchiveServer(ArchiveConfig.model_validate(config), worker=worker).serve_forever()
+    ArchiveServer(ArchiveConfig.model_validate(config), worker=worker, listener=listener,
+                  handshake=(ready, go)).serve_forever()
+
+
+def _listen_socket(config: ArchiveConfig) -> socket.socket:
+    """The workers' shared listening socket, bound (not yet listening)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.bind, config.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def supervise(config: ArchiveConfig) -> None:
@@ -201,6 +231,7 @@ def supervise(config: ArchiveConfig) -> None:
     data_dir = Path(config.data_dir)
     ensure_dir(data_dir)
     hold_shared(data_dir)  # for this process's life (workers take it too)
+    listener = _listen_socket(config)  # a port in use fails here, before any worker starts
     tiers: dict[str, Tier] = {}
     tiers.update(open_tiers(config.tiers, data_dir))  # interrupted deletes swept in all
     for tier in tiers.values():
@@ -226,15 +257,36 @@ def supervise(config: ArchiveConfig) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     procs: dict[int, Any] = {}
+    ready, go = ctx.Queue(), ctx.Event()
 
     def spawn(i: int) -> None:
-        p = ctx.Process(target=_worker_main, args=(dumped, i), name=f"archive-worker-{i}")
+        p = ctx.Process(target=_worker_main, args=(dumped, i, listener, ready, go),
+                        name=f"archive-worker-{i}")
         p.start()
         procs[i] = p
 
     for i in range(config.workers):
         spawn(i)
-    LOG.info("archive supervising %d workers on port %d", config.workers, config.port)
+    # Listen only once every worker can accept: connections made earlier would all go
+    # to the first worker up (and clients would wait on the others' start-up).
+    starting = set(range(config.workers))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while starting and not stopping.is_set() and time.monotonic() < deadline:
+        try:
+            starting.discard(ready.get(timeout=0.5))
+        except queue.Empty:
+            pass
+        for i, p in list(procs.items()):
+            if i in starting and not p.is_alive():
+                LOG.error("worker %d exited with %s while starting; restarting", i, p.exitcode)
+                spawn(i)
+    if starting and not stopping.is_set():
+        LOG.warning("workers %s not ready after %.0f s: serving with the others",
+                    sorted(starting), READY_TIMEOUT_S)
+    if not stopping.is_set():
+        listener.listen(128)
+        go.set()
+        LOG.info("archive supervising %d workers on port %d", config.workers, config.port)
     while not stopping.wait(0.5):
         for i, p in list(procs.items()):
             if not p.is_alive() and not stopping.is_set():

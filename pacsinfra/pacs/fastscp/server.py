@@ -150,20 +150,36 @@ class StreamingServer(ThreadedAssociationServer):
         super().shutdown()
 
 
-class ReusePortStreamingServer(StreamingServer):
-    """The same, bound with SO_REUSEPORT so worker processes share one port."""
+class SharedListenerServer(StreamingServer):
+    """The same, accepting on a listening socket it is given instead of binding one:
+    the archive supervisor's, shared by its worker processes. The socket is
+    non-blocking, so a connection goes to whichever worker accepts first (an idle one;
+    the others' ``accept`` fails with EAGAIN and they go back to waiting), not to a
+    hash of the client's address and port as SO_REUSEPORT does (four connections over
+    two workers hashed 3-1 or 4-0 in half of the measured runs)."""
+
+    listener: socket.socket | None = None  # set on a per-socket subclass (shared_listener)
 
     def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        assert self.listener is not None and self.socket is not None
+        self.socket.close()  # the one socketserver made and pynetdicom would bind
+        self.socket = self.listener
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Nothing: the owner of the socket listens."""
 
 
 def start_server(ae: AE, address: tuple[str, int], fast: FastPath, *,
                  evt_handlers: list[Any], ssl_context: ssl.SSLContext | None,
-                 reuse_port: bool = False) -> StreamingServer:
-    """``AE.start_server(block=False)`` with the streaming path in front."""
-    cls = ReusePortStreamingServer if reuse_port else StreamingServer
+                 listener: socket.socket | None = None) -> StreamingServer:
+    """``AE.start_server(block=False)`` with the streaming path in front; ``listener``:
+    accept on this listening socket (see :class:`SharedListenerServer`) instead of
+    binding ``address``."""
+    cls: type[StreamingServer] = StreamingServer
+    if listener is not None:
+        cls = type("SharedListenerServer", (SharedListenerServer,), {"listener": listener})
     server = ae.make_server(address, evt_handlers=evt_handlers, ssl_context=ssl_context,
                             server_class=cls)
     assert isinstance(server, StreamingServer)
