@@ -24,24 +24,23 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, need, need_module
-from support.netns_hosts import NetnsHost, NetnsLab, require_netns
+from conftest import free_port, need_module
+from support.netns_hosts import NetnsHost
 from support.procs import cmdline, processes_under
+from support.standin import SYSTEM_PY, house, standin  # noqa: F401 - fixtures
 from test_archive_support import store_studies, study_counts
 
 pytestmark = pytest.mark.integration
 
-SYSTEM_PY = "/usr/bin/python3"  # the host's interpreter (not this venv's)
 MACHINE = "drst-b-pacs-1"
 
 
-def _blueprint(tmp: Path, host: NetnsHost, house: Path, ports: dict[str, int]) -> str:
+def _blueprint(tmp: Path, host: NetnsHost, house: Path,  # noqa: F811
+               ports: dict[str, int]) -> str:
     root = tmp / "host-root"
     return f"""\
 apiVersion: pacsinfra/v1
@@ -97,32 +96,6 @@ sites:
 """
 
 
-@pytest.fixture(scope="module")
-def host() -> Iterator[NetnsHost]:
-    """One SSH host in its own network namespace."""
-    require_netns()
-    lab_dir = Path(tempfile.mkdtemp(prefix="pacsinfra-drst-"))
-    try:
-        with NetnsLab(1, lab_dir) as lab:
-            yield lab.hosts[0]
-    finally:
-        shutil.rmtree(lab_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def house() -> Path:
-    from support.wheelhouse import wheelhouse
-
-    need(Path(SYSTEM_PY).exists(), "no system python3 for the host's venv")
-    version = subprocess.run([SYSTEM_PY, "-c", "import sys; print(*sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.split()
-    try:
-        return wheelhouse((int(version[0]), int(version[1])))
-    except RuntimeError as exc:
-        need(False, str(exc))
-        raise
-
-
 def _started_at(pid: int) -> float:
     """When ``pid`` started, as a Unix time (boot time from /proc/uptime: 10 ms, not 1 s)."""
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
@@ -130,7 +103,9 @@ def _started_at(pid: int) -> float:
     return booted + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def test_dr_rebuild_onto_a_static_host(host: NetnsHost, house: Path, tmp_path: Path) -> None:
+def test_dr_rebuild_onto_a_static_host(standin: NetnsHost, house: Path,  # noqa: F811
+                                       tmp_path: Path) -> None:
+    host = standin  # the existing host site B is rebuilt on
     need_module("pynetdicom")
     ports = {k: free_port() for k in ("a_archive", "a_router", "a_recv", "b_recv")}
     bp = tmp_path / "site.yaml"

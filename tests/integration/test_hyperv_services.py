@@ -31,10 +31,12 @@ from conftest import free_port, need_module
 from support.netns_hosts import NetnsHost
 from support.standin import (  # noqa: F401 - fixtures
     Cli,
+    assert_deploy_order,
+    assert_destroy_order,
+    assert_no_secrets,
+    assert_services_in,
     house,
     kill_under,
-    netns_of,
-    pid_of,
     processes_under,
     services_block,
     ssh_block,
@@ -125,28 +127,22 @@ def test_hyperv_vm_runs_its_services(env: dict[str, Any]) -> None:
     order = [s["address"] for s in plan["steps"]]
     assert sorted(order) == ["machine.pacs[0]", "network.lab", "service.archive[0]",
                              "service.router[0]", "storage.flash"], order
-    assert order.index("machine.pacs[0]") < order.index("service.archive[0]") \
-        < order.index("service.router[0]"), order
+    assert_deploy_order(order)
 
     out = cli.ok("apply", "apply", bp, "--auto-approve")
     assert "5 done (5 create)" in out, out
     assert hv.vm(MACHINE).state == "Running"
-    for svc in ("archive", "router"):
-        pid = pid_of(root, svc)
-        assert netns_of(pid) == host.netns, (svc, pid)
+    assert_services_in(root, host)
     cfg = (root / "services" / "archive" / "config.yaml").read_text()
     assert f"bind: {host.address}" in cfg and f"data_dir: {root / 'data' / 'archive'}" in cfg
-    state_text = "".join(p.read_text() for p in env["state"].glob("*.json"))
-    assert PASSWORD not in state_text and "PRIVATE KEY" not in state_text
+    assert_no_secrets(env["state"], PASSWORD)
 
     assert "smoke test PASSED" in cli.ok("verify", "verify", bp)
     cli.ok("no-op plan", "plan", bp, "--detailed-exitcode")
 
     out = cli.ok("destroy", "destroy", bp, "--auto-approve")
     assert "5 delete" in out, out
-    done = [ln.split(":")[0] for ln in out.splitlines() if ln.endswith("deleting...")]
-    assert done.index("service.router[0]") < done.index("service.archive[0]") \
-        < done.index("machine.pacs[0]"), out
+    assert_destroy_order(out)
     assert hv.vms == {} and processes_under(root) == []
     assert list((root / "services").iterdir()) == []  # data/ kept, as on any host
     print(f"\n{cli.report()}, test {time.monotonic() - started:.1f}s")

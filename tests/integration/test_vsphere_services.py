@@ -30,9 +30,12 @@ from conftest import free_port, need_module
 from support.netns_hosts import NetnsHost
 from support.standin import (  # noqa: F401 - fixtures
     Cli,
+    assert_deploy_order,
+    assert_destroy_order,
+    assert_no_secrets,
+    assert_services_in,
     house,
     kill_under,
-    netns_of,
     pid_of,
     processes_under,
     services_block,
@@ -146,23 +149,18 @@ def test_vsphere_vm_runs_its_services(env: dict[str, Any]) -> None:
     assert set(steps) == {"network.lab", "machine.pacs[0]", "service.archive[0]",
                           "service.router[0]"}, list(steps)
     assert {s["action"] for s in steps.values()} == {"create"}
-    order = [s["address"] for s in plan["steps"]]
-    assert order.index("machine.pacs[0]") < order.index("service.archive[0]") \
-        < order.index("service.router[0]"), order
+    assert_deploy_order([s["address"] for s in plan["steps"]])
 
     out = cli.ok("apply", "apply", bp, "--auto-approve")
     assert "4 done (4 create)" in out, out
     assert _vm(sim) == {"power": "on", "address": host.address}
     # the services run in the stand-in's namespace, from the venv pacsinfra installed there
-    for svc in ("archive", "router"):
-        pid = pid_of(root, svc)
-        assert netns_of(pid) == host.netns, (svc, pid)
+    for pid in assert_services_in(root, host).values():
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert argv[0].decode() == str(root / "venv" / "bin" / "python"), argv
     router_cfg = (root / "services" / "router" / "config.yaml").read_text()
     assert f"host: {host.address}" in router_cfg and f"bind: {host.address}" in router_cfg
-    state_text = "".join(p.read_text() for p in env["state"].glob("*.json"))
-    assert sim.password not in state_text and "PRIVATE KEY" not in state_text
+    assert_no_secrets(env["state"], sim.password)
 
     # the driver's hand-over for dr rebuild: the machine runs, a session reaches its OS
     with VsphereDriver({**provider(sim), "ssh": {"user": "root", "key_file": str(host.key_file),
@@ -191,9 +189,7 @@ def test_vsphere_vm_runs_its_services(env: dict[str, Any]) -> None:
 
     out = cli.ok("destroy", "destroy", bp, "--auto-approve")
     assert "4 delete" in out, out
-    done = [ln.split(":")[0] for ln in out.splitlines() if ln.endswith("deleting...")]
-    assert done.index("service.router[0]") < done.index("service.archive[0]") \
-        < done.index("machine.pacs[0]"), out
+    assert_destroy_order(out)
     assert _vm(sim) is None
     assert processes_under(root) == []
     # the services' files are gone, their data kept; the rest of the root is what the VM's

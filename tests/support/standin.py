@@ -9,8 +9,10 @@ cannot show: that the hypervisor delivered the address to a guest (customization
 and that the VM's deletion took the guest's disk with it (the stand-in's root directory
 outlives the VM; the tests remove it).
 
-Helpers here: the stand-in host fixture, the ``ssh`` login block and the services of a
-blueprint, a CLI runner, and the supervisor's view of the services under a root.
+Helpers here: the stand-in host fixture (also the existing host of a static-provider
+test), the ``ssh`` login block and the services of a blueprint, a CLI runner, the
+supervisor's view of the services under a root, and the checks every driver's
+services test makes (step order, where the services run, no secret in state).
 """
 
 from __future__ import annotations
@@ -147,3 +149,30 @@ def kill_under(root: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def assert_deploy_order(order: list[str]) -> None:
+    """Plan steps: the machine before the archive, the archive before the router."""
+    assert order.index("machine.pacs[0]") < order.index("service.archive[0]") \
+        < order.index("service.router[0]"), order
+
+
+def assert_destroy_order(out: str) -> None:
+    """``destroy`` output: the router, then the archive, then the machine."""
+    done = [ln.split(":")[0] for ln in out.splitlines() if ln.endswith("deleting...")]
+    assert done.index("service.router[0]") < done.index("service.archive[0]") \
+        < done.index("machine.pacs[0]"), out
+
+
+def assert_services_in(root: Path, host: NetnsHost) -> dict[str, int]:
+    """The archive and router under ``root`` run in ``host``'s namespace; their pids."""
+    pids = {svc: pid_of(root, svc) for svc in ("archive", "router")}
+    for svc, pid in pids.items():
+        assert netns_of(pid) == host.netns, (svc, pid)
+    return pids
+
+
+def assert_no_secrets(state: Path, password: str) -> None:
+    """Neither ``password`` nor a private key anywhere in the state files under ``state``."""
+    text = "".join(p.read_text() for p in state.glob("*.json"))
+    assert password not in text and "PRIVATE KEY" not in text

@@ -204,7 +204,7 @@ class _Checker:
         study = self.studies.pop(key, None)
         if study is None and key in self.done and key:
             # seen before (a listing out of order): match files, report nothing missing twice
-            study = _study_uid_of(self.index, self.name, key)
+            study = _study_dirs(self.index, self.name).get(key)
             self.report_missing = False
         else:
             self.report_missing = True
@@ -246,15 +246,6 @@ class _Checker:
         if digest != row.sha256:
             report.bad_checksum.append(Problem(
                 name, rel, row.sop_uid, f"sha256 {digest[:16]}..., indexed {row.sha256[:16]}..."))
-
-
-def _study_uid_of(index: Index, tier: str, key: str) -> str | None:
-    """The study whose directory is ``key`` (slow path: only for a listing out of order)."""
-    for (study,) in index.db.query("SELECT DISTINCT study_uid FROM instance WHERE tier = ?",
-                                   (tier,)):
-        if _study_key(uid_path(Path(), study, "1", "1").as_posix()) == key:
-            return str(study)
-    return None
 
 
 def check_archive(index: Index, tiers: dict[str, Tier], *, verify: bool = False,
