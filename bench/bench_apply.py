@@ -41,8 +41,8 @@ machines:
 
 def raw_libvirt(conn: object, count: int) -> float:
     """Seconds to define + start ``count`` domains directly (the floor any engine sits on)."""
-    from pacsinfra.drivers.base import MachineSpec, Ownership
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
+    from pacsinfra.specs import MachineSpec, Ownership
 
     driver = KvmDriver({"uri": "test:///default", "cloud_init": False}, client=conn)
     specs = [
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pacsinfra.apply.engine import Engine
     from pacsinfra.blueprint import load_blueprint
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     conn = libvirt.open("test:///default")
     rows = []

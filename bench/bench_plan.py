@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pacsinfra.apply.engine import Engine
     from pacsinfra.blueprint import load_blueprint
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     work = Path(tempfile.mkdtemp(prefix="pacsinfra-bench-plan-"))
     bp_path = work / "site.yaml"

@@ -11,7 +11,8 @@ parallelism. Then each tool's no-op run: pacsinfra's plan of the applied site,
 and Ansible's second run of the same playbook. ``--delay-ms`` adds a per-call
 SOAP latency (a remote vCenter) to both.
 
-Needs: ``pip install ansible`` (ships community.vmware) in the same venv.
+Needs: ``pip install -e '.[bench]'`` (the ``ansible`` package ships community.vmware);
+``make bench`` installs it.
 """
 
 from __future__ import annotations
@@ -135,12 +136,27 @@ def run_ansible(sim: vsphere_sim.Vcsim, tmp: Path, n: int, forks: int) -> tuple[
     return first, second, changed
 
 
+def need_community_vmware() -> None:
+    """Stop with what to install when the peer's Ansible collection is missing (a run
+    without its peer is not this benchmark)."""
+    galaxy = shutil.which("ansible-galaxy", path=str(Path(sys.executable).parent)) or shutil.which(
+        "ansible-galaxy")
+    found = ""
+    if galaxy:
+        found = subprocess.run([galaxy, "collection", "list", "community.vmware", "--format", "json"],
+                               capture_output=True, text=True, timeout=120).stdout
+    if "community.vmware" not in found:
+        raise SystemExit("Ansible's community.vmware collection, the peer this benchmark compares "
+                         "with, is not installed: make bench installs it (pip install -e '.[bench]')")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--machines", type=int, default=50)
     ap.add_argument("--parallelism", type=int, default=10)
     ap.add_argument("--delay-ms", type=int, default=0, help="SOAP latency per call (a remote vCenter)")
     args = ap.parse_args()
+    need_community_vmware()
     binary = vsphere_sim.build()
     with tempfile.TemporaryDirectory(prefix="bench-vsphere-") as d:
         tmp = Path(d)

@@ -20,6 +20,11 @@ Each trial:
 Usage: crash_apply.py [--trials 20] [--machines 6] [--disks 1] [--parallelism 3]
                       [--budget 170] [--seed N] [--fail-fast] [--keep]
 Prints a table; exits 1 if any trial did not converge.
+
+``--scenario leftover`` kills at one exact moment instead: a site of one machine is
+scaled to two, and the apply is killed as soon as the new machine's first volume file
+exists (before its domain is defined). Then a scale-down back to one machine, and
+(killed the same way again) a destroy, must each succeed and leave no volume behind.
 """
 
 from __future__ import annotations
@@ -87,8 +92,8 @@ def _engine(blueprint: Path, state: Path) -> Any:
 
     from pacsinfra.apply.engine import Engine
     from pacsinfra.blueprint import load_blueprint
-    from pacsinfra.drivers.base import MachineSpec
     from pacsinfra.plan.desired import Resource
+    from pacsinfra.specs import MachineSpec
 
     eng = Engine(load_blueprint(blueprint), state)
     assert eng.desired is not None
@@ -131,9 +136,12 @@ def verify(eng: Any, blueprint: Path) -> dict[str, Any]:
         problems.append("no state file")
     elif set(state.resources) != set(desired):
         problems.append(f"state lists {sorted(state.resources)}, blueprint {sorted(desired)}")
-    driver = eng.driver
+    driver = eng.driver.provider  # the kvm driver under the site driver
     owned = driver.list_owned(eng.site)
-    addrs = [o.owner.address for o in owned if o.owner]
+    left = [o.spec.name for o in owned if o.leftover]
+    if left:
+        problems.append(f"leftovers of interrupted creates remain: {left}")
+    addrs = [o.owner.address for o in owned if o.owner and not o.leftover]
     if sorted(addrs) != sorted(desired):
         problems.append(f"hypervisor holds {sorted(addrs)} (duplicates or missing)")
     conn = driver.lc.conn if hasattr(driver.lc, "conn") else None
@@ -160,6 +168,9 @@ def verify(eng: Any, blueprint: Path) -> dict[str, Any]:
     ]
     if orphans:
         problems.append(f"orphan files in the pool: {orphans}")
+    making = [p.name for p in files if p.name.startswith(".pacsinfra-making.")]
+    if making:
+        problems.append(f"making markers left in the pool: {making}")
     plan = eng.plan()
     if plan.has_changes:
         problems.append(f"plan after rerun not empty: {plan.summary()}")
@@ -232,6 +243,75 @@ def _kill_during(
     return f"killed after {after_steps} write(s) +{1000 * extra:.0f}ms"
 
 
+def _kill_on_file(op: str, bp: Path, state: Path, parallelism: int, path: Path,
+                  timeout: float = 60.0) -> bool:
+    """Start ``op`` and SIGKILL it the moment ``path`` exists; True when it was killed."""
+    proc = _spawn(op, bp, state, parallelism)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "working":
+        proc.wait()
+        return False
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0002)
+    if proc.poll() is not None:
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def leftover_scenario(work: Path, root: Path, parallelism: int, attempts: int = 10) -> int:
+    """A create killed between its first volume and its domain: the scale-down and the
+    destroy that follow must each succeed and leave nothing behind (module docstring)."""
+    bp, state = work / "site.yaml", work / "crash.state.json"
+    pool_dir = root / "pools" / "crash-flash"
+    new_volume = pool_dir / "crash-node-2-d0.qcow2"
+    rows: list[str] = []
+    failures = 0
+
+    def leave_a_leftover() -> str:
+        for attempt in range(1, attempts + 1):
+            bp.write_text(blueprint_text(root, 1))
+            rc, _, err = _run("apply", bp, state, parallelism)
+            if rc != 0:
+                raise RuntimeError(f"apply of one machine failed: {err[-2000:]}")
+            bp.write_text(blueprint_text(root, 2))
+            if not _kill_on_file("apply", bp, state, parallelism, new_volume):
+                continue
+            domain = root / "etc" / "libvirt" / "qemu" / "crash-node-2.xml"
+            if new_volume.exists() and not domain.exists():
+                return f"killed with {new_volume.name} made, no domain (attempt {attempt})"
+        raise RuntimeError(f"no kill landed between the volume and the domain in {attempts} tries")
+
+    for op, machines in (("apply", 1), ("destroy", 0)):
+        how = leave_a_leftover()
+        bp.write_text(blueprint_text(root, max(machines, 1)))
+        rc, out, err = _run(op, bp, state, parallelism)
+        problems: list[str] = []
+        if rc != 0:
+            problems.append(f"{op} rc {rc}: {(err or out).strip()[-400:]}")
+        elif op == "apply":
+            vrc, vout, verr = _run("verify", bp, state, parallelism)
+            try:
+                problems += json.loads(vout.strip().splitlines()[-1])["problems"]
+            except (ValueError, IndexError):
+                problems.append(f"verify crashed: {verr.strip()[-400:]}")
+        else:
+            left = sorted(p.name for p in pool_dir.glob("*")) if pool_dir.exists() else []
+            if left:
+                problems.append(f"destroy left {left}")
+        failures += bool(problems)
+        what = "scale-down to 1" if op == "apply" else "destroy"
+        rows.append(f"{what:<16} {how:<58} {'FAIL' if problems else 'ok'}  "
+                    + ("; ".join(problems) or "converged"))
+    print("leftover scenario: a create killed between its first volume and its domain")
+    for row in rows:
+        print(f"  {row}")
+    print(f"{len(rows)} steps, {len(rows) - failures} ok, {failures} failed")
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first trial that fails")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--scenario", choices=["leftover"],
+                    help="kill at one exact moment instead of random ones (see above)")
     ap.add_argument("--worker", choices=["apply", "destroy", "verify"], help=argparse.SUPPRESS)
     ap.add_argument("--blueprint", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--state", type=Path, help=argparse.SUPPRESS)
@@ -271,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     bp.write_text(blueprint_text(root, args.machines, args.disks))
     state = work / "crash.state.json"
     started = time.monotonic()
+    if args.scenario == "leftover":
+        try:
+            return leftover_scenario(work, root, args.parallelism)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
 
     # calibrate: how long does the work of a full apply take here (second run: caches warm)?
     full = work_s = destroy_s = 0.0

@@ -18,7 +18,15 @@ from pacsinfra.errors import SecretError
 
 
 class SecretRef(BaseModel):
-    """Where a secret lives: exactly one of ``env``, ``file`` or ``keyring`` (``service/user``)."""
+    """Where a secret lives: exactly one of ``env``, ``file`` or ``keyring`` (``service/user``).
+
+    Attributes:
+        env: Name of an environment variable holding the secret.
+        file: Path of a file holding the secret (``~`` expanded; a trailing newline is
+            dropped).
+        keyring: ``service/user`` of an entry in the system keyring (needs the ``keyring``
+            package).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

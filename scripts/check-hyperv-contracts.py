@@ -40,7 +40,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pacsinfra.drivers.base import (  # noqa: E402
+from pacsinfra.drivers.hyperv.client import PowerShellFailed  # noqa: E402
+from pacsinfra.drivers.hyperv.driver import HypervDriver  # noqa: E402
+from pacsinfra.errors import AlreadyExists, PacsinfraError  # noqa: E402
+from pacsinfra.specs import (
     ChangeKind,
     DiskSpec,
     MachineSpec,
@@ -51,9 +54,6 @@ from pacsinfra.drivers.base import (  # noqa: E402
     StorageSpec,
     changed_fields,
 )
-from pacsinfra.drivers.hyperv import HypervDriver  # noqa: E402
-from pacsinfra.drivers.hyperv.client import PowerShellFailed  # noqa: E402
-from pacsinfra.errors import AlreadyExists, PacsinfraError  # noqa: E402
 
 SITE = "pacsinfra-contract-check"
 VM_KEYS = {"id", "name", "state", "generation", "notes", "processor", "memory", "disks", "adapters", "gpus", "secure_boot"}
@@ -139,9 +139,9 @@ class Checker:
 
     def connect(self) -> str:
         self.drv.connect()
-        missing = HOST_KEYS - set(self.drv.host)
+        missing = HOST_KEYS - set(self.drv.host.facts)
         assert not missing, f"host-info lacks {missing}"
-        return f"{self.drv.host['host']}: {self.drv.host['mhz']} MHz, {self.drv.host['logical_processors']} LPs"
+        return f"{self.drv.host.facts['host']}: {self.drv.host.facts['mhz']} MHz, {self.drv.host.facts['logical_processors']} LPs"
 
     def create(self, net: NetworkSpec, store: StorageSpec, vm: MachineSpec) -> str:
         for spec in (net, store, vm):
@@ -203,7 +203,7 @@ class Checker:
             self.raw(f"Remove-VM -Name '{name}' -Force")
 
     def too_big(self, vm: MachineSpec) -> str:
-        mib = int(self.drv.host["memory_mib"]) + 4096
+        mib = int(self.drv.host.facts["memory_mib"]) + 4096
         mib -= mib % 2
         spec = dataclasses.replace(vm, address="machine.check[3]", name=f"{self.tag}-big", index=3,
                                    memory_mib=mib, power_on=True, disks=(DiskSpec("os", 20480, self.storage),))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages pacsinfra's tests talk to (libvirt, QEMU, DCMTK, Orthanc, sshd,
-# Go + govmomi for the vSphere simulator). Idempotent: does nothing when all are present.
+# Install the Debian packages pacsinfra's tests talk to (libvirt, QEMU, DCMTK, Orthanc and its
+# DICOMweb plugin, sshd, Go + govmomi for the vSphere simulator, nginx and Chromium for the web
+# viewer). Idempotent: does nothing when all are present.
 set -euo pipefail
 
 PKGS=(
@@ -8,6 +9,7 @@ PKGS=(
   dcmtk orthanc openssh-server iproute2 genisoimage xorriso busybox-static graphviz
   golang-go golang-github-vmware-govmomi-dev dnsmasq-base
   postgresql systemd openssl
+  orthanc-dicomweb nginx-light chromium chromium-driver nodejs
 )
 
 missing=()
@@ -23,6 +25,6 @@ echo "system packages: installing ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install; the tests run their own instances on their own ports.
-for svc in orthanc postgresql libvirtd virtlogd ssh; do
+for svc in orthanc postgresql libvirtd virtlogd ssh nginx; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from support import scheduling
+from support.ports import free_port as free_port  # re-exported: tests import it from here
+from support.record import refusal
 
 REQUIRE_INTEGRATION = os.environ.get("PACSINFRA_REQUIRE_INTEGRATION") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to start when the re-record switch is on under CI (tests/support/record.py);
+    record module durations for the order of the next run (tests/support/scheduling.py)."""
+    why = refusal()
+    if why:
+        raise pytest.UsageError(why)
+    scheduling.register(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long groups first (tests/support/scheduling.py)."""
+    scheduling.plan(config, items)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Each group whole on one worker (tests/support/scheduling.py)."""
+    return scheduling.make_scheduler(config, log)
 
 
 def need(condition: bool, why: str) -> None:
@@ -33,13 +56,6 @@ def need_module(name: str) -> None:
         __import__(name)
     except ImportError:
         need(False, f"python module {name} not installed (pip install -e '.[dev]')")
-
-
-def free_port() -> int:
-    """A free TCP port on loopback (race-prone by nature; callers retry on bind failure)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ refuses it once either moved.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,11 +25,14 @@ from typing import Any
 from pacsinfra.apply.events import EventSink, NullSink
 from pacsinfra.apply.executor import ApplyFailed, ApplyResult, Executor
 from pacsinfra.drivers.base import Driver
-from pacsinfra.drivers.registry import make_driver
 from pacsinfra.errors import PlanError, StateError
 from pacsinfra.plan.desired import DesiredSite, desired_site, site_id
 from pacsinfra.plan.diff import compute_plan, observe, select_targets
 from pacsinfra.plan.plan import Action, Plan
+from pacsinfra.providers import declaration, make_provider
+from pacsinfra.services.layer import SiteDriver, service_steps
+from pacsinfra.services.settings import DeployConfig, service_extras
+from pacsinfra.specs import ServiceSpec
 from pacsinfra.state.local import LocalStateStore, default_state_path
 from pacsinfra.state.store import LockInfo, ResourceState, State, StateStore
 
@@ -46,6 +48,20 @@ def provider_settings(site: Any) -> dict[str, Any]:
     return data
 
 
+def deploy_settings(site: Any) -> dict[str, Any]:
+    """The blueprint's deploy section as JSON (secret references stay references)."""
+    deploy = getattr(site, "deploy", None)
+    if deploy is None:
+        return {}
+    data = deploy.model_dump(mode="json", exclude_none=True) if hasattr(deploy, "model_dump") \
+        else dict(deploy)
+    assert isinstance(data, dict)
+    extras = service_extras(getattr(site, "services", None))
+    if extras:
+        data["extras"] = extras
+    return data
+
+
 def driver_config(provider: Any, driver: str) -> Any:
     """The settings a driver is built with: ``provider.<driver>`` (model or dict)."""
     if isinstance(provider, dict):
@@ -53,16 +69,21 @@ def driver_config(provider: Any, driver: str) -> Any:
     return getattr(provider, driver, None)
 
 
-def provider_from_settings(data: dict[str, Any]) -> Any:
-    """Rebuild the blueprint's Provider model from a plan's JSON (falls back to the dict)."""
-    try:
-        bp_model = importlib.import_module("pacsinfra.blueprint.model")
-    except ImportError:
-        return data
-    cls = getattr(bp_model, "Provider", None)
-    if cls is None:
-        return data
-    return cls.model_validate(data)
+def settings_from_plan(data: dict[str, Any], driver: str) -> Any:
+    """A saved plan's ``provider.<driver>`` as the provider's declared settings model."""
+    return declaration(driver).settings.model_validate(data.get(driver) or {})
+
+
+def site_driver(name: str, settings: Any, *, deploy: Any = None, client: Any = None,
+                provider: Driver | None = None, expected_hosts: int = 1) -> SiteDriver:
+    """Provider ``name`` and the services on its machines, as the one driver the engine
+    uses (``provider``: an instance the caller made, and connects and closes itself)."""
+    own = provider is None
+    if provider is None:
+        provider = make_provider(name, settings, client=client, deploy=deploy)
+    steps = service_steps(provider, declaration(name), DeployConfig.parse(deploy),
+                          expected_hosts=expected_hosts)
+    return SiteDriver(provider, steps, owns_provider=own)
 
 
 class Engine:
@@ -94,11 +115,13 @@ class Engine:
             self.site = self.desired.site
             self.driver_name = self.desired.driver
             self.provider: dict[str, Any] = provider_settings(blueprint.site)
+            self.deploy: dict[str, Any] = deploy_settings(blueprint.site)
             bp_path = Path(blueprint.path)
             name, overlay = self.desired.name, self.desired.overlay
         else:
             assert plan is not None
             self.site, self.driver_name, self.provider = plan.site, plan.driver, plan.provider
+            self.deploy = plan.deploy
             bp_path = Path(plan.blueprint) if plan.blueprint else Path.cwd() / "plan"
             name, overlay = plan.name, plan.overlay
         if store is None:
@@ -107,9 +130,10 @@ class Engine:
         self.store: StateStore = store
         self.sink: EventSink = sink or NullSink()
         self.lock_timeout = lock_timeout
-        self._driver = driver
-        self._own_driver = driver is None
-        self._connected = driver is not None
+        self._given = driver
+        self._driver: SiteDriver | None = None
+        self._connected = False
+        self._plan = plan
         self._lock_held = threading.local()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -124,23 +148,33 @@ class Engine:
         """An engine able to apply a saved plan without its blueprint."""
         return cls(None, state_path, driver, plan=plan, **kw)
 
+    def _service_hosts(self) -> int:
+        """How many machines run services (the deploy engine ``auto`` decides by it)."""
+        specs = ([r.spec for r in self.desired.resources.values()] if self.desired is not None
+                 else [s.desired for s in self._plan.steps] if self._plan is not None else [])
+        return len({s.machine for s in specs if isinstance(s, ServiceSpec)}) or 1
+
     @property
-    def driver(self) -> Driver:
-        """The driver, built and connected on first use."""
+    def driver(self) -> SiteDriver:
+        """The provider and the services on its machines as one driver, built and connected
+        on first use."""
         if self._driver is None:
             if self.blueprint is not None:
                 config = driver_config(self.blueprint.site.provider, self.driver_name)
             else:
-                config = driver_config(provider_from_settings(self.provider), self.driver_name)
-            self._driver = make_driver(self.driver_name, config)
+                config = settings_from_plan(self.provider, self.driver_name)
+            # a driver passed in is the caller's: connected and closed by the caller
+            self._driver = site_driver(self.driver_name, config, deploy=self.deploy,
+                                       provider=self._given,
+                                       expected_hosts=self._service_hosts())
         if not self._connected:
             self._driver.connect()
             self._connected = True
         return self._driver
 
     def close(self) -> None:
-        """Close a driver the engine built itself."""
-        if self._driver is not None and self._own_driver and self._connected:
+        """Close what the engine built (a driver passed in stays open)."""
+        if self._driver is not None and self._connected:
             self._driver.close()
             self._connected = False
 
@@ -186,6 +220,7 @@ class Engine:
                 state,
                 self.driver,
                 provider=self.provider,
+                deploy=self.deploy,
                 destroy=destroy,
                 blueprint=str(Path(self.blueprint.path).resolve()) if self.blueprint else "",
             )
@@ -215,11 +250,15 @@ class Engine:
         self,
         plan: Plan,
         *,
-        parallelism: int = 10,
+        parallelism: int | None = None,
         allow_replace: bool = False,
         stop: threading.Event | None = None,
     ) -> ApplyResult:
-        """Carry out ``plan``; raises ApplyError (with the summary) if any step failed."""
+        """Carry out ``plan`` with ``parallelism`` steps at once (None: the blueprint's
+        ``deploy.parallelism``, else 10); raises ApplyError (with the summary) if any step
+        failed."""
+        if parallelism is None:
+            parallelism = DeployConfig.parse(self.deploy).parallelism
         with self.locked("destroy" if plan.destroy else "apply"):
             state = self.read_state()
             self.check_plan(plan, state, allow_replace=allow_replace)

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pacsinfra.apply.events import Event, EventSink, NullSink
-from pacsinfra.drivers.base import Driver, Observed, Ownership
+from pacsinfra.drivers.base import Driver
 from pacsinfra.errors import ApplyError, PacsinfraError, StateError
 from pacsinfra.plan.diff import TYPE_ORDER
 from pacsinfra.plan.plan import Action, Step
+from pacsinfra.specs import Observed, Ownership
 from pacsinfra.state.store import ResourceState, State, StateStore
 
 DELETING = (Action.DELETE, Action.FORGET)

@@ -7,89 +7,25 @@ The rules are listed in docs/blueprint.md ("Checks"); their codes are stable
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from pacsinfra.blueprint.capabilities import (
-    EXISTING_HOSTS,
-    FEATURE_TEXT,
-    GPU_MODES,
-    can,
-    drivers_that_can,
-)
+from pacsinfra.blueprint.checks_deploy import check_deploy
 from pacsinfra.blueprint.checks_dr import check_dr
-from pacsinfra.blueprint.checks_guests import check_guest_services
-from pacsinfra.blueprint.checks_kvm import check_kvm_nics, check_kvm_services
+from pacsinfra.blueprint.checks_kvm import check_kvm_nics, check_kvm_vlans
 from pacsinfra.blueprint.checks_net import check_addresses, check_networks
 from pacsinfra.blueprint.checks_services import check_phi, check_services, phi_classes
 from pacsinfra.blueprint.checks_static import check_static
-from pacsinfra.blueprint.diagnose import format_path
-from pacsinfra.blueprint.model import MachineRole, Site
+from pacsinfra.blueprint.model import MachineRole, Metadata, Site
 from pacsinfra.blueprint.overlay import did_you_mean
-from pacsinfra.blueprint.types import is_label
+from pacsinfra.blueprint.report import Reporter
 from pacsinfra.blueprint.yaml_safe import Loc
+from pacsinfra.drivers.base import Capability
+from pacsinfra.drivers.declaration import Declaration
 from pacsinfra.errors import Diagnostic
+from pacsinfra.providers import DECLARATIONS, that_can
+from pacsinfra.types import is_label
 
 MAX_HOSTNAME = 63
-_PROVIDER_CODES = frozenset({"capability", "image-driver", "provider", "no-nic", "archive-tier",
-                             "static-host", "kvm-services"})
-
-
-class Reporter:
-    """Collects diagnostics located through the merged Loc tree."""
-
-    def __init__(self, root: Loc | None, file: str, dropped: dict[str, Any] | None = None) -> None:
-        self.root = root
-        self.file = file
-        self.diags: list[Diagnostic] = []
-        # partial validation: entries that exist in the file but did not validate
-        self.dropped: dict[str, Any] = dropped or {}
-
-    def exists_invalid(self, section: str, name: str) -> bool:
-        """``name`` is in the file's ``section`` but was dropped for its own errors."""
-        return name in self.dropped.get(section, ())
-
-    @property
-    def provider_known(self) -> bool:
-        return "provider" not in self.dropped.get("*", ())
-
-    def locate(self, parts: Iterable[Any]) -> Loc | None:
-        node = self.root
-        for p in parts:
-            if node is None:
-                return None
-            nxt = node.child(p)
-            if nxt is None:
-                return node
-            node = nxt
-        return node
-
-    def add(self, parts: tuple[Any, ...], message: str, *, hint: str = "", code: str,
-            severity: str = "error", key: bool = False, ref: tuple[str, str] | None = None) -> None:
-        if ref is not None and self.exists_invalid(*ref):
-            return  # the target exists; its own errors are reported already
-        if not self.provider_known and code in _PROVIDER_CODES:
-            return
-        if "metadata" in self.dropped.get("*", ()) and code == "hostname":
-            return
-        if code == "not-placed" and ref is None and parts[-1] in self.dropped.get(
-            "service-users", ()
-        ):
-            return
-        loc = self.locate(parts)
-        line = col = 0
-        file = self.file
-        if loc is not None:
-            file = loc.file
-            line, col = (loc.key_line, loc.key_col) if key and loc.key_line else (loc.line, loc.col)
-        self.diags.append(
-            Diagnostic(message=message, path=format_path(parts), file=file, line=line,
-                       column=col, hint=hint, severity=severity, code=code)
-        )
-
-    def warn(self, parts: tuple[Any, ...], message: str, *, hint: str = "", code: str,
-             key: bool = False) -> None:
-        self.add(parts, message, hint=hint, code=code, severity="warning", key=key)
 
 
 def run_checks(site: Site, root: Loc | None, file: str,
@@ -105,6 +41,8 @@ def run_checks(site: Site, root: Loc | None, file: str,
         check_provider(site, r)
     check_networks(site, r)
     check_kvm_nics(site, r)
+    if r.provider_known:
+        check_kvm_vlans(site, r)
     check_storage(site, r)
     check_machines(site, r)
     check_addresses(site, r)
@@ -116,42 +54,20 @@ def run_checks(site: Site, root: Loc | None, file: str,
     return r.diags
 
 
-def check_deploy(site: Site, r: Reporter) -> None:
-    """Pinned host keys must name a role or a machine of the site."""
-    if site.deploy is None or "metadata" in r.dropped.get("*", ()):
-        return  # machine names depend on metadata.name
-    members = {
-        m for name, role in site.machines.items() for m in role.member_names(site.metadata.name, name)
-    }
-    for target in site.deploy.host_keys:
-        if target not in site.machines and target not in members:
-            r.add(("deploy", "host_keys", target), f"unknown machine or role {target!r}",
-                  hint=did_you_mean(target, sorted(members | set(site.machines)),
-                                    "roles and machines"),
-                  code="unknown-ref", key=True)
-
-
 # -- provider ---------------------------------------------------------------------------------
 
 
 def check_provider(site: Site, r: Reporter) -> None:
     p = site.provider
     drv = p.driver
-    if drv == "vsphere" and (p.vsphere is None or not p.vsphere.server):
-        r.add(("provider", "vsphere") if p.vsphere else ("provider", "driver"),
-              "the vsphere driver needs provider.vsphere.server",
-              hint="add provider: {vsphere: {server: vcenter.example, user: ..., "
-                   "password: {env: VSPHERE_PASSWORD}}}", code="provider")
-    if drv == "hyperv" and (p.hyperv is None or not p.hyperv.host):
-        r.add(("provider", "hyperv") if p.hyperv else ("provider", "driver"),
-              "the hyperv driver needs provider.hyperv.host",
-              hint="add provider: {hyperv: {host: hv01, user: ..., password: {env: HV_PASSWORD}}}",
-              code="provider")
+    section = getattr(p, drv, None)
+    for name, example in _decl(drv).required:
+        if section is None or not getattr(section, name, None):
+            r.add(("provider", drv) if section is not None else ("provider", "driver"),
+                  f"the {drv} driver needs provider.{drv}.{name}",
+                  hint=f"add provider: {{{drv}: {example}}}", code="provider")
     if drv == "static":
         check_static(site, r)
-    if drv == "kvm":
-        check_kvm_services(site, r)
-    check_guest_services(site, r)  # vsphere / hyperv with provider.<driver>.ssh
     roles = sorted(site.machines)
     per_role: list[tuple[tuple[Any, ...], Any]] = []
     if p.kvm is not None and p.kvm.cpu_pinning:
@@ -187,18 +103,29 @@ def check_storage(site: Site, r: Reporter) -> None:
             r.add(base + ("iops_reservation",),
                   f"IOPS reservation {sc.iops_reservation} exceeds the limit {sc.iops_limit}",
                   hint="a reservation must be <= iops_limit", code="reservation")
-        for feat, val in (("iops_limit", sc.iops_limit), ("iops_reservation", sc.iops_reservation)):
-            if val is not None and not can(drv, feat):
-                r.warn(base + (feat,), f"the {drv} driver cannot apply {FEATURE_TEXT[feat]}; "
-                       "it will be ignored", hint=_drivers_hint(feat), code="capability")
-        if sc.tier == "archive" and sc.object is None and drv not in EXISTING_HOSTS:
+        for cap, val in ((Capability.IOPS_LIMIT, sc.iops_limit),
+                         (Capability.IOPS_RESERVATION, sc.iops_reservation)):
+            if val is not None and not _decl(drv).can(cap):
+                r.warn(base + (cap.value,), f"the {drv} driver cannot apply {cap.text}; "
+                       "it will be ignored", hint=_drivers_hint(cap), code="capability")
+        if sc.tier == "archive" and sc.object is None and _decl(drv).makes_machines:
             r.warn(base + ("tier",), "an archive tier without 'object' storage (endpoint, bucket)",
                    hint="archive tier means object storage; add object: {endpoint: ..., bucket: ...}",
                    code="archive-tier")
 
 
-def _drivers_hint(feature: str) -> str:
-    can_do = drivers_that_can(feature)
+def _decl(driver: str) -> Declaration:
+    """The provider's declaration; for a driver validation already refused, one that can
+    everything (so nothing more is reported about it)."""
+    return DECLARATIONS.get(driver) or _ANY
+
+
+_ANY = Declaration(name="?", summary="", implementation="", settings=Metadata,
+                   capabilities=frozenset(Capability), makes_machines=False)
+
+
+def _drivers_hint(capability: Capability) -> str:
+    can_do = that_can(capability)
     return f"supported by: {', '.join(can_do)}" if can_do else ""
 
 
@@ -219,11 +146,17 @@ def check_machines(site: Site, r: Reporter) -> None:
         if len(longest) > MAX_HOSTNAME:
             r.add(base, f"machine name {longest!r} is longer than {MAX_HOSTNAME} characters",
                   hint="shorten the site or role name", code="hostname", key=True)
-        if role.image not in site.images:
+        makes = _decl(drv).makes_machines
+        if role.image is None:
+            if makes and r.provider_known:
+                r.add(base, f"role {role_name!r} has no image; the {drv} driver makes its "
+                      "machines from one", hint="add image: <a name from images>",
+                      code="image-driver", key=True)
+        elif role.image not in site.images:
             r.add(base + ("image",), f"unknown image {role.image!r}",
                   hint=did_you_mean(role.image, site.images, "images"), code="unknown-ref",
                   ref=("images", role.image))
-        elif drv not in EXISTING_HOSTS and getattr(site.images[role.image], drv, None) is None:
+        elif makes and getattr(site.images[role.image], drv, None) is None:
             r.add(base + ("image",), f"image {role.image!r} has no {drv} entry",
                   hint=f"add images.{role.image}.{drv}", code="image-driver")
         _check_cpu_mem(role, base, drv, core_mhz, r)
@@ -276,14 +209,15 @@ def check_machines(site: Site, r: Reporter) -> None:
                       hint=did_you_mean(h, host_names, "declared provider.hosts"),
                       code="unknown-ref")
         if role.placement.anti_affinity:
-            if not can(drv, "anti_affinity"):
+            if not _decl(drv).can(Capability.ANTI_AFFINITY):
                 r.warn(base + ("placement", "anti_affinity"),
-                       f"the {drv} driver cannot keep machines apart", code="capability")
+                       f"the {drv} driver cannot keep machines apart; it will be ignored",
+                       hint=_drivers_hint(Capability.ANTI_AFFINITY), code="capability")
             elif host_names and role.count > len(host_names):
                 r.warn(base + ("placement", "anti_affinity"),
                        f"{role.count} machines kept apart on only {len(host_names)} hosts",
                        hint="add hosts or lower count", code="anti-affinity")
-        if not role.nics and drv not in EXISTING_HOSTS:
+        if not role.nics and makes:
             r.warn(base, "a role without NICs is unreachable", hint="add nics: [{network: ...}]",
                    code="no-nic", key=True)
 
@@ -324,28 +258,24 @@ def _check_cpu_mem(role: MachineRole, base: tuple[Any, ...], drv: str, core_mhz:
               code="reservation")
     if mem.size == 0:
         r.add(base + ("memory", "size"), "memory size 0", code="size")
-    for feat, used in (
-        ("cpu_reservation", cpu.reservation is not None),
-        ("cpu_limit", cpu.limit is not None),
-        ("cpu_shares", cpu.shares is not None),
-        ("memory_reservation", mem.reservation is not None),
-        ("memory_lock", mem.lock),
-        ("hugepages", mem.hugepages),
+    for cap, used, field in (
+        (Capability.CPU_RESERVATION, cpu.reservation is not None, ("cpu", "reservation")),
+        (Capability.CPU_LIMIT, cpu.limit is not None, ("cpu", "limit")),
+        (Capability.CPU_SHARES, cpu.shares is not None, ("cpu", "shares")),
+        (Capability.MEMORY_RESERVATION, mem.reservation is not None, ("memory", "reservation")),
+        (Capability.MEMORY_LOCK, mem.lock, ("memory", "lock")),
+        (Capability.HUGEPAGES, mem.hugepages, ("memory", "hugepages")),
     ):
-        if used and not can(drv, feat):
-            field = {"cpu_reservation": ("cpu", "reservation"), "cpu_limit": ("cpu", "limit"),
-                     "cpu_shares": ("cpu", "shares"),
-                     "memory_reservation": ("memory", "reservation"),
-                     "memory_lock": ("memory", "lock"), "hugepages": ("memory", "hugepages")}[feat]
-            r.warn(base + field, f"the {drv} driver cannot apply {FEATURE_TEXT[feat]}; "
-                   "it will be ignored", hint=_drivers_hint(feat), code="capability")
+        if used and not _decl(drv).can(cap):
+            r.warn(base + field, f"the {drv} driver cannot apply {cap.text}; "
+                   "it will be ignored", hint=_drivers_hint(cap), code="capability")
 
 
 def _check_gpu(role: MachineRole, base: tuple[Any, ...], drv: str, r: Reporter) -> None:
     gpu = role.gpu
     if gpu is None:
         return
-    modes = GPU_MODES.get(drv, frozenset())
+    modes = _decl(drv).gpu_modes
     if gpu.mode not in modes:
         if not modes:
             hint = "GPUs need a hypervisor driver (kvm, vsphere or hyperv)"

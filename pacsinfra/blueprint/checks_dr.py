@@ -16,8 +16,8 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pacsinfra.blueprint.checks import Reporter
     from pacsinfra.blueprint.model import Site
+    from pacsinfra.blueprint.report import Reporter
 
 S3_SCHEME = "s3://"
 # S3 bucket naming rules: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit

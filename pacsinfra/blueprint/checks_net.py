@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from pacsinfra.blueprint.capabilities import FEATURE_TEXT, can
 from pacsinfra.blueprint.overlay import did_you_mean
 from pacsinfra.blueprint.services import DICOM_KINDS
+from pacsinfra.drivers.base import Capability
+from pacsinfra.providers import DECLARATIONS
 
 if TYPE_CHECKING:
-    from pacsinfra.blueprint.checks import Reporter
     from pacsinfra.blueprint.model import Site
+    from pacsinfra.blueprint.report import Reporter
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -22,6 +23,12 @@ def _nets(site: Site) -> dict[str, Net]:
         if n.cidr:
             out[name] = ipaddress.ip_network(n.cidr)
     return out
+
+
+def _can(driver: str, capability: Capability) -> bool:
+    """Whether ``driver`` carries out ``capability`` (an unknown driver is reported elsewhere)."""
+    decl = DECLARATIONS.get(driver)
+    return decl is None or decl.can(capability)
 
 
 def check_networks(site: Site, r: Reporter) -> None:
@@ -35,12 +42,12 @@ def check_networks(site: Site, r: Reporter) -> None:
                 r.add(base + ("vlan",), f"VLAN {n.vlan} is also used by network {vlans[n.vlan]!r}",
                       hint="each segment needs its own VLAN", code="duplicate")
             vlans.setdefault(n.vlan, name)
-            if not can(drv, "vlan"):
-                r.warn(base + ("vlan",), f"the {drv} driver cannot apply {FEATURE_TEXT['vlan']}",
-                       code="capability")
-        if n.mtu and n.mtu > 1500 and not can(drv, "jumbo_frames"):
-            r.warn(base + ("mtu",), f"the {drv} driver cannot apply {FEATURE_TEXT['jumbo_frames']}",
-                   code="capability")
+            if not _can(drv, Capability.VLAN):
+                r.warn(base + ("vlan",), f"the {drv} driver cannot apply {Capability.VLAN.text}; "
+                       "it will be ignored", code="capability")
+        if n.mtu and n.mtu > 1500 and not _can(drv, Capability.JUMBO_FRAMES):
+            r.warn(base + ("mtu",), f"the {drv} driver cannot apply "
+                   f"{Capability.JUMBO_FRAMES.text}; it will be ignored", code="capability")
         net = nets.get(name)
         if n.gateway is not None:
             gw = ipaddress.ip_address(n.gateway)

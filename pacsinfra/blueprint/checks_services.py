@@ -13,11 +13,12 @@ from pacsinfra.blueprint.services import (
     RouterService,
     ViewerService,
 )
-from pacsinfra.blueprint.types import is_label
+from pacsinfra.providers import DECLARATIONS
+from pacsinfra.types import is_label
 
 if TYPE_CHECKING:
-    from pacsinfra.blueprint.checks import Reporter
     from pacsinfra.blueprint.model import Site
+    from pacsinfra.blueprint.report import Reporter
 
 
 # -- services --------------------------------------------------------------------------------
@@ -77,11 +78,24 @@ def check_services(site: Site, r: Reporter) -> None:
                     need_kind(base + ("config", "destinations", dname, "service"), dest.service,
                               {"archive", "router", "viewer"}, "destination")
         elif isinstance(svc, ViewerService):
+            archives = [n for n, s in services.items() if s.kind == "archive"]
             if svc.config.archive:
-                need_kind(base + ("config", "archive"), svc.config.archive, {"archive"}, "archive")
-            elif not any(s.kind == "archive" for s in services.values()):
-                r.warn(base, "a viewer without any archive service to read from",
-                       code="viewer-archive", key=True)
+                if need_kind(base + ("config", "archive"), svc.config.archive, {"archive"},
+                             "archive"):
+                    _check_viewer_wiring(site, name, svc.config.archive, r)
+            elif svc.config.upstream:
+                pass  # an archive outside the site
+            elif len(archives) == 1:
+                if archives[0] in placed:
+                    _check_viewer_wiring(site, name, archives[0], r)
+            elif archives:
+                r.add(base + ("config",), f"the site has {len(archives)} archives: say which "
+                      "one the viewer reads", hint=f"add archive: {archives[0]}",
+                      code="viewer-archive")
+            else:
+                r.add(base + ("config",), "a viewer without an archive to read from",
+                      hint="add an archive service, or give upstream: (an archive's DICOMweb "
+                      "URL) with upstream_token", code="viewer-archive")
         elif isinstance(svc, DatabaseService) and svc.config.replica_of:
             need_kind(base + ("config", "replica_of"), svc.config.replica_of, {"database"},
                       "primary")
@@ -89,6 +103,44 @@ def check_services(site: Site, r: Reporter) -> None:
     _check_dicom_wiring(site, r)
     _check_database_wiring(site, r)
     _check_tiers_and_gpus(site, r)
+
+
+def _check_viewer_wiring(site: Site, viewer: str, archive: str, r: Reporter) -> None:
+    """The viewer can reach the archive's DICOMweb: served at all, listening beyond
+    loopback when some viewer machine does not run the archive, and a token to read with
+    when the archive asks for one."""
+    from pacsinfra.services.render import read_token
+
+    viewer_svc, archive_svc = site.services[viewer], site.services[archive]
+    assert isinstance(viewer_svc, ViewerService) and isinstance(archive_svc, ArchiveService)
+    cfg = viewer_svc.config
+    web = archive_svc.config.dicomweb
+    base = ("services", viewer, "config")
+    where = base + ("archive",) if cfg.archive else base
+    if not web.enabled:
+        r.add(where, f"archive {archive!r} serves no DICOMweb (dicomweb.enabled: false), which "
+              "the viewer reads", hint=f"enable services.{archive}.config.dicomweb",
+              code="viewer-archive")
+        return
+    if cfg.upstream:
+        return
+    hosts = site.service_hosts()
+    apart = [role for role in hosts.get(viewer, ()) if archive not in site.machines[role].services]
+    bind = str(web.bind)
+    if apart and site.provider.driver != "local" and (
+            bind in ("localhost", "::1") or bind.startswith("127.")):
+        r.add(where, f"the viewer runs on role {apart[0]!r}, where archive {archive!r} does "
+              f"not, and the archive's DICOMweb listens on {bind} only",
+              hint=f"set services.{archive}.config.dicomweb.bind (e.g. 0.0.0.0) with tokens "
+              f"for the viewer, or run the viewer on the archive's machines",
+              code="viewer-archive")
+    authenticated = bool(web.token is not None or getattr(web, "tokens", None)
+                         or getattr(web, "oidc", None) is not None)
+    if authenticated and cfg.upstream_token is None and read_token(web) is None:
+        r.add(base, f"archive {archive!r} requires a token on DICOMweb and none of its tokens "
+              "can read", hint="give the viewer upstream_token: {env: VIEWER_ARCHIVE_TOKEN} "
+              "(a token with the read scope), or add one to the archive's tokens",
+              code="viewer-archive")
 
 
 def _check_dicom_wiring(site: Site, r: Reporter) -> None:
@@ -108,15 +160,11 @@ def _check_dicom_wiring(site: Site, r: Reporter) -> None:
                       f"destination AE title {dest.ae_title!r} is not the AE title of service "
                       f"{dest.service!r} ({tcfg.ae_title!r})",
                       hint=f"write ae_title: {tcfg.ae_title}", code="ae-mismatch")
-            if dest.port != tcfg.port:
-                if "port" in dest.model_fields_set:
-                    r.add(base + ("port",),
-                          f"destination port {dest.port}, but service {dest.service!r} listens "
-                          f"on {tcfg.port}", hint=f"write port: {tcfg.port}", code="port-mismatch")
-                else:
-                    r.warn(base, f"destination port not set: the router would use {dest.port}, "
-                           f"but service {dest.service!r} listens on {tcfg.port}",
-                           hint=f"add port: {tcfg.port}", code="port-mismatch")
+            # without a port, the router is given the port the service listens on
+            if dest.port != tcfg.port and "port" in dest.model_fields_set:
+                r.add(base + ("port",),
+                      f"destination port {dest.port}, but service {dest.service!r} listens "
+                      f"on {tcfg.port}", hint=f"write port: {tcfg.port}", code="port-mismatch")
             if dest.tls.enabled != tcfg.tls.enabled:
                 want = "on" if tcfg.tls.enabled else "off"
                 r.add(base + ("tls",),
@@ -184,7 +232,7 @@ def _check_tiers_and_gpus(site: Site, r: Reporter) -> None:
                            f"{sc.tier} storage class", hint="object storage is tier: archive",
                            code="archive-tier")
                 elif tier.kind == "filesystem" and tier.path is None and \
-                        site.provider.driver != "local":
+                        data_on_disks(site.provider.driver):
                     _tier_disk(site, name, tier.name, str(tier.storage_class), where, r)
         elif isinstance(svc, ViewerService) and svc.config.gpu_required:
             for role_name, role in site.machines.items():
@@ -273,3 +321,9 @@ def check_phi(site: Site, r: Reporter) -> None:
 
 
 __all__ = ["check_phi", "check_services", "phi_classes"]
+
+
+def data_on_disks(driver: str) -> bool:
+    """Whether the blueprint's disk mounts decide where the driver's services keep data."""
+    decl = DECLARATIONS.get(driver)
+    return decl is None or decl.data_on_disks

@@ -55,6 +55,33 @@ _TYPE_ERRORS = {
 _QUOTED = re.compile(r"'([^']*)'")
 
 
+#: settings that have moved, by (parent, field): where they are now. Since one home for
+#: the deploy login (``deploy``), the per-provider copies are gone.
+_MOVED = {
+    ("deploy", "ssh_user"): "deploy.user",
+    ("deploy", "ssh_port"): "deploy.port",
+    ("deploy", "ssh_key"): "deploy.key_file (a path) or deploy.key (a secret reference)",
+    ("kvm", "ssh"): "deploy (user, key_file, known_hosts, host_keys, ...: one login for "
+                    "the whole site)",
+    ("vsphere", "ssh"): "deploy (user, key_file, known_hosts, host_keys, ...: one login "
+                        "for the whole site)",
+    ("hyperv", "ssh"): "deploy (user, key_file, known_hosts, host_keys, ...: one login for "
+                       "the whole site)",
+    **{("static", f): f"deploy.{f} (the site's login; a host entry may override it)"
+       for f in ("port", "user", "key_file", "key", "known_hosts", "python", "root",
+                 "find_links", "system_site_packages", "wheel", "engine",
+                 "ansible_threshold", "init")},
+}
+
+
+def moved_hint(loc: Sequence[Any]) -> str:
+    """Where a field that moved is set now (empty when it did not move)."""
+    if len(loc) < 2:
+        return ""
+    now = _MOVED.get((str(loc[-2]), str(loc[-1])))
+    return f"moved: set it as {now}" if now else ""
+
+
 def format_path(parts: Sequence[Any]) -> str:
     """``("machines", "archive", "disks", 0, "size")`` -> ``machines.archive.disks[0].size``."""
     out = ""
@@ -180,7 +207,7 @@ def pydantic_diagnostics(
             name = str(path[-1]) if path else "?"
             msg = f"unknown field {name!r}"
             valid = fields_at(model, loc[:-1]) or []
-            hint = did_you_mean(name, valid, "valid fields") if valid else ""
+            hint = moved_hint(loc) or (did_you_mean(name, valid, "valid fields") if valid else "")
         elif etype == "missing":
             msg = f"missing required field {path[-1]!r}" if path else "missing required field"
         elif etype == "literal_error":

@@ -356,8 +356,8 @@ def partial_site(data: dict[str, Any], exc: Any) -> tuple[Any, dict[str, Any]] |
     except ValidationError:
         return None
     dropped: dict[str, Any] = {k: v for k, v in bad_entries.items() if v}
-    if bad_top & {"provider", "metadata"}:
-        dropped["*"] = bad_top & {"provider", "metadata"}
+    if bad_top & {"provider", "metadata", "deploy"}:
+        dropped["*"] = bad_top & {"provider", "metadata", "deploy"}
     raw_uses: set[str] = set()
     machines = data.get("machines")
     if isinstance(machines, dict):

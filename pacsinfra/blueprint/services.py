@@ -1,9 +1,10 @@
 """Services of a site (``services:``): archive, router, database, viewer.
 
-The archive and router embed their own config models as they are
+The archive, router and viewer embed their own config models as they are
 (:class:`~pacsinfra.pacs.archive.config.ArchiveConfig`,
-:class:`~pacsinfra.pacs.router.config.RouterConfig`), so a blueprint validates exactly
-what the service will read. The database and viewer models live here.
+:class:`~pacsinfra.pacs.router.config.RouterConfig`,
+:class:`~pacsinfra.viewer.config.ViewerConfig`), so a blueprint validates exactly what
+the service will read. The database model lives here.
 
 ``Site.services`` is a union discriminated by ``kind``; every member is a
 :class:`Service`, so ``isinstance(svc, Service)`` and ``svc.kind`` / ``svc.config``
@@ -16,11 +17,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pacsinfra.blueprint.types import Size
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.config_common import Port, TlsConfig
 from pacsinfra.pacs.router.config import RouterConfig
 from pacsinfra.secrets import SecretRef
+from pacsinfra.types import Size
+from pacsinfra.viewer.config import ViewerConfig
 
 
 class _Strict(BaseModel):
@@ -37,11 +39,31 @@ RESERVED_PG_NAMES = frozenset({"postgres", "template0", "template1"})
 class DatabaseConfig(_Strict):
     """A PostgreSQL server for the archive index (and optionally the router queue).
 
-    On the ``local`` and ``static`` providers pacsinfra runs it from the target's own
+    On every provider pacsinfra runs it from the machine's own
     PostgreSQL packages (``/usr/lib/postgresql/<version>/bin``): ``initdb`` of
     ``data_dir`` when empty, ``postgresql.conf`` / ``pg_hba.conf`` written from this
     model (SCRAM-SHA-256 on TCP), role ``user`` with ``password`` and the
     ``databases`` it owns created idempotently. See docs/deploy.md.
+
+    Attributes:
+        engine: The database engine; PostgreSQL is the only one.
+        version: PostgreSQL major version: the binaries in
+            ``/usr/lib/postgresql/<version>/bin``, or ``postgres`` on the PATH of that version.
+        bind: ``listen_addresses``; ``0.0.0.0`` or ``::`` listen everywhere. On ``local`` the
+            default becomes 127.0.0.1, on ``static`` hosts the host's address.
+        port: TCP port.
+        data_dir: The cluster's directory: initialised when empty, kept when the service is
+            deleted. Left at its default, it moves to the machine's data directory on ``local``
+            and ``static``.
+        databases: Databases created for, and owned by, ``user``; not ``postgres``,
+            ``template0`` or ``template1``.
+        user: The services' login role (not a superuser; not ``postgres``).
+        password: Password of ``user`` (SCRAM-SHA-256 over TCP); required to deploy.
+        max_connections: PostgreSQL's ``max_connections``.
+        shared_buffers: PostgreSQL's ``shared_buffers`` (default: PostgreSQL's own).
+        tls: TLS of the server; not supported yet: refused at plan time.
+        replica_of: Name of another database service to stream from; not supported yet:
+            refused at plan time.
     """
 
     engine: Literal["postgresql"] = "postgresql"
@@ -89,19 +111,14 @@ class DatabaseConfig(_Strict):
         return value
 
 
-class ViewerConfig(_Strict):
-    """A diagnostic viewer reading the archive over DICOMweb."""
-
-    product: Literal["ohif", "weasis", "builtin"] = "ohif"
-    archive: str | None = None  # the archive service it reads from (default: the only one)
-    bind: str = "0.0.0.0"
-    port: Port = 3000
-    tls: TlsConfig = Field(default_factory=TlsConfig)
-    gpu_required: bool = False  # a viewer doing 3D/MPR rendering server-side
-
-
 class Service(_Strict):
-    """One service of the site: its ``kind`` and the config the service will run with."""
+    """One service of the site: its ``kind`` and the config the service will run with.
+
+    Attributes:
+        kind: Which service: ``archive``, ``router``, ``database`` or ``viewer``.
+        config: The service's own configuration, by ``kind``.
+        description: Free text.
+    """
 
     kind: str
     config: Any = None
@@ -130,7 +147,7 @@ class DatabaseService(Service):
 
 
 class ViewerService(Service):
-    """``kind: viewer`` — a DICOMweb viewer."""
+    """``kind: viewer`` — OHIF behind nginx, reading an archive over DICOMweb."""
 
     kind: Literal["viewer"]
     config: ViewerConfig = Field(default_factory=ViewerConfig)

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "graph": "pacsinfra.cli.engine_cmds:graph",
     "archive": "pacsinfra.cli.archive_cmds:archive",
     "router": "pacsinfra.cli.router_cmds:router",
+    "viewer": "pacsinfra.cli.viewer_cmds:viewer",
     "verify": "pacsinfra.cli.verify_cmds:verify",
     "backup": "pacsinfra.cli.dr_cmds:backup",
     "restore": "pacsinfra.cli.dr_cmds:restore",

@@ -85,6 +85,7 @@ def serve(
     data: Path | None, peers: tuple[str, ...], log_level: str,
 ) -> None:
     """Run the archive until SIGTERM."""
+    from pacsinfra.fsutil import private_umask
     from pacsinfra.pacs.archive.config import ArchiveConfig
     from pacsinfra.pacs.archive.server import ArchiveServer
 
@@ -95,6 +96,7 @@ def serve(
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     cfg = load_config(config, aet, port, data, peers, bind)
     assert isinstance(cfg, ArchiveConfig)
+    private_umask()  # index, files, logs: patient data, never readable by others
     try:
         ArchiveServer(cfg).serve_forever()
     except OSError as exc:  # port taken, data dir not writable, certificate unreadable, ...

@@ -37,10 +37,12 @@ def backup(config: Path | None, data: Path | None, to: str, force_copy: bool,
     from pacsinfra.dr import s3
     from pacsinfra.dr.backup import run_backup
     from pacsinfra.errors import UsageError
+    from pacsinfra.fsutil import private_umask
     from pacsinfra.pacs.archive.config import ArchiveConfig
 
     if config is None and data is None:
         raise UsageError("give --archive-config FILE or --data DIR")
+    private_umask()  # the backup holds patient data: nothing in it readable by others
     cfg = load_config(config, None, None, data, (), None)
     assert isinstance(cfg, ArchiveConfig)
     remote = s3.parse(to)
@@ -77,6 +79,9 @@ def restore(source: str, target: Path, as_json: bool, s3_endpoint: str | None) -
     from dataclasses import asdict
 
     from pacsinfra.dr.restore import run_restore
+    from pacsinfra.fsutil import private_umask
+
+    private_umask()  # the restored archive holds patient data
     from pacsinfra.dr.source import BackupSource, local_copy
 
     where = BackupSource(source, "--from", s3_endpoint)
@@ -96,21 +101,23 @@ def dr() -> None:
 
 @dr.command()
 @click.argument("blueprint", type=click.Path(path_type=Path))
-@click.option("--site", "overlay", required=True, help="overlay (sites.NAME) of the site to build")
+@click.option("--site", "overlay", help="overlay (sites.NAME) of the site to build "
+              "(default: the blueprint's own site)")
 @click.option("--from", "source", metavar="DIR|s3://BUCKET/PREFIX",
               help="a backup, or a directory / S3 prefix of backups (the newest complete "
                    "one is used); default: the blueprint's dr.backups")
 @click.option("--state", "state_path", type=click.Path(), help="state file of the rebuilt site")
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--parallelism", type=click.IntRange(1, 256), default=None,
+              help="steps at once (default: deploy.parallelism, else 10)")
 @click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
               help="run `pacsinfra verify` on the rebuilt site")
 @click.option("--receiver-bind", metavar="ADDRESS",
               help="verify: where its C-MOVE receiver listens, when that is not the address "
                    "the archives send to (NAT, e.g. QEMU user-mode networking)")
 @S3_ENDPOINT
-def rebuild(blueprint: Path, overlay: str, source: str | None, state_path: str | None,
-            auto_approve: bool, parallelism: int, run_verify: bool,
+def rebuild(blueprint: Path, overlay: str | None, source: str | None, state_path: str | None,
+            auto_approve: bool, parallelism: int | None, run_verify: bool,
             receiver_bind: str | None, s3_endpoint: str | None) -> None:
     """Restore the archives from a backup, build the site, count every study, verify."""
     from pacsinfra.cli.engine_cmds import _load, _print_warnings
@@ -134,10 +141,11 @@ def rebuild(blueprint: Path, overlay: str, source: str | None, state_path: str |
 
 
 def _rebuild(bp: Any, backup_dir: Path, state_path: str | None, auto_approve: bool,
-             parallelism: int) -> None:
+             parallelism: int | None) -> None:
     from pacsinfra.apply.events import make_sink
     from pacsinfra.cli.engine_cmds import _confirm, _engine, _run_apply
     from pacsinfra.dr import rebuild as rb
+    from pacsinfra.errors import UsageError
     from pacsinfra.plan.render import render_plan
     from pacsinfra.verify.site import service_peer
 
@@ -149,7 +157,12 @@ def _rebuild(bp: Any, backup_dir: Path, state_path: str | None, auto_approve: bo
         targets = rb.restore_targets(plan)
         for target in targets:  # refuse before anything is restored or built
             rb.check_fits(target, contents)
-        remote = plan.driver in rb.REMOTE_DATA_DRIVERS
+        services = engine.driver.services
+        if services is None:
+            raise UsageError(f"dr rebuild restores the archives where they run, and the "
+                             f"{plan.driver} machines of this site cannot run services: set "
+                             "deploy (user, key_file, known_hosts or host_keys)")
+        remote = services.remote
         if remote:
             from pacsinfra.dr import remote as rmt
 

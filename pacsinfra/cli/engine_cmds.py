@@ -104,7 +104,7 @@ def _confirm(question: str, auto_approve: bool) -> None:
 
 
 def _run_apply(
-    engine: Any, plan: Any, *, parallelism: int, allow_replace: bool, json_mode: bool
+    engine: Any, plan: Any, *, parallelism: int | None, allow_replace: bool, json_mode: bool
 ) -> None:
     from pacsinfra.apply.executor import ApplyFailed
 
@@ -180,7 +180,8 @@ def plan(
 @blueprint_options
 @state_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--parallelism", type=click.IntRange(1, 256), default=None,
+              help="steps at once (default: deploy.parallelism, else 10)")
 @click.option(
     "--target",
     "targets",
@@ -198,7 +199,7 @@ def apply(
     state_path: str | None,
     lock_timeout: float,
     auto_approve: bool,
-    parallelism: int,
+    parallelism: int | None,
     targets: tuple[str, ...],
     allow_replace: bool,
     json_mode: bool,
@@ -244,7 +245,8 @@ def apply(
 @blueprint_options
 @state_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--parallelism", type=click.IntRange(1, 256), default=None,
+              help="steps at once (default: deploy.parallelism, else 10)")
 @click.option(
     "--target", "targets", multiple=True, metavar="ADDR", help="Limit to these addresses."
 )
@@ -257,7 +259,7 @@ def destroy(
     state_path: str | None,
     lock_timeout: float,
     auto_approve: bool,
-    parallelism: int,
+    parallelism: int | None,
     targets: tuple[str, ...],
     json_mode: bool,
 ) -> None:

@@ -50,12 +50,14 @@ def router() -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config: Path, log_level: str) -> None:
     """Run the router until SIGTERM."""
+    from pacsinfra.fsutil import private_umask
     from pacsinfra.pacs.router.server import RouterServer
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     cfg = load_config(config)
+    private_umask()  # spool, queue, audit log: patient data, never readable by others
     server = _checked(f"cannot open the spool {cfg.spool_dir} or the queue",
                       lambda: RouterServer(cfg))
     try:
@@ -165,22 +167,28 @@ def _open(config: Path) -> Any:
 @click.option("--config", "config", required=True, type=click.Path(path_type=Path))
 @click.option("--state", type=click.Choice(["held", "pending", "inflight", "done", "dead"]))
 @click.option("--dest", help="destination or group")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per row")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
+              help="rows to show (the total is always counted)")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON object: total, shown, truncated and the rows")
 def queue_list(config: Path, state: str | None, dest: str | None, limit: int,
                as_json: bool) -> None:
-    """Summary per destination, then rows (oldest first)."""
+    """Summary per destination, then rows (oldest first), at most --limit of them."""
     _, q = _open(config)
     try:
         now = time.time()
         items = q.rows(state=state, dest=dest, limit=limit)
+        total = q.count(state=state, dest=dest) if len(items) == limit else len(items)
         if as_json:
+            rows = []
             for it in items:
                 row = dict(it.__dict__)
                 row["attempt_log"] = [
                     {"at": a, "status": s, "error": e, "next_at": n}
                     for a, s, e, n in q.attempts_of(it.id)]
-                click.echo(json.dumps(row))
+                rows.append(row)
+            click.echo(json.dumps({"total": total, "shown": len(rows), "limit": limit,
+                                   "truncated": total > len(rows), "rows": rows}))
             return
         for d, s in sorted(q.stats(now).items()):
             counts = " ".join(f"{k}={int(v)}" for k, v in sorted(s.items()) if k != "oldest_age")
@@ -191,6 +199,8 @@ def queue_list(config: Path, state: str | None, dest: str | None, limit: int,
             click.echo(f"{it.id:>8} {it.state:<8} {it.dest:<16} {it.node or '-':<12} "
                        f"attempts={it.attempts} next_in={wait:.1f}s{status} {it.sop_uid}"
                        + (f"  {it.last_error}" if it.last_error else ""))
+        if total > len(items):
+            click.echo(f"(showing the oldest {len(items)} of {total} rows; --limit N for more)")
     finally:
         q.close()
 

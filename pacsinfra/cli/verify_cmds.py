@@ -3,7 +3,9 @@
 Sends a synthetic study through the router (or to the archive when there is none),
 waits for it in every archive the router's rules send it to, C-FINDs it at study,
 series and image level, C-MOVEs it to a temporary receiver, compares checksums and
-removes it unless ``--keep`` (through DICOMweb DELETE; SKIP where the archive has no delete). Prints a table
+opens it in every viewer of the site (through the viewer's own proxy and login, on the
+viewer's host) and removes it unless ``--keep`` (``pacsinfra archive delete`` on the
+archive's host; SKIP where the archive has no delete). Prints a table
 of steps with their latencies; exit 0 when every step passed (SKIPs do not fail),
 1 otherwise, 2 for bad input (an unapplied site, no receiver declared).
 """
@@ -32,15 +34,29 @@ import click
 def verify(blueprint: Path, overlay: str | None, state_path: Path | None, keep: bool,
            as_json: bool, receiver_ae: str, receiver_bind: str | None, wait: float) -> None:
     """Store, find, move back and compare a synthetic study on an applied site."""
-    from pacsinfra.verify.site import deployed_services, site_endpoints
+    from pacsinfra.verify.hosts import HostDeleter, open_site, viewer_step
+    from pacsinfra.verify.site import site_endpoints
     from pacsinfra.verify.smoke import SKIP, run_smoke
 
-    site_name, services = deployed_services(blueprint, overlay, state_path,
-                                 fallback="python -m pacsinfra.verify smoke --entry AE@host:port")
-    ep = site_endpoints(services, receiver_ae=receiver_ae)
-    report = run_smoke(ep.entry, ep.archives, receiver_ae=ep.receiver.ae_title,
-                       receiver_host=receiver_bind or ep.receiver.host, receiver_port=ep.receiver.port,
-                       wait_timeout=wait, deleters={} if keep else ep.deleters)
+    with open_site(blueprint, overlay, state_path,
+                   fallback="python -m pacsinfra.verify smoke --entry AE@host:port") as site:
+        def deleter_for(address: str) -> HostDeleter | None:
+            runner = site.runner(address)
+            return None if runner is None else HostDeleter(runner, site.specs[address].name)
+
+        ep = site_endpoints(site.services, receiver_ae=receiver_ae, deleter_for=deleter_for)
+        viewers = []
+        for address, kind, config, _ in site.services:
+            runner = site.runner(address) if kind == "viewer" else None
+            if runner is not None:
+                viewers.append((site.specs[address].name, viewer_step(runner, config)))
+            elif kind == "viewer":
+                ep.notes.append(f"{address}: its host cannot be reached to open the study")
+        report = run_smoke(ep.entry, ep.archives, receiver_ae=ep.receiver.ae_title,
+                           receiver_host=receiver_bind or ep.receiver.host,
+                           receiver_port=ep.receiver.port, wait_timeout=wait,
+                           deleters={} if keep else ep.deleters, viewers=viewers)
+    site_name = site.name
     if keep:
         for step in report.steps:
             if step.name == "delete" and step.result == SKIP:

@@ -66,6 +66,9 @@ def host_keys_from_console(text: str) -> list[str]:
     return keys
 
 
+#: seconds an SFTP request may wait for its answer
+SFTP_TIMEOUT = 300.0
+
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
     """Refuse a host whose key we were not told, showing its fingerprint to pin it."""
 
@@ -114,6 +117,10 @@ class SSHTransport:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
+        # One SFTP request at a time: paramiko's SFTPClient matches answers to requests
+        # per call, and a thread that reads another's answer drops it (the other then
+        # waits forever). Steps on one host run in parallel and share this transport.
+        self._sftp_lock = threading.Lock()
 
     # -- connection -----------------------------------------------------------------
 
@@ -245,6 +252,10 @@ class SSHTransport:
                     self._sftp = client.open_sftp()
                 except (paramiko.SSHException, OSError) as exc:
                     raise SSHError(f"{self.name}: cannot open SFTP: {exc}") from exc
+                # an answer that never comes is an error, not a hang
+                channel = self._sftp.get_channel()
+                if channel is not None:
+                    channel.settimeout(SFTP_TIMEOUT)
             return self._sftp
 
     def put(self, local: Path | str, remote: str, mode: int = 0o644) -> None:
@@ -258,8 +269,9 @@ class SSHTransport:
         sftp = self._sftp_client()
         try:
             self.run(["mkdir", "-p", "--", str(rpath.parent)], 30)
-            sftp.put(str(local), tmp, confirm=True)
-            sftp.chmod(tmp, mode)
+            with self._sftp_lock:
+                sftp.put(str(local), tmp, confirm=True)
+                sftp.chmod(tmp, mode)
         except (OSError, paramiko.SSHException) as exc:
             self.run(["rm", "-f", "--", tmp], 30)
             raise SSHError(f"{self.name}: uploading {local} to {remote} failed: {exc}") from exc
@@ -274,14 +286,18 @@ class SSHTransport:
     def get(self, remote: str, local: Path | str) -> None:
         """Download ``remote`` to ``local``."""
         try:
-            self._sftp_client().get(remote, str(local))
+            sftp = self._sftp_client()
+            with self._sftp_lock:
+                sftp.get(remote, str(local))
         except (OSError, paramiko.SSHException) as exc:
             raise SSHError(f"{self.name}: downloading {remote} failed: {exc}") from exc
 
     def exists(self, remote: str) -> bool:
         """Whether ``remote`` exists (a dangling symlink counts)."""
         try:
-            self._sftp_client().lstat(remote)
+            sftp = self._sftp_client()
+            with self._sftp_lock:
+                sftp.lstat(remote)
         except FileNotFoundError:
             return False
         except (OSError, paramiko.SSHException) as exc:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsinfra.errors import PacsinfraError, UsageError
-from pacsinfra.fsutil import fsync_dir
+from pacsinfra.fsutil import PRIVATE_DIR, PRIVATE_FILE, fsync_dir, private_file
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.storage import Tier, dataset_sha256
 
@@ -70,7 +70,8 @@ def fsync_tree(root: Path) -> None:
 
 def copy_fsync(src: Path, dst: Path) -> None:
     """Copy bytes and fsync the copy (the rename of the whole backup comes later)."""
-    with src.open("rb") as fin, dst.open("wb") as fout:
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with src.open("rb") as fin, os.fdopen(fd, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
         os.fsync(fout.fileno())
@@ -78,7 +79,8 @@ def copy_fsync(src: Path, dst: Path) -> None:
 
 def write_fsync(path: Path, text: str) -> None:
     """Write a small text file and fsync it."""
-    with path.open("w", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -109,7 +111,7 @@ def snapshot_pg_index(cfg: ArchiveConfig, dst: Path) -> None:
     from pacsinfra.pacs.archive.db import MIGRATIONS, open_database
 
     source = open_database(cfg.index, Path(cfg.data_dir))  # migrated: same schema version
-    target = open_database(IndexConfig(backend="sqlite", path=str(dst)), dst.parent)
+    target = open_database(IndexConfig(backend="sqlite", path=str(dst)), dst.parent)  # 0640
     try:
         _copy_pg_tables(source, target, MIGRATIONS[-1][0])
     except PacsinfraError:
@@ -162,6 +164,7 @@ def snapshot_index(src: Path, dst: Path) -> None:
         raise UsageError(f"no archive index at {src}")
     source = sqlite3.connect(str(src), timeout=60)
     try:
+        private_file(dst)
         target = sqlite3.connect(str(dst))
         try:
             # pages=-1: everything in one step, i.e. inside one read transaction of the
@@ -239,7 +242,7 @@ def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True,
     started = time.time()
     tmp = parent / f".{to.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        tmp.mkdir(mode=0o700)  # the backup holds patient data: its owner only
     except OSError as exc:
         raise UsageError(f"cannot create a backup in {parent}: {exc.strerror}") from exc
     try:
@@ -264,7 +267,7 @@ def run_backup(cfg: ArchiveConfig, to: Path, *, allow_link: bool = True,
             out_rel = f"tiers/{tier}/{rel}"
             dst = tmp / out_rel
             if dst.parent not in made:
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
                 made.add(dst.parent)
             if _place(src, dst, allow_link):
                 linked += 1

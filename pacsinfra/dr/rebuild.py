@@ -39,11 +39,6 @@ from pacsinfra.dr.restore import RestoreSummary, run_restore
 from pacsinfra.errors import PacsinfraError, UsageError
 
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve - FIND
-#: providers whose archive data directories are on this machine
-LOCAL_DATA_DRIVERS = frozenset({"local"})
-#: providers whose archives run on hosts reached over SSH (restored there: dr.remote);
-#: kvm / vsphere / hyperv: the machines they make, with provider.<driver>.ssh
-REMOTE_DATA_DRIVERS = frozenset({"static", "kvm", "vsphere", "hyperv"})
 
 
 class RebuildError(PacsinfraError):
@@ -132,15 +127,10 @@ def restore_targets(plan: Any) -> list[RestoreTarget]:
 
     Refuses a plan whose provider cannot be restored into, an archive that already
     exists, and a site without an archive."""
-    from pacsinfra.drivers.base import ServiceSpec
-    from pacsinfra.drivers.service_common import machine_name_of
     from pacsinfra.plan.plan import Action
+    from pacsinfra.services.common import machine_name_of
+    from pacsinfra.specs import ServiceSpec
 
-    supported = LOCAL_DATA_DRIVERS | REMOTE_DATA_DRIVERS
-    if plan.driver not in supported:
-        raise UsageError(f"dr rebuild restores archives on this machine or on existing hosts "
-                         f"over SSH; provider {plan.driver!r} is not supported (supported: "
-                         f"{', '.join(sorted(supported))})")
     out: list[RestoreTarget] = []
     for step in plan.steps:
         spec = step.desired

@@ -26,7 +26,7 @@ from pacsinfra.dr.backup import (
     fsync_tree,
 )
 from pacsinfra.errors import PacsinfraError, UsageError
-from pacsinfra.fsutil import fsync_dir
+from pacsinfra.fsutil import PRIVATE_DIR, PRIVATE_FILE, fsync_dir
 from pacsinfra.pacs.archive.storage import dataset_sha256
 
 
@@ -65,9 +65,10 @@ def run_restore(source: Path, target: Path) -> RestoreSummary:
     except (OSError, ValueError) as exc:
         raise RestoreError(f"{source / MANIFEST_NAME}: unreadable manifest: {exc}") from exc
     tmp = target.parent / f".{target.name}.restoring-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp.mkdir(mode=PRIVATE_DIR)
     try:
         shutil.copyfile(source / INDEX_NAME, tmp / INDEX_NAME)
+        os.chmod(tmp / INDEX_NAME, PRIVATE_FILE)
         c = sqlite3.connect(str(tmp / INDEX_NAME))
         try:
             rows = {str(r[0]): (str(r[1]), str(r[2]), int(r[3]), str(r[4])) for r in c.execute(
@@ -84,7 +85,7 @@ def run_restore(source: Path, target: Path) -> RestoreSummary:
             if row is None or row != (e["tier"], str(rel), e["size"], e["sha256"]):
                 raise RestoreError(f"{src}: manifest entry for {sop} does not match the index")
             dst = tmp / str(e["tier"]) / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             try:
                 copy_fsync(src, dst)
             except OSError as exc:

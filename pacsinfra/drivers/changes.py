@@ -2,7 +2,7 @@
 
 Each driver states its hypervisor's rules as three tables (machine, network, storage)
 mapping a spec field — or a dotted sub-field such as ``disks.size_mib.grow`` — to a
-:class:`~pacsinfra.drivers.base.ChangeKind`. What is not in a table is a REPLACE: the
+:class:`~pacsinfra.specs.ChangeKind`. What is not in a table is a REPLACE: the
 safe side.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pacsinfra.drivers.base import ChangeKind, MachineSpec, NetworkSpec, Spec, StorageSpec
+from pacsinfra.specs import ChangeKind, MachineSpec, NetworkSpec, Spec, StorageSpec
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ the socket it is given:
 - :func:`valid_uid` / :func:`uid_path` — UID syntax check and a traversal-proof file path.
 - :func:`tune_socket` / :data:`TCP_TUNING_HANDLER` — TCP_NODELAY (and bigger buffers) per connection.
 - :func:`make_ae` — an :class:`~pynetdicom.AE` with the limits and timeouts of a :class:`Limits`.
+- :func:`association_limit` — whether one more association would exceed a listener's limits.
 - :func:`associate` — open an association to a :class:`Peer` (TLS when the peer says so).
 """
 
@@ -36,6 +37,7 @@ from pydicom.uid import (
 from pynetdicom import AE, Association, build_context, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 
+from pacsinfra.pacs.compat import keep_responses, set_dul_loop_delay, tcp_socket_of
 from pacsinfra.pacs.config_common import Limits, Peer, TlsConfig
 
 
@@ -225,12 +227,18 @@ def uid_path(root: Path, study: str, series: str, sop: str) -> Path:
     return path
 
 
-def open_associations(server: Any, calling: str, *, exclude: object = None) -> int:
-    """How many established associations of ``server`` the calling AE ``calling`` has
-    (``exclude``: the one asking); both paths' per-calling-AE limit reads this."""
-    return sum(1 for a in server.active_associations
-               if a is not exclude and a.is_established
+def association_limit(server: Any, calling: str, *, max_associations: int, per_ae: int,
+                      exclude: object = None) -> str | None:
+    """Why one more association from ``calling`` would exceed ``server``'s limits (both
+    paths' associations count), or None; ``exclude``: the one asking."""
+    active = [a for a in server.active_associations if a is not exclude]
+    if len(active) >= max_associations:
+        return f"{len(active)} associations open (max_associations {max_associations})"
+    same = sum(1 for a in active if a.is_established
                and str(a.requestor.ae_title).strip() == calling)
+    if same >= per_ae:
+        return f"{same} associations from {calling} open (max_associations_per_ae {per_ae})"
+    return None
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -244,16 +252,14 @@ def tune_socket(sock: socket.socket) -> None:
 
 
 def _on_conn_open(event: evt.Event) -> None:
-    sock = event.assoc.dul.socket
-    raw = getattr(sock, "socket", None)
+    raw = tcp_socket_of(event.assoc)
     if raw is not None:
         tune_socket(raw)
     # pynetdicom's DUL thread polls with a 1 ms sleep when idle; each C-STORE crosses it
     # several times. A shorter nap cuts per-message latency, but every open association
     # then wakes up 2,000 times a second: 0.5 ms is the compromise (0.2 ms measured
     # faster on one association, and burns visibly more CPU when many are open).
-    if hasattr(event.assoc.dul, "_run_loop_delay"):
-        event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY
+    set_dul_loop_delay(event.assoc, DUL_LOOP_DELAY)
 
 
 DUL_LOOP_DELAY = 0.0005
@@ -272,26 +278,6 @@ def make_ae(ae_title: str, limits: Limits | None = None) -> AE:
     ae.dimse_timeout = limits.dimse_timeout
     ae.network_timeout = limits.network_timeout
     return ae
-
-
-def keep_responses(assoc: Any) -> None:
-    """Work around a pynetdicom race that loses C-STORE responses on a requestor.
-
-    ``send_c_store`` pauses the association's reactor thread with a check-then-act
-    that can see a stale "paused" flag; the reactor then takes the response off the
-    DIMSE queue, logs "Received unexpected C-STORE service message" and drops it, and
-    the sender waits for the whole DIMSE timeout. A response is never something the
-    reactor should serve, so we put it back for the waiting ``send_c_store``.
-    """
-    serve = assoc._serve_request
-
-    def _serve(msg: Any, context_id: int) -> None:
-        if msg is not None and not msg.is_valid_request and msg.is_valid_response:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = _serve
 
 
 def associate(

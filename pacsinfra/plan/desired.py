@@ -8,8 +8,8 @@ Names and addresses are fixed here:
   name comes from the per-driver mapping (``networks.dicom.kvm.network``,
   ``vsphere.portgroup``, ``hyperv.switch``; ``storage.flash.kvm.pool``,
   ``vsphere.policy``, ``hyperv.path``) or defaults to ``<site>-<name>``;
-- services ``service.<name>``: graph nodes placed after the machines that host
-  them (they are deployed by a later stage, never by the engine's executor).
+- services ``service.<name>[i]``: one step per machine running the service, after
+  that machine (their configs are rendered by :mod:`pacsinfra.services.render`).
 
 CPU shares are normalised to an int: low=500, normal=1000, high=2000 per vCPU, or
 the blueprint's integer as is.
@@ -18,12 +18,17 @@ the blueprint's integer as is.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pacsinfra.blueprint.capabilities import EXISTING_HOSTS
-from pacsinfra.drivers.base import (
+from pacsinfra.errors import PlanError
+from pacsinfra.plan.graph import Graph, Node
+from pacsinfra.providers import declaration, provider_class
+from pacsinfra.services.guest import GuestLayout
+from pacsinfra.services.render import HostLayout, service_resources
+from pacsinfra.services.settings import DeployConfig
+from pacsinfra.specs import (
     DiskSpec,
     GpuSpec,
     MachineSpec,
@@ -32,14 +37,8 @@ from pacsinfra.drivers.base import (
     Spec,
     StorageSpec,
 )
-from pacsinfra.errors import PlanError
-from pacsinfra.plan.graph import Graph, Node
 
 SHARES_PER_VCPU = {"low": 500, "normal": 1000, "high": 2000}
-
-# Which key of a network's / storage class's per-driver mapping names the hypervisor object.
-NETWORK_NAME_KEY = {"kvm": "network", "vsphere": "portgroup", "hyperv": "switch"}
-STORAGE_NAME_KEY = {"kvm": "pool", "vsphere": "policy", "hyperv": "path"}
 
 DATA_SERVICE_KINDS = frozenset({"archive", "database"})
 
@@ -128,7 +127,7 @@ def network_spec(site: str, name: str, net: Any, driver: str) -> NetworkSpec:
     settings = _dump(getattr(net, driver, None))
     return NetworkSpec(
         address=f"network.{name}",
-        name=_object_name(site, name, settings, NETWORK_NAME_KEY.get(driver)),
+        name=_object_name(site, name, settings, declaration(driver).network_name_key),
         purpose=str(_get(net, "purpose", "") or ""),
         vlan=_get(net, "vlan"),
         cidr=str(_get(net, "cidr")) if _get(net, "cidr") is not None else None,
@@ -144,7 +143,7 @@ def storage_spec(site: str, name: str, sc: Any, driver: str) -> StorageSpec:
     settings = _dump(getattr(sc, driver, None))
     return StorageSpec(
         address=f"storage.{name}",
-        name=_object_name(site, name, settings, STORAGE_NAME_KEY.get(driver)),
+        name=_object_name(site, name, settings, declaration(driver).storage_name_key),
         tier=str(_get(sc, "tier", "") or ""),
         encrypted=bool(_get(sc, "encrypted", False)),
         provisioning=str(_get(sc, "provisioning", "thin") or "thin"),
@@ -156,7 +155,7 @@ def storage_spec(site: str, name: str, sc: Any, driver: str) -> StorageSpec:
 
 def is_user_network(net: NetworkSpec, driver: str) -> bool:
     """A kvm network declared ``user: true``: QEMU's own NAT, not a hypervisor object."""
-    return driver == "kvm" and bool(net.settings.get("user"))
+    return bool(net.settings.get("user"))  # only a kvm network has the setting
 
 
 def user_nic_network(forwards: Any, index: int) -> str:
@@ -190,18 +189,21 @@ def machine_specs(
     storage: Mapping[str, StorageSpec],
     services: Mapping[str, Any],
     driver: str,
+    authorized_keys: Sequence[str] = (),
 ) -> list[Resource]:
-    """One resource per member of ``role``."""
-    image = images.get(role.image)
+    """One resource per member of ``role``; ``authorized_keys``: public keys the machines
+    accept for the deploy login (only on machines the driver makes)."""
+    image = images.get(role.image) if role.image else None
     image_settings = _dump(getattr(image, driver, None)) if image is not None else {}
     # local and static machines exist already (this box, hosts over SSH): no image
-    if not image_settings and driver not in EXISTING_HOSTS:
+    if not image_settings and declaration(driver).makes_machines:
         raise PlanError(f"machines.{role_name}: image {role.image!r} has no {driver} entry")
     cpu, mem = role.cpu, role.memory
     gpu = _get(role, "gpu")
     placement = _get(role, "placement")
     hosts = list(_get(placement, "hosts", []) or [])
     holds = _holds_data(role, services)
+    authorized = tuple(authorized_keys) if declaration(driver).makes_machines else ()
     out: list[Resource] = []
     for i, name in enumerate(member_names(role_name, role, site)):
         deps: set[str] = set()
@@ -280,6 +282,7 @@ def machine_specs(
             cluster_hint=_get(placement, "cluster"),
             holds_data=holds,
             hostname=name,
+            ssh_authorized_keys=authorized,
         )
         out.append(Resource(spec=spec, depends_on=tuple(sorted(deps))))
     return out
@@ -323,6 +326,8 @@ def desired_site(
             storage=storage,
             services=services,
             driver=drv,
+            authorized_keys=tuple(getattr(getattr(site, "deploy", None), "authorized_keys",
+                                          None) or ()),
         ):
             out.resources[res.address] = res
             machine_names[res.address] = res.spec.name
@@ -349,20 +354,35 @@ def desired_site(
     return out
 
 
+def service_layout(site: Any, site_id: str, driver: str,
+                   machines: Mapping[str, MachineSpec]) -> HostLayout | None:
+    """Where the site's services go and how their machines are reached (plan time); None
+    when they cannot run there: a hypervisor's machines need the ``deploy`` login."""
+    decl = declaration(driver)
+    settings = getattr(site.provider, driver, None)
+    if not decl.makes_machines:
+        # the local and static hosts know their own layout (no SDK behind them)
+        implementation: Any = provider_class(driver)
+        layout: HostLayout = implementation.layout(settings, getattr(site, "deploy", None),
+                                                   site_id)
+        return layout
+    deploy = DeployConfig.parse(getattr(site, "deploy", None))
+    if decl.reach is None or not deploy.has_key:
+        return None
+    return GuestLayout(deploy, machines, decl.reach)
+
+
 def _add_service_resources(
     out: DesiredSite, site: Any, hosts_of: Mapping[str, list[str]], names: Mapping[str, str]
 ) -> None:
-    """Drivers that run the services themselves (``local``, ``static``, ``kvm``) also get one
-    resource per host."""
-    from pacsinfra.deploy.services import layout_for, runs_services, service_resources
-
-    if not runs_services(out.driver, site):
-        return
-    hosts = {s: [(a, names[a]) for a in addrs] for s, addrs in hosts_of.items()}
+    """One resource per (machine, service) where the services can run (see :func:`service_layout`)."""
     machines = {
         r.spec.name: r.spec for r in out.resources.values() if isinstance(r.spec, MachineSpec)
     }
-    layout = layout_for(out.driver, site, out.site, machines=machines)
+    layout = service_layout(site, out.site, out.driver, machines)
+    if layout is None:
+        return
+    hosts = {s: [(a, names[a]) for a in addrs] for s, addrs in hosts_of.items()}
     for spec, deps in service_resources(site, layout=layout, hosts_of=hosts):
         out.resources[spec.address] = Resource(spec=spec, depends_on=deps)
 

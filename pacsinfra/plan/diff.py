@@ -19,9 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pacsinfra.drivers.base import (
+from pacsinfra.drivers.base import Driver
+from pacsinfra.errors import AlreadyExists, PlanError
+from pacsinfra.plan.desired import DesiredSite, Resource
+from pacsinfra.plan.plan import Action, FieldChange, Plan, Step
+from pacsinfra.specs import (
     ChangeKind,
-    Driver,
     MachineSpec,
     Observed,
     Spec,
@@ -29,9 +32,6 @@ from pacsinfra.drivers.base import (
     spec_kind,
     to_jsonable,
 )
-from pacsinfra.errors import AlreadyExists, PlanError
-from pacsinfra.plan.desired import DesiredSite, Resource
-from pacsinfra.plan.plan import Action, FieldChange, Plan, Step
 from pacsinfra.state.store import State
 
 TYPE_ORDER = {"network": 0, "storage": 1, "machine": 2, "service": 3}
@@ -43,6 +43,7 @@ class Observation:
 
     by_address: dict[str, Observed]
     extra: list[Observed]  # duplicates of an address (kept to be deleted)
+    leftovers: list[Observed]  # parts of interrupted creates, by no object of their own
 
 
 def observe(
@@ -57,6 +58,7 @@ def observe(
     """
     by_address: dict[str, Observed] = {}
     extra: list[Observed] = []
+    leftovers: list[Observed] = []
 
     def rank(obs: Observed) -> tuple[bool, bool]:
         known = state.resources.get(obs.spec.address) if state else None
@@ -69,6 +71,9 @@ def observe(
     for obs in driver.list_owned(site):
         if obs.owner is None:
             continue
+        if obs.leftover:
+            leftovers.append(obs)
+            continue
         addr = obs.owner.address
         prev = by_address.get(addr)
         if prev is None:
@@ -78,7 +83,7 @@ def observe(
             by_address[addr], obs = obs, prev
         if obs.id != by_address[addr].id:  # the same object listed twice is not a duplicate
             extra.append(obs)
-    return Observation(by_address, extra)
+    return Observation(by_address, extra, leftovers)
 
 
 def spec_dependencies(spec: Spec, names: Mapping[tuple[str, str], str]) -> tuple[str, ...]:
@@ -140,6 +145,7 @@ def compute_plan(
     driver: Driver,
     *,
     provider: dict[str, object],
+    deploy: dict[str, object] | None = None,
     destroy: bool = False,
     blueprint: str = "",
 ) -> Plan:
@@ -254,6 +260,24 @@ def compute_plan(
                 reason="gone from the hypervisor",
             )
         )
+    for obs in seen.leftovers:
+        # A wanted address not yet made: its create replaces these parts (never adopted:
+        # they are not the object). Otherwise nothing will: delete them.
+        assert obs.owner is not None
+        if obs.owner.address in wanted and obs.owner.address not in seen.by_address:
+            continue
+        steps.append(
+            Step(
+                key=f"{obs.owner.address}~{obs.id}",
+                address=obs.owner.address,
+                type=spec_kind(obs.spec),
+                name=obs.spec.name,
+                action=Action.DELETE,
+                observed=obs,
+                depends_on=spec_dependencies(obs.spec, names),
+                reason=f"leftover: {obs.leftover}",
+            )
+        )
     for obs in seen.extra:
         addr = obs.spec.address
         steps.append(
@@ -281,6 +305,7 @@ def compute_plan(
         overlay=desired.overlay,
         driver=desired.driver,
         provider=provider,
+        deploy=dict(deploy or {}),
         state_lineage=state.lineage if state else None,
         state_serial=state.serial if state else None,
         steps=steps,

@@ -14,9 +14,9 @@ import re
 import shutil
 import subprocess
 
-from pacsinfra.drivers.base import MachineSpec, NetworkSpec, StorageSpec
 from pacsinfra.errors import UsageError
 from pacsinfra.plan.graph import Graph, Node
+from pacsinfra.specs import MachineSpec, NetworkSpec, StorageSpec
 from pacsinfra.units import format_mib
 
 FORMATS = ("dot", "mermaid", "svg", "png")

@@ -1,8 +1,8 @@
 """The plan: what apply will do, step by step, and its JSON form.
 
 A plan is self-contained: each step carries the desired spec and what was
-observed, the plan carries the provider settings (secret *references* only, never
-values) and the state serial/lineage it was made against, so ``apply plan.json``
+observed, the plan carries the provider and deploy settings (secret *references* only,
+never values) and the state serial/lineage it was made against, so ``apply plan.json``
 can refuse a plan the state has moved past.
 """
 
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacsinfra.drivers.base import (
+from pacsinfra.errors import PlanError, UsageError
+from pacsinfra.specs import (
     ChangeKind,
     Observed,
     Ownership,
@@ -25,7 +26,6 @@ from pacsinfra.drivers.base import (
     spec_to_dict,
     to_jsonable,
 )
-from pacsinfra.errors import PlanError, UsageError
 from pacsinfra.state.store import assert_no_secrets, utcnow
 
 PLAN_FORMAT = "pacsinfra-plan/1"
@@ -69,6 +69,7 @@ def observed_to_dict(obs: Observed) -> dict[str, Any]:
         "addresses": list(obs.addresses),
         "unobservable": sorted(obs.unobservable),
         "spec": spec_to_dict(obs.spec),
+        **({"leftover": obs.leftover} if obs.leftover else {}),
     }
 
 
@@ -81,6 +82,7 @@ def observed_from_dict(d: Mapping[str, Any]) -> Observed:
         power=PowerState(d.get("power", "unknown")),
         addresses=tuple(d.get("addresses", ())),
         unobservable=frozenset(d.get("unobservable", ())),
+        leftover=d.get("leftover"),
     )
 
 
@@ -160,7 +162,8 @@ class Plan:
     blueprint: str = ""
     created: str = field(default_factory=utcnow)
     warnings: list[str] = field(default_factory=list)
-    # the site's dependency graph (address -> deps), for ordering deletes of observed objects
+    # the blueprint's deploy settings (how services reach their machines), references only
+    deploy: dict[str, Any] = field(default_factory=dict)
     format: str = PLAN_FORMAT
 
     # -- queries ------------------------------------------------------------------
@@ -209,6 +212,7 @@ class Plan:
             "overlay": self.overlay,
             "driver": self.driver,
             "provider": to_jsonable(self.provider),
+            "deploy": to_jsonable(self.deploy),
             "state": {"lineage": self.state_lineage, "serial": self.state_serial},
             "destroy": self.destroy,
             "blueprint": self.blueprint,
@@ -235,6 +239,7 @@ class Plan:
                 overlay=d.get("overlay"),
                 driver=str(d["driver"]),
                 provider=dict(d.get("provider") or {}),
+                deploy=dict(d.get("deploy") or {}),
                 state_lineage=state.get("lineage"),
                 state_serial=state.get("serial"),
                 steps=[Step.from_dict(s) for s in d.get("steps", [])],

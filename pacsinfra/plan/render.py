@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from pacsinfra.drivers.base import ChangeKind, MachineSpec, NetworkSpec, Spec, StorageSpec
 from pacsinfra.plan.plan import Action, Plan, Step
+from pacsinfra.specs import ChangeKind, MachineSpec, NetworkSpec, Spec, StorageSpec
 
 SYMBOL = {
     Action.CREATE: ("+", "green"),
@@ -148,6 +148,15 @@ def spec_summary(spec: Spec | None) -> list[str]:
         dbs = ", ".join(str(d) for d in cfg.get("databases", ()))
         return [f"PostgreSQL {cfg.get('version')} on {where}, role {cfg.get('user')}, "
                 f"databases {dbs}, on {getattr(spec, 'machine', '')}"]
+    if isinstance(cfg, Mapping) and getattr(spec, "kind", "") == "viewer":
+        scheme = "https" if (cfg.get("tls") or {}).get("enabled") else "http"
+        ohif = (cfg.get("ohif") or {}).get("version", "")
+        users = len((cfg.get("auth") or {}).get("users") or {})
+        login = (f", {users} user(s)" if users else ", htpasswd users"
+                 if (cfg.get("auth") or {}).get("htpasswd") else
+                 ", ANONYMOUS" if cfg.get("allow_anonymous") else "")
+        return [f"OHIF {ohif} on {scheme}://{cfg.get('bind', '127.0.0.1')}:{cfg.get('port')}"
+                f"{login}, reading {cfg.get('upstream')}, on {getattr(spec, 'machine', '')}"]
     return []
 
 

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pacsinfra.drivers.base import (
+from pacsinfra.errors import StateError
+from pacsinfra.specs import (
     Observed,
     Ownership,
     PowerState,
@@ -27,7 +28,6 @@ from pacsinfra.drivers.base import (
     spec_kind,
     spec_to_dict,
 )
-from pacsinfra.errors import StateError
 
 STATE_VERSION = 1
 

@@ -13,13 +13,14 @@ The C-MOVE receiver is the archives' move destination named ``receiver_ae``
 blueprint declares it (``services.archive.config.peers``).
 
 ``deleters`` holds, per archive AE title, a :class:`~pacsinfra.verify.smoke.DicomWebDeleter`
-for every pacsinfra archive with DICOMweb enabled (its bearer token resolved from the
-config's secret reference), so the smoke test can remove its study afterwards.
+for every pacsinfra archive whose DICOMweb this machine reaches with a delete-scoped
+token (resolved from the config's secret reference), so the smoke test can remove its
+study afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,22 +75,44 @@ def _receiver_hint(host: str | None) -> str:
 
 def _deleter(addr: str, config: Mapping[str, Any], notes: list[str],
              host: str | None = None) -> Any:
-    """A DICOMweb deleter for an archive's rendered config, or None (with a note why)."""
+    """A DICOMweb deleter for an archive's rendered config, or None (with a note why).
+
+    The deleter authenticates with the config's legacy ``token`` or its first
+    ``tokens`` entry with the ``delete`` (or ``admin``) scope; OIDC-only archives and
+    archives that would only be reached on another machine's loopback get a note."""
+    from pydantic import ValidationError
+
     from pacsinfra.errors import PacsinfraError
     from pacsinfra.pacs.archive.config import DicomWebConfig
-    from pacsinfra.verify.smoke import DicomWebDeleter
+    from pacsinfra.pacs.web_config import is_loopback
+    from pacsinfra.verify.smoke import DicomWebDeleter, UnusableDeleter
 
-    web = DicomWebConfig.model_validate(dict(config.get("dicomweb") or {}))
+    try:
+        web = DicomWebConfig.model_validate(dict(config.get("dicomweb") or {}))
+    except ValidationError as exc:
+        notes.append(f"{addr}: cannot delete the test study: the archive's dicomweb settings "
+                     f"are invalid: {exc.errors()[0]['msg']}")
+        return None
     if not web.enabled:
         return None
+    if host is not None and is_loopback(web.bind):
+        notes.append(f"{addr}: cannot delete the test study: DICOMweb listens on the "
+                     f"loopback of {host} only")
+        return None
+    ref = web.token or next((t.token for t in web.tokens
+                             if "delete" in t.scopes or "admin" in t.scopes), None)
+    if ref is None and not (web.anonymous and "delete" in web.anonymous_scopes):
+        notes.append(f"{addr}: cannot delete the test study: give the archive's dicomweb a "
+                     "token with the delete scope (dicomweb.tokens)")
+        return None
     token = None
-    if web.token is not None:
+    if ref is not None:
         try:
-            token = web.token.resolve()
+            token = ref.resolve()
         except PacsinfraError as exc:
-            notes.append(f"{addr}: cannot delete the test study: DICOMweb token "
-                         f"({web.token.describe()}) not readable: {exc}")
-            return None
+            # the archive has a delete API; this run cannot authenticate to it
+            return UnusableDeleter(f"the archive's DICOMweb token ({ref.describe()}) cannot be "
+                                   f"read here: {exc}; the test study is left in place")
     where = _host({"bind": web.bind}, host)
     scheme = "https" if web.tls.enabled else "http"
     return DicomWebDeleter(f"{scheme}://{where}:{web.port}", token=token, ca_file=web.tls.ca_file)
@@ -116,9 +139,12 @@ def site_endpoints(
     *,
     receiver_ae: str = "PXVERIFY",
     calling_ae: str = "PXSMOKE",
+    deleter_for: Callable[[str], Any] | None = None,
 ) -> SiteEndpoints:
     """``services``: (address, kind, rendered config[, machine address]) of every deployed
-    service; a service bound to every interface is reached at its machine's address."""
+    service; a service bound to every interface is reached at its machine's address.
+    ``deleter_for(address)``: how to delete the test study from that archive where it
+    runs (None: through its DICOMweb from here)."""
     entries = _entries(services)
     hosts = {a: h for a, _, _, h in entries}
     routers = [(a, c) for a, k, c, _ in entries if k == "router"]
@@ -169,7 +195,7 @@ def site_endpoints(
     assert receiver is not None
     deleters = {}
     for addr, cfg in chosen:
-        d = _deleter(addr, cfg, notes, hosts[addr])
+        d = (deleter_for(addr) if deleter_for else None) or _deleter(addr, cfg, notes, hosts[addr])
         if d is not None:
             deleters[str(cfg["ae_title"])] = d
     return SiteEndpoints(
@@ -192,8 +218,8 @@ def deployed_services(blueprint: Path, overlay: str | None, state_path: Path | N
     """
     from pacsinfra.apply.engine import Engine
     from pacsinfra.blueprint import load_blueprint
-    from pacsinfra.drivers.base import ServiceSpec
     from pacsinfra.errors import StateError
+    from pacsinfra.specs import ServiceSpec
 
     loaded = load_blueprint(str(blueprint), site=overlay)
     engine = Engine(loaded, state_path)

@@ -10,7 +10,8 @@ Flow (each step timed and reported, none raised; :class:`SmokeReport` says what 
 5. C-MOVE the study from each archive to a temporary storage SCP (started on a free port)
    and compare, per instance, the SHA-256 of the pixel data and of the sent elements
    re-encoded (:func:`~pacsinfra.verify.study.dataset_digest`).
-6. Delete the study where the archive offers a way (:class:`StudyDeleter`: the pacsinfra
+6. Open the study in each viewer given (its proxy, its login; the first frame compared).
+7. Delete the study where the archive offers a way (:class:`StudyDeleter`: the pacsinfra
    archive's DICOMweb DELETE, Orthanc's REST API), then check C-FIND no longer finds it;
    otherwise the step is SKIP with the reason (a DICOM-only archive such as dcmqrscp, or a
    pacsinfra archive with DICOMweb disabled, has no delete).
@@ -123,6 +124,18 @@ class OrthancDeleter:
         for oid in ids:
             self._call("DELETE", f"/studies/{oid}")
         return f"deleted Orthanc study {', '.join(ids)}"
+
+
+class UnusableDeleter:
+    """An archive that has a delete API pacsinfra cannot use (its credentials cannot be
+    read): the delete step fails with ``reason`` rather than being skipped."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def delete_study(self, study_uid: str) -> str:
+        """Always refuses, with the reason."""
+        raise RuntimeError(self.reason)
 
 
 class DicomWebDeleter:
@@ -279,9 +292,12 @@ def run_smoke(
     wait_timeout: float = 60.0,
     dimse_timeout: float = 30.0,
     deleters: dict[str, StudyDeleter] | None = None,
+    viewers: Sequence[tuple[str, Callable[[str, list[Dataset]], tuple[str, str]]]] = (),
 ) -> SmokeReport:
     """Run the whole flow. ``archives`` default to ``[entry]``; ``deleters`` map archive AE titles
-    to a :class:`StudyDeleter` (archives without one are reported SKIP at the delete step)."""
+    to a :class:`StudyDeleter` (archives without one are reported SKIP at the delete step);
+    ``viewers``: (label, check) run once the study is stored, before it is deleted, with
+    its UID and the data sets sent."""
     archives = list(archives or [entry])
     deleters = deleters or {}
     scu = _Scu(calling_ae, dimse_timeout)
@@ -406,6 +422,10 @@ def run_smoke(
             return PASS, f"{len(got)} received, pixel + dataset SHA-256 identical"
 
         _timed(report, "c-move+compare", lab, move_compare)
+
+    for label, check in viewers:
+        _timed(report, "viewer", label,
+               lambda check=check: check(report.study_uid, study))  # type: ignore[misc]
 
     for arc in archives:
         deleter = deleters.get(arc.ae_title)

@@ -142,10 +142,21 @@ def test_delete_via_dicomweb(tmp_path: Path) -> None:
     finally:
         assert arch.stop() == 0
     events = [json.loads(line) for line in audit.read_text().splitlines()]
-    deleted = [e for e in events if e["EventIdentification"]["EventID"]["code"] == "110105"]
+    deletes = [e for e in events if e["EventIdentification"]["EventID"]["code"] == "110105"]
+    deleted = [e for e in deletes if e["EventIdentification"]["EventOutcomeIndicator"] == 0]
     assert [e["ParticipantObjectIdentification"][0]["ParticipantObjectID"] for e in deleted] == [
         a, b]
     assert deleted[0]["EventIdentification"]["EventActionCode"] == "D"
+    # the refused ones (404, 404, 400) are audited too: outcome "minor failure", the source
+    # address and the reason; the DELETE without a token as a failed authentication
+    refused = [e for e in deletes if e["EventIdentification"]["EventOutcomeIndicator"] == 4]
+    assert [e["ParticipantObjectIdentification"][0]["ParticipantObjectDescription"]
+            ["HTTPStatus"] for e in refused] == [404, 404, 400]
+    assert all(e["ActiveParticipant"][0]["NetworkAccessPointID"] == "127.0.0.1"
+               for e in refused)
+    assert "not a valid UID" in refused[2]["EventIdentification"]["EventOutcomeDescription"]
+    logins = [e for e in events if e["EventIdentification"]["EventID"]["code"] == "110114"]
+    assert len(logins) == 1 and logins[0]["EventIdentification"]["EventOutcomeIndicator"] == 4
 
 
 def test_delete_via_cli(tmp_path: Path) -> None:

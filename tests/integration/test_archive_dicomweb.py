@@ -82,6 +82,11 @@ def test_round_trip(web: Any) -> None:
     assert all("BulkDataURI" in m["7FE00010"] for m in meta)
     frames = client.retrieve_instance_frames(study, series, sent[1].SOPInstanceUID, [1])
     assert frames == [sent[1].PixelData]
+    from pydicom.encaps import generate_frames
+
+    encapsulated = client.retrieve_instance_frames(study, sent[3].SeriesInstanceUID,
+                                                   sent[3].SOPInstanceUID, [1])
+    assert encapsulated == list(generate_frames(sent[3].PixelData, number_of_frames=1))
 
     # bulk data of one element, and the errors of the single-instance routes
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -123,6 +128,45 @@ def test_metrics(web: Any) -> None:
     assert r.status_code == 200
     assert "pacs_archive_instances_stored_total" in r.text
     assert "pacs_archive_tier_usage_ratio" in r.text
+
+
+def _metric(url: str, name: str) -> float:
+    import re
+
+    r = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    m = re.search(rf"^{name} (\S+)$", r.text, re.M)
+    assert m, r.text
+    return float(m[1])
+
+
+def test_metadata_of_new_instances_is_ready_before_the_first_ask(web: Any) -> None:
+    """Each stored instance's metadata is encoded in the background right after the store:
+    the first viewer to open the series is answered from memory, with its own base URL
+    in the BulkDataURIs."""
+    import time
+
+    _, url = web
+    warmed = _metric(url, "pacs_archive_metadata_warmed_total")
+    study, series = generate_uid(), generate_uid()
+    sent = [make_instance(study_uid=study, series_uid=series, patient_id="WARM",
+                          instance_number=i + 1, rows=32, cols=32) for i in range(5)]
+    _client(url).store_instances(sent)
+    deadline = time.monotonic() + 30
+    while _metric(url, "pacs_archive_metadata_warmed_total") < warmed + 5:
+        assert time.monotonic() < deadline, "metadata of the new instances never encoded"
+        time.sleep(0.05)
+    hits = _metric(url, "pacs_archive_metadata_cache_hits_total")
+    misses = _metric(url, "pacs_archive_metadata_cache_misses_total")
+    r = requests.get(f"{url}/studies/{study}/series/{series}/metadata", timeout=10,
+                     headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    docs = r.json()
+    assert sorted(d["00080018"]["Value"][0] for d in docs) == sorted(
+        str(ds.SOPInstanceUID) for ds in sent)
+    assert all(d["7FE00010"]["BulkDataURI"].startswith(f"{url}/studies/{study}/series/")
+               for d in docs), docs[0]["7FE00010"]
+    assert _metric(url, "pacs_archive_metadata_cache_hits_total") == hits + 5
+    assert _metric(url, "pacs_archive_metadata_cache_misses_total") == misses
 
 
 def test_audit_log(tmp_path: Path) -> None:

@@ -98,7 +98,8 @@ def test_protocol_violation_aborts_only_that_association(archive: Archive, tmp_p
     assert assoc.is_aborted, f"{name}: association not aborted"
     assert _store_one(archive, tmp_path) == 0  # the next one is served normally
     assert _instance_count(archive) == before + 1
-    assert not list((archive.data / "default" / ".incoming").glob("*")), "temp file left"
+    incoming = archive.data / "fast" / ".incoming"  # the default tier
+    assert incoming.is_dir() and not list(incoming.glob("*")), "temp file left"
 
 
 def test_release_in_the_middle_of_a_data_set_stores_nothing(archive: Archive,

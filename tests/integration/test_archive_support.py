@@ -52,8 +52,11 @@ class Archive:
     """A running ``pacsinfra archive serve`` subprocess."""
 
     def __init__(self, data: Path, *, config: dict[str, Any] | None = None,
-                 aet: str = "ARCHIVE", peers: dict[str, int] | None = None) -> None:
+                 aet: str = "ARCHIVE", peers: dict[str, int] | None = None,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.data = data
+        self.extra_env = env or {}  # e.g. a private TMPDIR
+        self.cwd = cwd or REPO
         self.aet = aet
         self.port = free_port()
         self.config = config
@@ -80,10 +83,10 @@ class Archive:
         return out
 
     def start(self) -> Archive:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO), **self.extra_env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=REPO)
+                                         env=env, cwd=self.cwd)
         wait_port(self.port, proc=self.proc)
         return self
 

@@ -13,8 +13,8 @@ from support.netns_hosts import NetnsHost, netns_hosts  # noqa: F401 - fixture
 
 from pacsinfra.deploy.local import LocalTransport
 from pacsinfra.deploy.ssh import SSHTarget, SSHTransport
-from pacsinfra.deploy.supervisor import ServiceSpec, ServiceStatus, Supervised, main
 from pacsinfra.errors import DeployError
+from pacsinfra.services.supervisor import ServiceSpec, ServiceStatus, Supervised, main
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,8 @@ def test_clean_exit_is_not_restarted_but_failures_back_off_to_the_limit(tmp_path
     bad = Supervised(LocalTransport(), spec, python=sys.executable)
     started = time.monotonic()
     bad.start()
-    st = _wait(lambda: (s := bad.status()).state == "failed" and s)
+    # "failed" is written just before the supervisor exits and lets go of its lock.
+    st = _wait(lambda: (s := bad.status()).state == "failed" and not s.active and s)
     elapsed = time.monotonic() - started
     assert st.restarts == 2 and st.last_exit and st.last_exit["code"] == 3 and not st.active
     assert elapsed >= 0.1 + 0.2 + 0.4  # backoff doubles: 0.1, 0.2, then 0.4 before the refused 4th
@@ -149,3 +150,53 @@ def test_bad_spec_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     bad.write_text('{"name": "x"}')
     assert main(["start", "--spec", str(bad)]) == 2
     assert "bad spec" in capsys.readouterr().err
+
+
+def test_a_slow_start_says_which_setting_gives_more_time(tmp_path: Path) -> None:
+    """No start reported within the wait: the message names deploy.start_timeout; the
+    supervisor keeps trying and the service comes up."""
+    from pacsinfra.services.supervisor import start, stop
+
+    spec = ServiceSpec(name="slow", argv=[sys.executable, "-c", SLEEPER], run_dir=str(tmp_path))
+    with pytest.raises(DeployError, match=r"within 0s .*raise deploy\.start_timeout"):
+        start(spec, wait=0.0)  # no supervisor reports a start in no time
+    try:
+        _wait(lambda: (tmp_path / "slow.state.json").exists()
+              and Supervised(LocalTransport(), spec, python=sys.executable).status().state
+              == "running")
+    finally:
+        stop(tmp_path, "slow", 10.0)
+
+
+def test_a_service_still_logging_gets_more_time_and_a_stuck_one_does_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health wait's deadline is extended while the service's log moves (up to three
+    times the timeout); a quiet one fails at the deadline, naming the setting to raise."""
+    import socket
+
+    from pacsinfra.errors import ServiceCheckError
+    from pacsinfra.services import health
+
+    monkeypatch.setattr(health, "LOG_SAMPLE_S", 0.1)
+    monkeypatch.setattr(health, "LOG_QUIET_S", 0.5)
+    with socket.socket() as s:  # a port nothing listens on: every C-ECHO fails at once
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    alive = lambda: ServiceStatus(name="svc", active=True, state="running", pid=1)  # noqa: E731
+    lines: list[str] = []
+
+    def moving() -> str:
+        lines.append("building index ...")
+        return "\n".join(lines[-5:]) + str(len(lines))
+
+    # timeout 2 s: a moving log waits to the cap (6 s), a quiet one fails at about 2 s
+    for log, least, most in ((moving, 5.9, 12.0), (lambda: "nothing new", 1.9, 4.5)):
+        t0 = time.monotonic()
+        with pytest.raises(ServiceCheckError) as err:
+            health.wait_healthy("svc", ("SVC", "127.0.0.1", closed), alive, log,
+                                log_where="here", timeout=2.0, poll=0.05)
+        took = time.monotonic() - t0
+        assert least <= took <= most, (took, str(err.value))
+        assert "raise deploy.start_timeout (now 2s)" in str(err.value)
+        said = "still writing its log at 3 times" if log is moving else "did not change while"
+        assert said in str(err.value), str(err.value)

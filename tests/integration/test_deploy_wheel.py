@@ -13,8 +13,8 @@ from support.netns_hosts import NetnsHost, netns_hosts  # noqa: F401 - fixture
 
 from pacsinfra import __version__
 from pacsinfra.deploy.ssh import SSHTarget, SSHTransport
-from pacsinfra.deploy.wheel import build_wheel, inspect_wheel, install_wheel, installed
 from pacsinfra.errors import DeployError
+from pacsinfra.services.wheel import build_wheel, inspect_wheel, install_wheel, installed
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_build_and_install_idempotent(netns_hosts: list[NetnsHost], tmp_path: Pa
     assert wheel.name == "pacsinfra" and wheel.version == __version__
     with zipfile.ZipFile(wheel.path) as zf:
         names = zf.namelist()
-    assert "pacsinfra/deploy/wheel.py" in names and not any("__pycache__" in n for n in names)
+    assert "pacsinfra/services/wheel.py" in names and not any("__pycache__" in n for n in names)
     rebuilt = build_wheel(REPO, tmp_path / "dist2")
     assert rebuilt.content_hash == wheel.content_hash  # zip timestamps do not matter
 
@@ -43,7 +43,8 @@ def test_build_and_install_idempotent(netns_hosts: list[NetnsHost], tmp_path: Pa
             version, path = out.stdout.split()
             assert version == __version__ and path.startswith(venv)  # not the checkout
             assert installed(t, venv) == {"content_hash": wheel.content_hash, "name": "pacsinfra",
-                                          "version": __version__, "wheel": wheel.filename}
+                                          "version": __version__, "wheel": wheel.filename,
+                                          "extras": []}
             started = time.monotonic()
             again = install_wheel(t, wheel, venv, python=SYSTEM_PY, no_deps=True)
             assert not again.changed and time.monotonic() - started < 3
@@ -72,7 +73,7 @@ def test_build_and_install_idempotent(netns_hosts: list[NetnsHost], tmp_path: Pa
 
 
 def inspect_wheel_unchecked(path: Path):  # type: ignore[no-untyped-def]
-    from pacsinfra.deploy.wheel import BuiltWheel
+    from pacsinfra.services.wheel import BuiltWheel
 
     return BuiltWheel(path, "pacsinfra", "0.1.0", "bogus")
 
@@ -82,3 +83,17 @@ def test_bad_source_is_a_clear_error(tmp_path: Path) -> None:
         build_wheel(tmp_path, tmp_path / "out")
     with pytest.raises(DeployError, match="not a wheel"):
         inspect_wheel(tmp_path / "x.tar.gz")
+
+
+def test_the_wheel_builds_without_warnings(tmp_path: Path) -> None:
+    """Every install builds this project: its metadata must not make setuptools warn
+    (a TOML-table ``project.license`` did, on every install)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-v", "-w", str(tmp_path), str(REPO)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "Warning" not in out and "deprecated" not in out.lower(), out[-4000:]

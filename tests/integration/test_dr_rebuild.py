@@ -1,7 +1,8 @@
 """Disaster recovery end to end on the local provider.
 
 Site A is applied and filled with studies, backed up while it runs, destroyed;
-``pacsinfra dr rebuild --site dr`` builds site B from the same blueprint's overlay,
+``pacsinfra dr rebuild --site dr`` builds site B from the same blueprint's overlay (and
+without ``--site``, site A again onto its own blueprint),
 restores the backup into B's archive before it starts, counts every study of the
 backup by C-FIND, and runs verify through B's router. Real processes, free loopback
 ports, everything under a temp PACSINFRA_LOCAL_ROOT.
@@ -30,12 +31,10 @@ apiVersion: pacsinfra/v1
 kind: Site
 metadata: {{name: drtest}}
 provider: {{driver: local}}
-images: {{host: {{local: {{}}}}}}
 storage:
   disk: {{tier: performance, encrypted: true}}
 machines:
   pacs:
-    image: host
     cpu: {{count: 1}}
     memory: {{size: 1GiB}}
     disks: [{{name: data, size: 1GiB, storage: disk}}]
@@ -104,6 +103,12 @@ def test_dr_rebuild_brings_every_study_back(tmp_path: Path) -> None:
                     str(tmp_path / "backups"), "--auto-approve", rc=2)
         assert "already exists" in again
         assert set(sent) <= set(study_counts(ports["b_archive"]))
+
+        # the site itself, rebuilt onto its own blueprint: no overlay, no --site
+        own = cli("dr", "rebuild", str(bp), "--from", str(tmp_path / "backups"),
+                  "--auto-approve")
+        assert f"{len(sent)}/{len(sent)} studies of the backup found by C-FIND" in own, own
+        assert set(sent) <= set(study_counts(ports["a_archive"]))
     finally:
         cli("destroy", str(bp), "--auto-approve")
         cli("destroy", str(bp), "--site", "dr", "--auto-approve")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, need_module
+from support.host_root import host_root
 from support.netns_hosts import NetnsHost
 from support.procs import cmdline, processes_under
 from support.standin import SYSTEM_PY, house, standin  # noqa: F401 - fixtures
@@ -41,16 +42,14 @@ MACHINE = "drst-b-pacs-1"
 
 def _blueprint(tmp: Path, host: NetnsHost, house: Path,  # noqa: F811
                ports: dict[str, int]) -> str:
-    root = tmp / "host-root"
+    root = host_root(tmp / "host-root")
     return f"""\
 apiVersion: pacsinfra/v1
 kind: Site
 metadata: {{name: drst}}
 provider: {{driver: local}}
-images: {{host: {{local: {{}}}}}}
 machines:
   pacs:
-    image: host
     cpu: {{count: 1}}
     memory: {{size: 1GiB}}
     services: [archive, router]
@@ -74,13 +73,10 @@ dr:
 sites:
   dr:
     metadata: {{name: drst-b, description: site A rebuilt on an existing host}}
+    deploy: {{user: root, key_file: {host.key_file}, python: {SYSTEM_PY}, find_links: {house}}}
     provider:
       driver: static
       static:
-        user: root
-        key_file: {host.key_file}
-        python: {SYSTEM_PY}
-        find_links: {house}
         records: {tmp / "records"}
         hosts:
           {MACHINE}: {{address: {host.address}, root: {root}, host_keys: ["{host.host_key_line}"]}}
@@ -110,7 +106,7 @@ def test_dr_rebuild_onto_a_static_host(standin: NetnsHost, house: Path,  # noqa:
     ports = {k: free_port() for k in ("a_archive", "a_router", "a_recv", "b_recv")}
     bp = tmp_path / "site.yaml"
     bp.write_text(_blueprint(tmp_path, host, house, ports))
-    root = tmp_path / "host-root"
+    root = host_root(tmp_path / "host-root")
     local_root = tmp_path / "local-root"
     env = {k: v for k, v in os.environ.items() if k != "PACSINFRA_DEBUG"}
     env["PACSINFRA_LOCAL_ROOT"] = str(local_root)

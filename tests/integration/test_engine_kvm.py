@@ -110,7 +110,11 @@ machines:
 services:
   archive:
     kind: archive
-    config: {{ae_title: ARCHIVE}}
+    config:
+      ae_title: ARCHIVE
+      dicomweb:
+        bind: 0.0.0.0
+        tokens: [{{name: viewer, scopes: [read], token: {{env: ENG_VIEWER_TOKEN}}}}]
 {viewer_service}"""
 
 
@@ -388,7 +392,7 @@ with LocalStateStore(sys.argv[1]).lock("apply"):
 
 def test_parallel_apply_of_200_machines(tmp_path: Path, conn: Any) -> None:
     from pacsinfra.apply.engine import Engine
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     name = unique_site()
     bp = load(write_blueprint(tmp_path, site_yaml(name, archives=2, viewers=0, workers=198)))

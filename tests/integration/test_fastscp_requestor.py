@@ -27,13 +27,10 @@ from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import CTImageStorage  # noqa: E402
 
 from pacsinfra.pacs.archive.synth import make_instance, write  # noqa: E402
-from pacsinfra.pacs.fastscp import pdu  # noqa: E402
-from pacsinfra.pacs.fastscp.association import ProtocolError  # noqa: E402
-from pacsinfra.pacs.fastscp.requestor import (  # noqa: E402
-    AssociationFailed,
-    StreamingRequestor,
-    read_meta,
-)
+from pacsinfra.pacs.fastscp.codec import ProtocolError  # noqa: E402
+from pacsinfra.pacs.fastscp.part10 import read_meta  # noqa: E402
+from pacsinfra.pacs.fastscp.requestor import AssociationFailed, StreamingRequestor  # noqa: E402
+from pacsinfra.pacs.fastscp.wire import PeerClosed  # noqa: E402
 
 
 def _open(port: int) -> StreamingRequestor:
@@ -95,7 +92,7 @@ def test_abort_in_the_middle_is_peer_closed(instance: Path) -> None:
 
     for port in _scp(on_store):
         link = _open(port)
-        with pytest.raises((pdu.PeerClosed, ProtocolError)):
+        with pytest.raises((PeerClosed, ProtocolError)):
             link.store_file(instance, CTImageStorage, "1.2.3", ExplicitVRLittleEndian)
         assert not link.is_established
 

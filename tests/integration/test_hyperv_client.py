@@ -16,11 +16,11 @@ need_module("winrm")
 from support.hyperv_model import HypervHost  # noqa: E402
 from support.wsman_server import PASSWORD, USER, WsmanServer, basic_session  # noqa: E402
 
-from pacsinfra.drivers.hyperv import HypervDriver  # noqa: E402
 from pacsinfra.drivers.hyperv.client import HypervClient, PowerShellFailed, WinRMFault  # noqa: E402
+from pacsinfra.drivers.hyperv.driver import HypervDriver  # noqa: E402
 from pacsinfra.drivers.hyperv.scripts import render  # noqa: E402
-from pacsinfra.drivers.registry import make_driver  # noqa: E402
 from pacsinfra.errors import AuthError, ConnectError, SecretError, TaskFailed  # noqa: E402
+from pacsinfra.providers import make_provider  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,12 @@ def config(port: int, **kw: object) -> dict[str, object]:
 def test_connect_resolves_the_secret_only_then(endpoint: WsmanServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PACSINFRA_TEST_HV_PASSWORD", raising=False)
     port = int(endpoint.url.split(":")[2].split("/")[0])
-    drv = make_driver("hyperv", config(port))  # no I/O, no secret yet
+    drv = make_provider("hyperv", config(port))  # no I/O, no secret yet
     with pytest.raises(SecretError):
         drv.connect()
     monkeypatch.setenv("PACSINFRA_TEST_HV_PASSWORD", PASSWORD)
-    with make_driver("hyperv", config(port)) as d:
-        assert isinstance(d, HypervDriver) and d.host["mhz"] == 2600
+    with make_provider("hyperv", config(port)) as d:
+        assert isinstance(d, HypervDriver) and d.host.facts["mhz"] == 2600
 
 
 def test_wrong_password_is_an_auth_error_without_the_password(
@@ -54,7 +54,7 @@ def test_wrong_password_is_an_auth_error_without_the_password(
     monkeypatch.setenv("PACSINFRA_TEST_HV_PASSWORD", wrong)
     port = int(endpoint.url.split(":")[2].split("/")[0])
     with pytest.raises(AuthError) as info:
-        make_driver("hyperv", config(port)).connect()
+        make_provider("hyperv", config(port)).connect()
     msg = str(info.value)
     assert "refused the credentials (HTTP 401)" in msg and "127.0.0.1" in msg
     assert wrong not in msg and PASSWORD not in msg
@@ -95,7 +95,7 @@ def test_untrusted_certificate_is_a_tls_connect_error(tls_endpoint: tuple[WsmanS
     trusted = winrm.Session(url, auth=(USER, PASSWORD), transport="basic", ca_trust_path=str(cert))
     drv = HypervDriver({"host": "127.0.0.1"}, client=trusted)
     drv.connect()
-    assert drv.host["logical_processors"] == 32
+    assert drv.host.facts["logical_processors"] == 32
 
 
 def test_wsman_faults_map_by_subcode(endpoint: WsmanServer) -> None:

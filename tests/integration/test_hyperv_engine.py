@@ -201,12 +201,12 @@ def test_failure_injection_unowned_duplicate_name(tmp_path: Path, endpoint: Wsma
 def test_create_killed_half_way_is_finished_by_the_next_apply(
     tmp_path: Path, endpoint: WsmanServer, host: HypervHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pacsinfra.drivers.hyperv.driver import HypervDriver
+    from pacsinfra.drivers.hyperv.machines import Machines
 
     # kill -9 after New-VM: the driver's cleanup never runs, a marked, stopped VM stays
     host.memory_mib = 16384
     with monkeypatch.context() as m:
-        m.setattr(HypervDriver, "_cleanup_machine", lambda self, spec, owner: None)
+        m.setattr(Machines, "_cleanup", lambda self, spec, owner: None)
         with engine(tmp_path, endpoint) as eng, pytest.raises(ApplyFailed):
             eng.apply(eng.plan(), parallelism=1)
     stopped = [v for v in host.vms.values() if v.state == "Off"]

@@ -35,16 +35,17 @@ from support.standin import (  # noqa: F401 - fixtures
     assert_destroy_order,
     assert_no_secrets,
     assert_services_in,
+    deploy_block,
     house,
     kill_under,
     processes_under,
     services_block,
-    ssh_block,
     standin,
 )
 
 need_module("winrm")
 
+from support.host_root import host_root  # noqa: E402
 from support.hyperv_model import HypervHost  # noqa: E402
 from support.wsman_server import PASSWORD, USER, WsmanServer  # noqa: E402
 
@@ -73,7 +74,7 @@ provider:
     user: {USER}
     password: {{env: {ENV}}}
     ssl: false
-{ssh_block(host, root, wheels, key_line=key_line)}\
+{deploy_block(host, root, wheels, key_line=key_line)}\
 images:
   debian12: {{hyperv: {{vhdx: '{IMAGE}'}}}}
 networks:
@@ -96,7 +97,7 @@ def env(standin: NetnsHost, house: Path, tmp_path: Path) -> Iterator[dict[str, A
     need_module("pynetdicom")
     hv = HypervHost(mhz=2600, memory_mib=65536)
     hv.add_image(IMAGE, 4096)
-    root = tmp_path / "guest-root"  # the stand-in's /opt/pacsinfra
+    root = host_root(tmp_path / "guest-root")  # the stand-in's /opt/pacsinfra
     receiver = free_port()
     cli = Cli({ENV: PASSWORD})
     bp = tmp_path / "site.yaml"

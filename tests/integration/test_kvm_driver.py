@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 from conftest import need_module
 
-from pacsinfra.drivers.base import (
+from pacsinfra.errors import (
+    AlreadyExists,
+    CapabilityError,
+    ConnectError,
+    DriverError,
+    NotFound,
+    TaskFailed,
+)
+from pacsinfra.specs import (
     ChangeKind,
     DiskSpec,
     GpuSpec,
@@ -30,14 +38,6 @@ from pacsinfra.drivers.base import (
     PowerState,
     StorageSpec,
     changed_fields,
-)
-from pacsinfra.errors import (
-    AlreadyExists,
-    CapabilityError,
-    ConnectError,
-    DriverError,
-    NotFound,
-    TaskFailed,
 )
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def site() -> str:
 
 @pytest.fixture
 def driver(conn: Any) -> Iterator[Any]:
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     d = KvmDriver({"uri": "test:///default", "shutdown_timeout": 2}, client=conn)
     d.connect()
@@ -154,14 +154,14 @@ def volumes(conn: Any, pool: str) -> list[str]:
 
 
 def test_config_as_object_or_mapping(conn: Any) -> None:
-    from pacsinfra.drivers.kvm import KvmDriver
-    from pacsinfra.drivers.registry import make_driver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
+    from pacsinfra.providers import make_provider
 
     assert KvmDriver(SimpleNamespace(uri="test:///default")).uri == "test:///default"
-    assert KvmDriver({"uri": "qemu:///embed?root=/x"}).domain_type() == "qemu"
-    assert KvmDriver({"uri": "qemu:///system"}).domain_type() == "kvm"
-    assert KvmDriver({"uri": "qemu:///system", "domain_type": "qemu"}).domain_type() == "qemu"
-    assert isinstance(make_driver("kvm", {"uri": "test:///default"}, client=conn), KvmDriver)
+    assert KvmDriver({"uri": "qemu:///embed?root=/x"}).host.domain_type() == "qemu"
+    assert KvmDriver({"uri": "qemu:///system"}).host.domain_type() == "kvm"
+    assert KvmDriver({"uri": "qemu:///system", "domain_type": "qemu"}).host.domain_type() == "qemu"
+    assert isinstance(make_provider("kvm", {"uri": "test:///default"}, client=conn), KvmDriver)
 
 
 def test_lifecycle_create_read_update_delete(driver: Any, conn: Any, site: str, infra: Any) -> None:
@@ -228,32 +228,6 @@ def test_lifecycle_create_read_update_delete(driver: Any, conn: Any, site: str, 
     driver.delete(observed)
 
 
-def test_in_place_cpu_tuning_on_stopped_machine(driver: Any, site: str, infra: Any) -> None:
-    spec = machine_spec(site, power_on=False)
-    created = driver.create(spec, owner(site, spec.address))
-    assert created.power == PowerState.OFF
-    tuned = dataclasses.replace(spec, cpu_shares=500, cpu_limit_mhz=1200, cpu_reservation_mhz=800)
-    fields = changed_fields(tuned, driver.read(tuned))
-    assert sorted(fields) == ["cpu_limit_mhz", "cpu_reservation_mhz", "cpu_shares"]
-    assert {driver.classify(tuned, f) for f in fields} == {ChangeKind.IN_PLACE}
-    after = driver.update(tuned, driver.read(tuned), fields)
-    assert changed_fields(tuned, after) == []
-    assert after.power == PowerState.OFF
-    # the power state itself is a field: power_on=True starts it
-    on = dataclasses.replace(tuned, power_on=True)
-    assert changed_fields(on, driver.read(on)) == ["power_on"]
-    assert driver.update(on, driver.read(on), ["power_on"]).power == PowerState.ON
-
-
-def test_live_cpu_tuning_unsupported_is_reported(driver: Any, site: str, infra: Any) -> None:
-    """test:///default cannot set cpu_shares live: a CapabilityError chained from libvirt's."""
-    spec = machine_spec(site)
-    driver.create(spec, owner(site, spec.address))
-    tuned = dataclasses.replace(spec, cpu_shares=500)
-    with pytest.raises(CapabilityError, match="next start"):
-        driver.update(tuned, driver.read(tuned), ["cpu_shares"])
-
-
 def test_disk_growth_translates_unsupported_resize(
     driver: Any, site: str, infra: Any, libvirt: Any
 ) -> None:
@@ -288,38 +262,6 @@ def test_add_and_remove_a_disk(driver: Any, conn: Any, site: str, infra: Any) ->
     assert changed_fields(fewer, after) == []
     names = volumes(conn, f"{site}-flash")
     assert f"{spec.name}-data.qcow2" not in names and f"{spec.name}-wal.qcow2" not in names
-
-
-def test_list_owned_filters_by_site(driver: Any, site: str, infra: Any) -> None:
-    spec = machine_spec(site)
-    driver.create(spec, owner(site, spec.address))
-    owned = driver.list_owned(site)
-    assert sorted(o.spec.address for o in owned) == [
-        "machine.archive[0]",
-        "network.dicom",
-        "storage.flash",
-    ]
-    assert all(o.owner is not None and o.owner.site == site for o in owned)
-    assert driver.list_owned(site + "-other") == []
-    # the adopted observation is complete enough to plan against
-    machine = next(o for o in owned if isinstance(o.spec, MachineSpec))
-    assert machine.spec.role == "archive" and machine.spec.memory_mib == 2048
-
-
-def test_duplicate_name_of_unowned_domain(driver: Any, conn: Any, site: str, infra: Any) -> None:
-    # test:///default ships a domain named "test" that pacsinfra did not create
-    spec = machine_spec(site, name="test")
-    before = volumes(conn, f"{site}-flash")
-    with pytest.raises(AlreadyExists, match="not created by pacsinfra"):
-        driver.create(spec, owner(site, spec.address))
-    assert volumes(conn, f"{site}-flash") == before
-    observed = driver.read(spec)
-    assert observed is not None and observed.owner is None
-    with pytest.raises(AlreadyExists):
-        driver.delete(observed)
-    with pytest.raises(AlreadyExists):
-        driver.update(spec, observed, ["memory_mib"])
-    assert conn.lookupByName("test").isActive()
 
 
 def test_name_owned_by_another_address(driver: Any, site: str, infra: Any) -> None:
@@ -360,7 +302,7 @@ class FailingDefine:
 
 
 def test_failed_create_removes_what_it_made(conn: Any, site: str, infra: Any, libvirt: Any) -> None:
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     broken = KvmDriver({"uri": "test:///default"}, client=FailingDefine(conn))
     spec = machine_spec(site)
@@ -375,7 +317,7 @@ def test_failed_create_removes_what_it_made(conn: Any, site: str, infra: Any, li
 def test_failed_update_starts_the_machine_again(
     driver: Any, conn: Any, site: str, infra: Any, libvirt: Any
 ) -> None:
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     spec = machine_spec(site)
     driver.create(spec, owner(site, spec.address))
@@ -434,7 +376,7 @@ def test_check_reports_impossible_asks(driver: Any, site: str) -> None:
         assert driver.check(spec), spec
     assert driver.check(dataclasses.replace(net_spec(site), settings={"forward": "warp"}))
     assert driver.check(dataclasses.replace(net_spec(site), cidr=None, settings={"forward": "nat"}))
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     embed = KvmDriver({"uri": "qemu:///embed?root=/nonexistent"})
     assert embed.check(net_spec(site))  # no network driver there; no connection needed
@@ -511,7 +453,7 @@ def test_concurrent_creates_on_one_connection(driver: Any, site: str, infra: Any
 
 
 def test_connect_failure_is_translated(libvirt: Any, tmp_path: Any) -> None:
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     d = KvmDriver({"uri": f"test+unix:///default?socket={tmp_path}/no-such.sock"})
     with pytest.raises(ConnectError) as info:
@@ -543,7 +485,7 @@ def test_engine_plan_apply_replan_destroy(conn: Any, tmp_path: Any) -> None:
     from memdriver import fake_blueprint, fake_site
 
     from pacsinfra.apply.engine import Engine
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
     from pacsinfra.plan.plan import Action
 
     name = "e" + uuid.uuid4().hex[:8]

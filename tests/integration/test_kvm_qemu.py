@@ -20,7 +20,8 @@ import pytest
 from conftest import need, need_binary, need_module
 from support.qemu_embed import QEMU_CONF, embed_root
 
-from pacsinfra.drivers.base import (
+from pacsinfra.errors import ConnectError
+from pacsinfra.specs import (
     ChangeKind,
     DiskSpec,
     MachineSpec,
@@ -43,7 +44,7 @@ def embed_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     need(bool(shutil.which("genisoimage") or shutil.which("xorriso")), "genisoimage or xorriso")
     need(os.geteuid() == 0, "qemu:///embed with user=root needs root")
     root = embed_root(tmp_path_factory)
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     driver = KvmDriver({"uri": f"qemu:///embed?root={root}", "shutdown_timeout": 1})
     driver.connect()
@@ -154,7 +155,7 @@ def test_tiny_domain_lifecycle_on_real_qemu(embed_driver: Any) -> None:
 
 def test_directory_pools_listed_once_and_never_half_made(embed_driver: Any) -> None:
     """Embed pools are directories: one listing per pool, and a kill never leaves one unmarked."""
-    from pacsinfra.drivers.kvm.storage import STAGING_SUFFIX
+    from pacsinfra.drivers.kvm.volumes import STAGING_SUFFIX
 
     driver, root = embed_driver
     site = "cd"
@@ -251,13 +252,21 @@ def system_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         proc.kill()
         log = (d / "libvirtd.log").read_text() if (d / "libvirtd.log").exists() else ""
         pytest.fail(f"libvirtd did not start: {log[-2000:]}")
-    from pacsinfra.drivers.kvm import KvmDriver
+    from pacsinfra.drivers.kvm.driver import KvmDriver
 
     driver = KvmDriver(
         {"uri": f"qemu+unix:///system?socket={sock}", "domain_type": "qemu", "shutdown_timeout": 1}
     )
     try:
-        driver.connect()
+        # the socket exists a moment before libvirtd accepts on it (longer on a busy machine)
+        while True:
+            try:
+                driver.connect()
+                break
+            except ConnectError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         yield driver, d
     finally:
         # stop every QEMU and dnsmasq it started, then the daemon (its namespaces go with it)

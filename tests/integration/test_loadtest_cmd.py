@@ -30,7 +30,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     finally:
         if s.run_dir.exists():  # a failed test must not leave processes behind
             s.cli("destroy", str(s.bp), "--auto-approve")
-            from pacsinfra.deploy import supervisor
+            from pacsinfra.services import supervisor
 
             for lock in s.run_dir.glob("*.lock") if s.run_dir.exists() else []:
                 supervisor.stop(s.run_dir, lock.name[: -len(".lock")])

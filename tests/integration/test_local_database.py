@@ -57,18 +57,15 @@ apiVersion: pacsinfra/v1
 kind: Site
 metadata: {{name: {SITE}}}
 provider: {{driver: local}}
-images: {{host: {{local: {{}}}}}}
 storage:
   disk: {{tier: performance, encrypted: true}}
 machines:
   db:
-    image: host
     cpu: {{count: 1}}
     memory: {{size: 1GiB}}
     disks: [{{name: data, size: 1GiB, storage: disk}}]
     services: [pacsdb]
   pacs:
-    image: host
     cpu: {{count: 1}}
     memory: {{size: 1GiB}}
     disks: [{{name: data, size: 1GiB, storage: disk}}]
@@ -162,7 +159,7 @@ def site() -> Iterator[Site]:
         yield s
     finally:
         s.cli("destroy", str(s.bp), "--auto-approve")
-        from pacsinfra.deploy import supervisor
+        from pacsinfra.services import supervisor
 
         for machine in (DB_MACHINE, PACS_MACHINE):
             run = s.run_dir(machine)
@@ -263,7 +260,7 @@ def test_local_database_lifecycle(site: Site) -> None:
     with site.connect("pacs") as conn:  # type: ignore[attr-defined]
         assert conn.execute("SHOW max_connections").fetchone()[0] == "60"
 
-    from pacsinfra.deploy import supervisor
+    from pacsinfra.services import supervisor
 
     # The archive's pooled connections died with the old server: a store that meets one
     # is refused (never acknowledged without its index row), and the archive reconnects.

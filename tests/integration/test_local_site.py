@@ -44,12 +44,10 @@ apiVersion: pacsinfra/v1
 kind: Site
 metadata: {{name: {SITE}}}
 provider: {{driver: local}}
-images: {{host: {{local: {{}}}}}}
 storage:
   disk: {{tier: performance, encrypted: true}}
 machines:
   pacs:
-    image: host
     cpu: {{count: 1}}
     memory: {{size: 1GiB}}
     disks: [{{name: data, size: 1GiB, storage: disk}}]
@@ -120,7 +118,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     finally:
         if s.run_dir.exists():  # a failed test must not leave processes behind
             s.cli("destroy", str(s.bp), "--auto-approve")
-            from pacsinfra.deploy import supervisor
+            from pacsinfra.services import supervisor
 
             for lock in s.run_dir.glob("*.lock") if s.run_dir.exists() else []:
                 supervisor.stop(s.run_dir, lock.name[: -len(".lock")])
@@ -219,7 +217,7 @@ def test_local_site_lifecycle(site: Site, tmp_path: Path) -> None:
     site.ok("plan", bp, "--detailed-exitcode")
 
     # a killed service is drift: the next plan restarts it
-    from pacsinfra.deploy import supervisor
+    from pacsinfra.services import supervisor
 
     supervisor.stop(site.run_dir, "archive")
     r = site.cli("verify", bp, "--wait", "2")

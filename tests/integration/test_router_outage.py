@@ -44,7 +44,14 @@ def test_outage_backoff_then_everything_in_study_order(tmp_path: Path) -> None:
         dss = [instance(study=s, number=n) for n in range(1, 6) for s in studies]
         assert set(send(router.port, dss).values()) == {0}
         time.sleep(8)  # attempts at ~0, 0.5, 1.5, 3.5, 7.5 s
-        rows = [json.loads(line) for line in router.cli("queue", "list", "--json").stdout.splitlines()]
+        listing = json.loads(router.cli("queue", "list", "--json").stdout)
+        rows = listing["rows"]
+        assert (listing["total"], listing["shown"], listing["truncated"]) == (15, 15, False)
+        short = json.loads(router.cli("queue", "list", "--json", "--limit", "4").stdout)
+        assert (short["total"], short["shown"], short["truncated"]) == (15, 4, True)
+        assert [r["id"] for r in short["rows"]] == [r["id"] for r in rows[:4]]  # oldest first
+        assert "showing the oldest 4 of 15 rows" in router.cli("queue", "list", "--limit",
+                                                                "4").stdout
         heads = [r for r in rows if r["attempt_log"]]
         assert {r["study_uid"] for r in heads} == set(studies)  # only study heads are tried
         for r in heads:

@@ -138,15 +138,22 @@ def test_two_routers_share_one_queue_and_keep_study_order(postgres: PgCluster,  
         for s in studies:
             numbers = [n for st, n in order if st == s]
             assert numbers == sorted(numbers), numbers  # never out of order across routers
-        sent = []
-        for r in (a, b):
-            with urllib.request.urlopen(  # noqa: S310 - loopback
-                    f"http://127.0.0.1:{r.cfg['metrics_port']}/metrics") as resp:
-                text = resp.read().decode()
-            sent.append(int(next(line.split()[-1] for line in text.splitlines()
-                                 if line.startswith('pacsinfra_router_sent_total{node="d"}'))))
-        print(f"rows sent by router a, b: {sent}")
-        assert sum(sent) >= len(dss)
+
+        def sent() -> list[int]:
+            counts = []
+            for r in (a, b):
+                with urllib.request.urlopen(  # noqa: S310 - loopback
+                        f"http://127.0.0.1:{r.cfg['metrics_port']}/metrics") as resp:
+                    text = resp.read().decode()
+                counts.append(int(next(
+                    line.split()[-1] for line in text.splitlines()
+                    if line.startswith('pacsinfra_router_sent_total{node="d"}'))))
+            return counts
+
+        # a router counts a row once the destination's answer is in: the last one may be
+        # received a moment before it is counted
+        wait_for(lambda: sum(sent()) >= len(dss), 10, "every row counted as sent")
+        print(f"rows sent by router a, b: {sent()}")
     finally:
         a.stop()
         b.stop()

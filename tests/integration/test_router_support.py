@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from support.ports import free_port
 
 from pacsinfra.pacs.dicom import TCP_TUNING_HANDLER, keep_responses
 
@@ -34,10 +35,8 @@ SOP_OF = {"CT": CT, "MR": MR, "CR": CR, "US": US}
 
 
 def port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port (tests/support/ports.py)."""
+    return free_port()
 
 
 def dcmtk(name: str) -> str:
@@ -246,15 +245,17 @@ class StatusSCP:
     """A real pynetdicom storage SCP in a thread that answers ``status`` (changeable)."""
 
     def __init__(self, status: int, aet: str = "PICKY",
-                 syntaxes: list[str] | None = None, ssl_context: Any = None) -> None:
+                 syntaxes: list[str] | None = None, ssl_context: Any = None,
+                 sop_classes: list[str] | None = None) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         self.status, self.aet, self.port = status, aet, port()
         self.received: list[str] = []
         self.syntax_of: dict[str, str] = {}
         ae = AE(ae_title=aet)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, syntaxes or ALL_TRANSFER_SYNTAXES)
+        classes = sop_classes or [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+        for sop_class in classes:
+            ae.add_supported_context(sop_class, syntaxes or ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context("1.2.840.10008.1.1")
 
         def on_store(event: Any) -> int:
@@ -278,7 +279,8 @@ class StatusSCP:
 class Router(Proc):
     """``pacsinfra router serve`` with the given config (port/bind/spool filled in)."""
 
-    def __init__(self, folder: Path, cfg: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, cfg: dict[str, Any], *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.port = folder, port()
         cfg = dict(cfg)
@@ -289,7 +291,8 @@ class Router(Proc):
         self.config = folder / "router.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         super().__init__([sys.executable, "-m", "pacsinfra", "router", "serve", "--config",
-                          str(self.config)], folder / "router.log", cwd=REPO)
+                          str(self.config)], folder / "router.log", cwd=cwd or REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), **env) if env else None)
 
     def start(self) -> None:
         super().start()

@@ -75,3 +75,35 @@ def test_router_accepts_the_senders_first_choice(tmp_path: Path) -> None:
     finally:
         router.stop()
         dest.stop()
+
+
+def test_a_refused_context_is_recorded_as_what_happened(tmp_path: Path) -> None:
+    """A destination that takes no MR at all refuses the context at association: the row is
+    dead-lettered with that reason and no DIMSE status (the destination sent none)."""
+    from test_router_support import CT
+
+    ct_only = StatusSCP(0, "CTONLY", sop_classes=[CT])
+    router = Router(tmp_path / "router", {
+        "destinations": {"ct_only": ct_only.dest()},
+        "rules": [{"name": "all", "forward": ["ct_only"]}],
+        "retry": {"max_attempts": 2, "initial_backoff": 0.1},
+    })
+    router.start()
+    try:
+        from test_router_support import send
+
+        mr, ct = instance(modality="MR"), instance(modality="CT")
+        assert set(send(router.port, [mr, ct]).values()) == {0}
+        wait_for(lambda: len(ct_only.received) == 1 and router.states().get("dead") == 1,
+                 30, "the CT delivered and the MR dead-lettered")
+        with router.db() as c:
+            status, err = c.execute("SELECT last_status, last_error FROM items "
+                                    "WHERE state = 'dead'").fetchone()
+        assert status is None, status
+        assert "CTONLY rejected the presentation context for SOP class" in err, err
+        assert "nothing was sent" in err and str(mr.SOPClassUID) in err, err
+        listing = router.cli("queue", "list", "--state", "dead").stdout
+        assert "status=0x0122" not in listing and "rejected the presentation context" in listing
+    finally:
+        router.stop()
+        ct_only.stop()

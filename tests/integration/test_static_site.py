@@ -13,22 +13,23 @@ from a wheelhouse on the (shared) file system, downloaded once and cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import free_port, need, need_module
+from support.host_root import host_root
 from support.netns_hosts import NetnsHost, netns_hosts, route_between  # noqa: F401 - fixture
 from support.procs import processes_under
+from support.wheelhouse import wheelhouse as wheels_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,31 +41,35 @@ MACHINES = tuple(f"{SITE}-{r}-1" for r in ROLES)
 
 
 def wheelhouse() -> Path:
-    """pacsinfra's dependencies as wheels for the hosts' python, downloaded once and kept."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    py = subprocess.run([SYSTEM_PY, "-c", "import sys; print(sys.version_info[:2])"],
-                        capture_output=True, text=True).stdout.strip()
-    key = hashlib.sha256(json.dumps([sorted(deps), py]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    where = cache / "pacsinfra-tests" / f"wheelhouse-{key}"
-    if (where / ".complete").exists():
-        return where
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                        "--dest", str(where), *deps], capture_output=True, text=True, timeout=600)
-    need(r.returncode == 0, f"cannot download the hosts' dependency wheels: {r.stderr[-300:]}")
-    (where / ".complete").write_text("\n".join(deps))
-    return where
+    """pacsinfra's dependencies as wheels for the hosts' python, downloaded once and kept
+    (tests/support/wheelhouse.py; the hosts' python and this venv's are the same version)."""
+    out = subprocess.run([SYSTEM_PY, "-c", "import sys; print(*sys.version_info[:2])"],
+                         capture_output=True, text=True).stdout
+    try:
+        return wheels_for(tuple(int(v) for v in out.split()))
+    except RuntimeError as exc:
+        need(False, f"the hosts' dependency wheels: {exc}")
+        raise
 
 
 def blueprint(hosts: list[NetnsHost], roots: list[Path], records: Path, house: Path,
               receiver: int, *, retries: int = 10, keys: list[str] | None = None,
-              engine: str | None = None) -> str:
+              engine: str | None = None, viewer: bool = False) -> str:
     keys = keys or [h.host_key_line for h in hosts]
-    deploy = f"deploy: {{engine: {engine}}}\n" if engine else ""
+    deploy = (f"deploy: {{user: root, key_file: {hosts[0].key_file}, python: {SYSTEM_PY}, "
+              f"find_links: {house}" + (f", engine: {engine}" if engine else "") + "}\n")
     entries = "\n".join(
         f"      {m}: {{address: {h.address}, root: {root}, host_keys: [\"{k}\"]}}"
         for m, h, root, k in zip(MACHINES, hosts, roots, keys, strict=True))
     rcv = hosts[0].root_address  # this machine, reachable from every host (route_between)
+    # the viewer on the router's host reads archive-a on its host, whose DICOMweb is open
+    # to the network with a token (the viewer's read token comes from it)
+    web_a = ("{bind: 0.0.0.0, port: 8042, tokens: [{name: viewer, scopes: [read], "
+             "token: {env: STATIC_DICOMWEB_TOKEN}}]}" if viewer
+             else "{enabled: false}")
+    viewer_svc = ("  viewer:\n    kind: viewer\n    config: {archive: archive-a, port: 3000}\n"
+                  if viewer else "")
+    router_services = "[router, viewer]" if viewer else "[router]"
     return f"""\
 apiVersion: pacsinfra/v1
 kind: Site
@@ -72,25 +77,20 @@ metadata: {{name: {SITE}}}
 provider:
   driver: static
   static:
-    user: root
-    key_file: {hosts[0].key_file}
-    python: {SYSTEM_PY}
-    find_links: {house}
     records: {records}
     hosts:
 {entries}
-images: {{existing: {{}}}}
 machines:
-  router: {{image: existing, cpu: {{count: 1}}, memory: {{size: 1GiB}}, services: [router]}}
-  archive-a: {{image: existing, cpu: {{count: 1}}, memory: {{size: 1GiB}}, services: [archive-a]}}
-  archive-b: {{image: existing, cpu: {{count: 1}}, memory: {{size: 1GiB}}, services: [archive-b]}}
+  router: {{cpu: {{count: 1}}, memory: {{size: 1GiB}}, services: {router_services}}}
+  archive-a: {{cpu: {{count: 1}}, memory: {{size: 1GiB}}, services: [archive-a]}}
+  archive-b: {{cpu: {{count: 1}}, memory: {{size: 1GiB}}, services: [archive-b]}}
 services:
   archive-a:
     kind: archive
     config:
       ae_title: ARCH_A
       port: 11112
-      dicomweb: {{enabled: false}}
+      dicomweb: {web_a}
       peers: {{PXVERIFY: {{ae_title: PXVERIFY, host: {rcv}, port: {receiver}}}}}
   archive-b:
     kind: archive
@@ -109,14 +109,14 @@ services:
         a: {{ae_title: ARCH_A, service: archive-a, port: 11112}}
         b: {{ae_title: ARCH_B, service: archive-b, port: 11112}}
       rules: [{{name: both, forward: [a, b]}}]
-{deploy}"""
+{viewer_svc}{deploy}"""
 
 
 class StaticSite:
     def __init__(self, hosts: list[NetnsHost], tmp: Path, house: Path) -> None:
         self.hosts = hosts
         self.tmp = tmp
-        self.roots = [tmp / f"host{i}-root" for i in range(len(hosts))]
+        self.roots = [host_root(tmp / f"host{i}-root") for i in range(len(hosts))]
         self.records = tmp / "records"
         self.house = house
         self.receiver = free_port()
@@ -128,9 +128,12 @@ class StaticSite:
         self.bp.write_text(blueprint(self.hosts, self.roots, self.records, self.house,
                                      self.receiver, **kw))  # type: ignore[arg-type]
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    #: seconds a command may take (ansible-runner, a playbook per command, needs more)
+    timeout = 300.0
+
+    def cli(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pacsinfra", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout or self.timeout)
 
     def ok(self, *args: str) -> str:
         r = self.cli(*args)
@@ -177,23 +180,60 @@ def _netns_of(pid: int) -> str:
                           text=True).stdout.strip()
 
 
+def _uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid in /proc/{pid}/status")
+
+
+def _listening(netns: str) -> list[str]:
+    """The TCP listen addresses (address:port) in a network namespace."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn"], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(line.split()[3] for line in out.splitlines() if line.strip())
+
+
 def test_static_site_lifecycle(site: StaticSite) -> None:
+    site.env["STATIC_DICOMWEB_TOKEN"] = "static-test-dicomweb-token-0123456789"
+    site.write(viewer=True)
     bp = str(site.bp)
     started = time.monotonic()
     site.ok("validate", "--strict", bp)
     out = site.ok("apply", bp, "--auto-approve")
-    assert "Apply complete: 6 done (6 create)" in out, out
+    assert "Apply complete: 7 done (7 create)" in out, out
     apply_s = time.monotonic() - started
 
-    # each service runs on its own host: in that host's network namespace, from its venv
-    services = [(0, "router"), (1, "archive-a"), (2, "archive-b")]
+    # each service runs on its own host: in that host's network namespace, from its venv,
+    # as the service account (pacsinfra logs in as root); its config is root's, readable
+    # by the account's group; its data directory the account's own
+    account = pwd.getpwnam("pacsinfra")
+    services = [(0, "router"), (1, "archive-a"), (2, "archive-b"), (0, "viewer")]
     for i, svc in services:
         pid = site.pid(i, svc)
         assert _netns_of(pid) == site.hosts[i].netns, (svc, pid)
+        assert _uid(pid) == account.pw_uid, (svc, pid)
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert cmd[0].decode() == str(site.roots[i] / "venv" / "bin" / "python"), cmd
-        cfg = site.roots[i] / "services" / svc / "config.yaml"
-        assert cfg.stat().st_mode & 0o777 == 0o640
+        if svc == "viewer":  # `pacsinfra viewer serve` became nginx's master
+            assert cmd[0].decode().startswith("nginx: master process"), cmd
+        else:
+            assert cmd[0].decode() == str(site.roots[i] / "venv" / "bin" / "python"), cmd
+        cfg = (site.roots[i] / "services" / svc / "config.yaml").stat()
+        assert (cfg.st_mode & 0o777, cfg.st_uid, cfg.st_gid) == (0o640, 0, account.pw_gid)
+        data = (site.roots[i] / "data" / svc).stat()
+        assert (data.st_mode & 0o777, data.st_uid) == (0o750, account.pw_uid), svc
+    assert (site.roots[0] / "run").stat().st_mode & 0o777 == 0o700
+    # the viewer and archive-a's DICOMweb: the viewer on loopback only, DICOMweb open
+    # (with its token) to the viewer's host
+    assert "127.0.0.1:3000" in _listening(site.hosts[0].netns)
+    assert not [a for a in _listening(site.hosts[0].netns) if a.endswith(":3000")
+                and not a.startswith("127.0.0.1:")]
+    assert "0.0.0.0:8042" in _listening(site.hosts[1].netns)
+    viewer_cfg = (site.roots[0] / "services/viewer/config.yaml").read_text()
+    assert f"upstream: http://{site.hosts[1].address}:8042" in viewer_cfg, viewer_cfg
+    assert "STATIC_DICOMWEB_TOKEN" in viewer_cfg and site.env["STATIC_DICOMWEB_TOKEN"] \
+        not in viewer_cfg  # a reference, never the value
+    assert (site.roots[0] / "cache" / "ohif-3.13.2.tgz").is_file()  # shipped by pacsinfra
     router_cfg = (site.roots[0] / "services/router/config.yaml").read_text()
     for h in site.hosts[1:]:
         assert f"host: {h.address}" in router_cfg, router_cfg  # service: -> the host's address
@@ -209,6 +249,11 @@ def test_static_site_lifecycle(site: StaticSite) -> None:
     verify_s = time.monotonic() - t0
     assert "smoke test PASSED" in out, out
     assert "service.archive-a[0], service.archive-b[0]" in out.splitlines()[0], out
+    # the study opens in the viewer (on its host, through its proxy), and is deleted from
+    # both archives where they run (archive-b serves no DICOMweb at all)
+    step = [ln for ln in out.splitlines() if ln.startswith("viewer")]
+    assert step and " PASS " in step[0] and "pixels identical" in step[0], out
+    assert len([ln for ln in out.splitlines() if ln.startswith("delete") and " PASS " in ln]) == 2, out
     for aet, h in (("ARCH_A", site.hosts[1]), ("ARCH_B", site.hosts[2])):
         lines = [ln for ln in out.splitlines()
                  if ln.startswith("arrival") and f"{aet}@{h.address}:11112" in ln]
@@ -221,7 +266,7 @@ def test_static_site_lifecycle(site: StaticSite) -> None:
 
     # a router setting changes: one in-place update, the archives untouched
     pids = {svc: site.pid(i, svc) for i, svc in services}
-    site.write(retries=4)
+    site.write(retries=4, viewer=True)
     plan = json.loads(site.ok("plan", bp, "--json"))
     changing = [s for s in plan["steps"] if s["action"] != "no-op"]
     assert [(s["address"], s["action"], s["kind"]) for s in changing] == [
@@ -237,7 +282,7 @@ def test_static_site_lifecycle(site: StaticSite) -> None:
 
     # destroy: no process left on any host; the archives' data stays
     out = site.ok("destroy", bp, "--auto-approve")
-    assert "6 delete" in out, out
+    assert "7 delete" in out, out
     deadline = time.monotonic() + 10
     while site.processes() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -286,18 +331,13 @@ metadata: {{name: stdisk}}
 provider:
   driver: static
   static:
-    user: root
-    key_file: {host.key_file}
-    python: {SYSTEM_PY}
-    find_links: {site.house}
     records: {site.records}
     hosts:
       stdisk-pacs-1: {{address: {host.address}, root: {root}, host_keys: ["{host.host_key_line}"]}}
-images: {{existing: {{}}}}
+deploy: {{user: root, key_file: {host.key_file}, python: {SYSTEM_PY}, find_links: {site.house}}}
 storage: {{fast: {{tier: performance, encrypted: true}}}}
 machines:
   pacs:
-    image: existing
     cpu: {{count: 1}}
     memory: {{size: 1GiB}}
     disks: [{disks}]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def driver(vcsim: Vcsim):  # noqa: F811
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
 
     os.environ["PACSINFRA_TEST_VC_PASSWORD_DVS"] = vcsim.password
     d = VsphereDriver(
@@ -36,7 +36,7 @@ def driver(vcsim: Vcsim):  # noqa: F811
 
 
 def _own(address: str) -> Any:
-    from pacsinfra.drivers.base import Ownership
+    from pacsinfra.specs import Ownership
 
     return Ownership(site="dvs-site", address=address, lineage="l1")
 
@@ -44,7 +44,7 @@ def _own(address: str) -> Any:
 def test_distributed_port_group_vlan_nic_and_delete(driver: Any) -> None:
     from pyVmomi import vim
 
-    from pacsinfra.drivers.base import ChangeKind, MachineSpec, NetworkSpec, NicSpec, changed_fields
+    from pacsinfra.specs import ChangeKind, MachineSpec, NetworkSpec, NicSpec, changed_fields
 
     net = NetworkSpec(
         address="network.dicom",

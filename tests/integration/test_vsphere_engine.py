@@ -67,7 +67,7 @@ def site(name: str, vsphere: dict[str, Any], archives: int = 2, workers: int = 0
     return NS(
         metadata=NS(name=name),
         provider=NS(driver="vsphere", vsphere=vs, model_dump=lambda **kw: {"driver": "vsphere", "vsphere": vs}),
-        images={"debian12": NS(vsphere={"guest_id": "debian11_64Guest"})},
+        images={"debian12": NS(vsphere={"guest_id": "debian10_64Guest"})},
         networks=nets, storage=storage, machines=machines,
         services={"archive": NS(kind="archive", config={})},
     )
@@ -86,7 +86,7 @@ def engine(tmp: Path, s: Any) -> Any:
 
 
 def _vm_names(sim: Vcsim, prefix: str) -> list[str]:
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
 
     with VsphereDriver(provider(sim)) as d:
         return sorted(p["name"] for _, p in d.machines.all_vms(["name"]) if str(p["name"]).startswith(prefix))
@@ -101,7 +101,7 @@ def sim(vcsim: Vcsim) -> Vcsim:  # noqa: F811
 def test_plan_apply_empty_plan_drift_destroy(sim: Vcsim, tmp_path: Path) -> None:
     from pyVmomi import vim
 
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
 
     s = site("eng1", provider(sim), archives=2, workers=2)
     eng = engine(tmp_path, s)
@@ -232,7 +232,7 @@ provider:
     vgpu_profiles: [grid_a40-8q]
 images:
   debian12:
-    vsphere: {{template: cli-tpl, guest_id: debian11_64Guest}}
+    vsphere: {{template: cli-tpl, guest_id: debian10_64Guest}}
 networks:
   dicom:
     purpose: dicom
@@ -274,8 +274,8 @@ services:
 
 def _template(sim: Vcsim, name: str) -> None:
     """A template VM with a 4 GiB disk and one NIC, as an admin would have prepared it."""
-    from pacsinfra.drivers.base import DiskSpec, MachineSpec, NicSpec, Ownership
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
+    from pacsinfra.specs import DiskSpec, MachineSpec, NicSpec, Ownership
 
     with VsphereDriver(provider(sim)) as d:
         spec = MachineSpec(address="machine.tpl[0]", name=name, role="tpl", index=0, image={}, cpu_count=1,

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port, need_module
+from support.host_root import host_root
 from support.netns_hosts import NetnsHost
 from support.standin import (  # noqa: F401 - fixtures
     Cli,
@@ -34,15 +35,17 @@ from support.standin import (  # noqa: F401 - fixtures
     assert_destroy_order,
     assert_no_secrets,
     assert_services_in,
+    deploy_block,
     house,
     kill_under,
     pid_of,
     processes_under,
     services_block,
-    ssh_block,
     standin,
 )
 from vsphere_sim import Vcsim, vcsim, vcsim_binary  # noqa: F401 - fixtures
+
+from pacsinfra.apply.engine import site_driver
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +76,9 @@ provider:
     ca_file: "{sim.ca_file}"
     datacenter: DC0
     cluster: DC0_C0
-{ssh_block(host, root, wheels, key_line=key_line)}\
+{deploy_block(host, root, wheels, key_line=key_line)}\
 images:
-  debian12: {{vsphere: {{template: {TEMPLATE}, guest_id: debian11_64Guest}}}}
+  debian12: {{vsphere: {{template: {TEMPLATE}, guest_id: debian10_64Guest}}}}
 networks:
   lab: {{purpose: dicom, cidr: {subnet}/30, vsphere: {{portgroup: VSS-LAB}}}}
 machines:
@@ -90,8 +93,8 @@ machines:
 
 def _template(sim: Vcsim) -> None:
     """A template VM (a 4 GiB disk, one NIC), as an admin would have prepared it."""
-    from pacsinfra.drivers.base import DiskSpec, MachineSpec, NicSpec, Ownership
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
+    from pacsinfra.specs import DiskSpec, MachineSpec, NicSpec, Ownership
 
     with VsphereDriver(provider(sim)) as d:
         if d.machines.find(TEMPLATE) is not None:
@@ -106,7 +109,7 @@ def _template(sim: Vcsim) -> None:
 
 def _vm(sim: Vcsim) -> dict[str, Any] | None:
     """The test VM's name, power state and owner as vcsim reports them (None: absent)."""
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
 
     with VsphereDriver(provider(sim)) as d:
         for obs in d.machines.list_owned(SITE):
@@ -121,7 +124,7 @@ def env(vcsim: Vcsim, standin: NetnsHost, house: Path,  # noqa: F811
     need_module("pynetdicom")
     os.environ[PASSWORD_ENV] = vcsim.password
     _template(vcsim)
-    root = tmp_path / "guest-root"  # the stand-in's /opt/pacsinfra
+    root = host_root(tmp_path / "guest-root")  # the stand-in's /opt/pacsinfra
     receiver = free_port()
     bp = tmp_path / "site.yaml"
     bp.write_text(blueprint(vcsim, standin, root, house, receiver))
@@ -137,7 +140,6 @@ def env(vcsim: Vcsim, standin: NetnsHost, house: Path,  # noqa: F811
 
 
 def test_vsphere_vm_runs_its_services(env: dict[str, Any]) -> None:
-    from pacsinfra.drivers.vsphere import VsphereDriver
 
     sim, host, root, cli = env["sim"], env["host"], env["root"], env["cli"]
     bp = str(env["bp"])
@@ -162,10 +164,8 @@ def test_vsphere_vm_runs_its_services(env: dict[str, Any]) -> None:
     assert f"host: {host.address}" in router_cfg and f"bind: {host.address}" in router_cfg
     assert_no_secrets(env["state"], sim.password)
 
-    # the driver's hand-over for dr rebuild: the machine runs, a session reaches its OS
-    with VsphereDriver({**provider(sim), "ssh": {"user": "root", "key_file": str(host.key_file),
-                                                 "host_keys": {"pacs": [host.host_key_line]},
-                                                 "root": str(root)}}) as d:
+    # the hand-over for dr rebuild: the machine runs, a session reaches its OS
+    with site_driver("vsphere", provider(sim), deploy=_deploy(host, root)) as d:
         assert d.machine_running(MACHINE) and not d.machine_running(f"{SITE}-nobody-1")
         res = d.host_session(MACHINE).run(["ip", "-o", "-4", "addr", "show"], 30)
         assert res.rc == 0 and host.address in res.stdout, res
@@ -198,8 +198,14 @@ def test_vsphere_vm_runs_its_services(env: dict[str, Any]) -> None:
     print(f"\n{cli.report()}, test {time.monotonic() - started:.1f}s")
 
 
+def _deploy(host: NetnsHost, root: Path) -> dict[str, Any]:
+    """The blueprint's deploy settings, for a site driver of this test's own."""
+    return {"user": "root", "key_file": str(host.key_file),
+            "host_keys": {"pacs": [host.host_key_line]}, "root": str(root)}
+
+
 def test_dr_rebuild_onto_a_vsphere_vm(env: dict[str, Any], tmp_path: Path) -> None:
-    """``dr rebuild`` with ``provider.vsphere.ssh``: the VM is made, the backup restored in
+    """``dr rebuild`` with the ``deploy`` login: the VM is made, the backup restored in
     its OS over SSH (the driver's ``host_session``), then the archive and router start.
 
     Site ``vss`` is applied and verified with ``--keep`` (the smoke study stays in the
@@ -228,11 +234,12 @@ def test_dr_rebuild_onto_a_vsphere_vm(env: dict[str, Any], tmp_path: Path) -> No
     restored = next(i for i, ln in enumerate(lines) if ln.startswith("restored 1 studies"))
     assert restored < next(i for i, ln in enumerate(lines)
                            if ln.startswith("service.archive[0]: creating")), out
-    from pacsinfra.drivers.vsphere import VsphereDriver
+    from pacsinfra.drivers.vsphere.driver import VsphereDriver
 
-    with VsphereDriver(provider(sim)) as d:
+    with site_driver("vsphere", provider(sim), deploy=_deploy(env["host"], root)) as d:
         assert d.machine_running("vss-dr-pacs-1")
-        assert d.machines.find("vss-dr-pacs-1") is not None
+    with VsphereDriver(provider(sim)) as v:
+        assert v.machines.find("vss-dr-pacs-1") is not None
     cli.ok("destroy", "destroy", bp, "--site", "dr", "--auto-approve")
     with VsphereDriver(provider(sim)) as d:
         assert d.machines.find("vss-dr-pacs-1") is None

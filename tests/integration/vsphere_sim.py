@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.locks import file_lock
+from support.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tools" / "vcsim" / "build.sh"
 
@@ -28,7 +31,8 @@ def build() -> Path:
     """Build (or find the cached) vcsim binary; raise VcsimUnavailable with the build log on failure."""
     if shutil.which("go") is None and os.geteuid() != 0:
         raise VcsimUnavailable("go is not installed (apt-get install golang-go golang-github-vmware-govmomi-dev)")
-    proc = subprocess.run(["sh", str(BUILD)], capture_output=True, text=True, timeout=900)
+    with file_lock(REPO / ".cache" / "vcsim.lock"):  # parallel workers build it once
+        proc = subprocess.run(["sh", str(BUILD)], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise VcsimUnavailable(f"tools/vcsim/build.sh failed:\n{proc.stderr[-3000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
@@ -90,9 +94,7 @@ def make_ca(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 @dataclass

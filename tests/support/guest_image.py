@@ -53,8 +53,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-BUILDER_VERSION = "2"
-GUEST_PACKAGES = ("python3", "python3-venv", "openssh-server", "busybox-static", "systemd")
+from support.locks import file_lock
+
+BUILDER_VERSION = "5"
+# util-linux (setpriv), passwd (useradd) and dash (/bin/sh: busybox's sh would run its own
+# applets instead of the packages' commands): essential or required in every Debian
+# install; pacsinfra runs services as an account it creates with them. nginx-light: the
+# viewer's web server, which an admin installs from the distribution.
+GUEST_PACKAGES = ("python3", "python3-venv", "openssh-server", "busybox-static", "systemd",
+                  "util-linux", "passwd", "dash", "nginx-light")
 # in the closure through maintainer scripts or alternatives, never used at run time
 DROP = frozenset({"perl", "perl-modules-5.36", "libperl5.36", "usrmerge", "usr-is-merged"})
 KERNEL_META = "linux-image-cloud-amd64"
@@ -223,7 +230,10 @@ class GuestImage:
     initrd: Path
     root: Path
     python: str  # "3.11"
-    cmdline: str = "console=ttyS0 panic=-1 quiet"
+    # cryptomgr.notests: the kernel's crypto self-tests only cost boot time here, and on a
+    # loaded host a TCG vCPU running them was starved into a soft lockup until the boot
+    # timeout (seen: "soft lockup - CPU#0 stuck for 156s! [cryptomgr_test]")
+    cmdline: str = "console=ttyS0 panic=-1 quiet cryptomgr.notests"
     build_seconds: float = 0.0  # 0 when it came from the cache
 
     @property
@@ -327,6 +337,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def configure(staging: Path) -> None:
     """What maintainer scripts and an installer would have made, and the guest's init."""
+    staging.chmod(0o755)  # the guest's / (a temporary directory is 0700)
     _write(staging / "etc/passwd", PASSWD)
     _write(staging / "etc/group", GROUP)
     _write(staging / "etc/shadow", SHADOW, 0o600)
@@ -343,13 +354,20 @@ def configure(staging: Path) -> None:
     # busybox applets for every command the packages do not provide (sh, ip, mount, ps ...)
     busybox = staging / "usr/bin/busybox"
     applets = _run([str(busybox), "--list-full"]).split()
+    # a command a package provides anywhere on PATH wins (util-linux's setpriv in
+    # /usr/bin, not busybox's in /usr/sbin, which PATH would find first)
+    provided = {p.name for d in ("usr/bin", "usr/sbin") if (staging / d).is_dir()
+                for p in (staging / d).iterdir()}
     for applet in applets:
         target = staging / applet
+        if Path(applet).name in provided:
+            continue
         if not target.exists() and not target.is_symlink():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to("/usr/bin/busybox")
-    if not (staging / "usr/bin/sh").exists():
-        (staging / "usr/bin/sh").symlink_to("busybox")
+    if not (staging / "usr/bin/sh").exists():  # dash's postinst makes this link in Debian
+        (staging / "usr/bin/sh").symlink_to(
+            "dash" if (staging / "usr/bin/dash").exists() else "busybox")
 
 
 def configure_systemd(staging: Path) -> None:
@@ -499,6 +517,12 @@ def build_guest(wheelhouse: Path, requirements: Sequence[str], *,
          INITRAMFS_INIT, RC, SSHD_CONFIG, INITTAB, GUEST_UNITS, MASKED_UNITS,
          MACHINE_ID]).encode()).hexdigest()[:16]
     where = cache_dir() / f"guest-{key}"
+    with file_lock(cache_dir() / f"guest-{key}.lock"):  # one build; the others wait for it
+        return _build_guest(where, versions, kpkg, wheelhouse, requirements, log)
+
+
+def _build_guest(where: Path, versions: dict[str, str], kpkg: str, wheelhouse: Path,
+                 requirements: Sequence[str], log: list[str]) -> GuestImage:
     facts = where / "guest.json"
     if facts.exists():
         py = json.loads(facts.read_text())["python"]

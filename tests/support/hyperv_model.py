@@ -71,6 +71,7 @@ class Vm:
     adapters: list[Adapter] = field(default_factory=list)
     gpus: list[str | None] = field(default_factory=list)
     secure_boot: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "template": "MicrosoftWindows"})
+    starts: int = 0  # how many times Start-VM ran on it (a restart shows as one more)
 
 
 @dataclass
@@ -311,6 +312,7 @@ class HypervHost:
             raise ModelError("Start-VM", f"'{vm.name}' could not initialize: not enough memory in the system "
                              "to start the virtual machine.", "ResourceUnavailable", anchor="Start-VM -VM")
         vm.state = "Running"
+        vm.starts += 1
 
     def _set_vm(self, p: dict[str, Any]) -> dict[str, Any]:
         vm = self._by_id(p["id"])

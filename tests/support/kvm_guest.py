@@ -71,8 +71,8 @@ class ConsoleWatch(threading.Thread):
 def remove_leftovers(root: Path, site: str) -> None:
     """Whatever a failed destroy left of ``site`` (run in a child: embed is per process)."""
     code = f"""
-from pacsinfra.drivers.kvm import KvmDriver
-from pacsinfra.drivers.base import MachineSpec, StorageSpec
+from pacsinfra.drivers.kvm.driver import KvmDriver
+from pacsinfra.specs import MachineSpec, StorageSpec
 d = KvmDriver({{"uri": "qemu:///embed?root={root}", "shutdown_timeout": 2}})
 d.connect()
 found = d.list_owned({site!r})

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from conftest import need, need_binary
 
+from support.locks import file_lock
+
 
 @dataclass
 class NetnsHost:
@@ -89,6 +91,7 @@ class NetnsLab:
         self.hosts: list[NetnsHost] = []
         self._veths: list[str] = []
         self._netns: list[str] = []
+        self._addresses: list[tuple[str, str, str, str]] = []  # netns, root veth, root ip, host ip
 
     def __enter__(self) -> NetnsLab:
         try:
@@ -107,8 +110,14 @@ class NetnsLab:
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pacsinfra-test",
              "-f", str(client_key))
         known_hosts = self.root / "known_hosts"
-        x = _free_subnet()
-        lines: list[str] = []
+        # chosen and taken under one lock: parallel workers (and other runs) never pick
+        # the same subnet between one's look at the addresses and its first address
+        with file_lock(Path(tempfile.gettempdir()) / "pacsinfra-lab-subnet.lock"):
+            self._links(_free_subnet())
+        self._sshds(client_key, known_hosts)
+
+    def _links(self, x: int) -> None:
+        """Namespaces, veth pairs and addresses of every host on 10.200.<x>.0/24."""
         for i in range(self.n):
             ns = f"pxd{self.tag}h{i}"
             veth_root, veth_ns = f"pxr{self.tag}{i}", f"pxn{self.tag}{i}"
@@ -123,7 +132,12 @@ class NetnsLab:
             _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{host_ip}/30", "dev", veth_ns)
             _run("ip", "netns", "exec", ns, "ip", "link", "set", veth_ns, "up")
             _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            self._addresses.append((ns, veth_root, root_ip, host_ip))
 
+    def _sshds(self, client_key: Path, known_hosts: Path) -> None:
+        """A host key and an sshd in each namespace; the known_hosts file pinning them."""
+        lines: list[str] = []
+        for i, (ns, veth_root, root_ip, host_ip) in enumerate(self._addresses):
             hdir = self.root / f"host{i}"
             (hdir / "work").mkdir(parents=True)
             hostkey = hdir / "ssh_host_ed25519_key"

@@ -10,7 +10,7 @@ and that the VM's deletion took the guest's disk with it (the stand-in's root di
 outlives the VM; the tests remove it).
 
 Helpers here: the stand-in host fixture (also the existing host of a static-provider
-test), the ``ssh`` login block and the services of a blueprint, a CLI runner, the
+test), the ``deploy`` login block and the services of a blueprint, a CLI runner, the
 supervisor's view of the services under a root, and the checks every driver's
 services test makes (step order, where the services run, no secret in state).
 """
@@ -64,20 +64,18 @@ def house() -> Path:
         raise
 
 
-def ssh_block(host: NetnsHost, root: Path, house: Path, *, key_line: str | None = None,
-              indent: int = 4) -> str:
-    """``ssh:`` of a provider section: log in as root with the lab's key, pin the host's key
-    for role ``pacs``, install from the wheelhouse into ``root``."""
-    pad = " " * indent
+def deploy_block(host: NetnsHost, root: Path, house: Path, *, key_line: str | None = None) -> str:
+    """``deploy:``: log in as root with the lab's key, pin the host's key for role
+    ``pacs``, install from the wheelhouse into ``root``."""
     key = key_line or host.host_key_line
-    return (f"{pad}ssh:\n"
-            f"{pad}  user: root\n"
-            f"{pad}  key_file: {host.key_file}\n"
-            f"{pad}  python: {SYSTEM_PY}\n"
-            f"{pad}  find_links: {house}\n"
-            f"{pad}  root: {root}\n"
-            f"{pad}  boot_timeout: 30\n"
-            f"{pad}  host_keys: {{pacs: [\"{key}\"]}}\n")
+    return ("deploy:\n"
+            "  user: root\n"
+            f"  key_file: {host.key_file}\n"
+            f"  python: {SYSTEM_PY}\n"
+            f"  find_links: {house}\n"
+            f"  root: {root}\n"
+            "  boot_timeout: 30\n"
+            f"  host_keys: {{pacs: [\"{key}\"]}}\n")
 
 
 def services_block(host: NetnsHost, receiver: int, *, prefix: str, retries: int = 10) -> str:

@@ -15,6 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from support.locks import file_lock
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -35,11 +37,13 @@ def wheelhouse(python_version: tuple[int, int]) -> Path:
     key = hashlib.sha256(json.dumps([sorted(deps), str(tuple(python_version))]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     where = cache / "pacsinfra-tests" / f"wheelhouse-{key.hexdigest()[:16]}"
-    if (where / ".complete").exists():
+    with file_lock(where.with_name(where.name + ".lock")):  # one download; the others wait
+        if (where / ".complete").exists():
+            return where
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q",
+                            "--only-binary=:all:", "--dest", str(where), *deps],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"cannot download the dependency wheels: {r.stderr[-300:]}")
+        (where / ".complete").write_text("\n".join(deps))
         return where
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                        "--dest", str(where), *deps], capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"cannot download the dependency wheels: {r.stderr[-300:]}")
-    (where / ".complete").write_text("\n".join(deps))
-    return where

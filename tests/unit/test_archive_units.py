@@ -264,7 +264,7 @@ def test_streaming_file_meta_is_what_pydicom_writes(sop_uid: str, ts: str) -> No
     from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
     from pynetdicom.dsutils import encode_file_meta
 
-    from pacsinfra.pacs.fastscp.association import file_meta
+    from pacsinfra.pacs.fastscp.part10 import file_meta
 
     ref = FileMetaDataset()
     ref.FileMetaInformationVersion = b"\x00\x01"

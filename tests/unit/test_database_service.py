@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from pacsinfra.apply.engine import site_driver
 from pacsinfra.blueprint import load_blueprint
-from pacsinfra.deploy import postgres
-from pacsinfra.drivers.base import ServiceSpec
-from pacsinfra.drivers.local import LocalDriver, paths
 from pacsinfra.errors import BlueprintError, PlanError
 from pacsinfra.plan.desired import desired_site
+from pacsinfra.services import postgres
+from pacsinfra.services.local import paths
+from pacsinfra.specs import ServiceSpec
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "local-database.yaml"
@@ -72,7 +73,7 @@ def test_socket_dir_fits_a_unix_socket_path(tmp_path: Path,
 
 
 def test_check_names_what_the_driver_cannot_do(root: Path) -> None:
-    drv = LocalDriver(None)
+    drv = site_driver("local", None)
     base = {"address": "service.db[0]", "name": "s-db-1-db", "service": "db",
             "kind": "database", "machine": "machine.db[0]"}
     ok = ServiceSpec(**base, config={"password": {"env": "X"}})  # type: ignore[arg-type]

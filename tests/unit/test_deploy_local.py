@@ -12,9 +12,9 @@ from conftest import need_binary
 
 from pacsinfra.deploy.local import LocalTransport
 from pacsinfra.deploy.ssh import fingerprint, parse_public_key
-from pacsinfra.deploy.supervisor import RotatingLog
 from pacsinfra.deploy.transport import Result, Transport, check, put_text, to_shell
 from pacsinfra.errors import DeployError, SSHError
+from pacsinfra.services.supervisor import RotatingLog
 from pacsinfra.verify.smoke import FAIL, PASS, SKIP, SmokeReport, Step
 
 

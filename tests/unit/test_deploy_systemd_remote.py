@@ -21,17 +21,17 @@ import pytest
 from conftest import need_binary
 
 from pacsinfra.blueprint.load import validate
-from pacsinfra.deploy import systemd as sd
-from pacsinfra.drivers.base import ServiceSpec
-from pacsinfra.drivers.static.layout import HostSettings
-from pacsinfra.drivers.static.remote import HostSession
-from pacsinfra.drivers.static.service import RemoteService, init_choice, unit_name
 from pacsinfra.errors import DeployError
+from pacsinfra.services import systemd as sd
+from pacsinfra.services.remote.service import RemoteService, init_choice, unit_name
+from pacsinfra.services.remote.session import HostSession
+from pacsinfra.services.remote.settings import HostSettings
+from pacsinfra.specs import ServiceSpec
 
 
 def _service(kind: str = "archive", config: dict[str, Any] | None = None,
-             root: str = "/opt/pacsinfra") -> RemoteService:
-    host = HostSettings(machine="st-archive-1", address="10.0.0.5", root=root,
+             root: str = "/opt/pacsinfra", user: str = "root") -> RemoteService:
+    host = HostSettings(machine="st-archive-1", address="10.0.0.5", root=root, user=user,
                         host_keys=("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample",))
     cfg = config if config is not None else {"ae_title": "ARCH_A", "port": 11112,
                                              "data_dir": f"{root}/data/{kind}"}
@@ -65,21 +65,54 @@ def host_root() -> Iterator[str]:
         shutil.rmtree(root)
 
 
-@pytest.mark.parametrize("kind", ["archive", "router"])
+def _config(kind: str, root: str, port: int) -> dict[str, Any]:
+    if kind == "viewer":
+        return {"port": port, "data_dir": f"{root}/data/viewer",
+                "ohif": {"cache_dir": f"{root}/cache/ohif"}}
+    return {"ae_title": "X", "port": port, "data_dir": f"{root}/data/{kind}",
+            "spool_dir": f"{root}/data/{kind}"}
+
+
+@pytest.mark.parametrize("kind", ["archive", "router", "viewer"])
 def test_remote_units_are_clean_for_systemd(kind: str, tmp_path: Path, host_root: str) -> None:
     root = host_root
-    svc = _service(kind, {"ae_title": "X", "port": 104, "data_dir": f"{root}/data/{kind}",
-                          "spool_dir": f"{root}/data/{kind}"}, root=root)
+    svc = _service(kind, _config(kind, root, 104), root=root)
     text = svc.render_unit(with_secrets=True)
     assert f"ExecStart={root}/venv/bin/python -m pacsinfra {kind} serve --config " \
            f"{root}/services/{kind}/config.yaml" in text
     assert f"EnvironmentFile={root}/services/{kind}/secrets.env" in text
-    assert "User=root\n" in text and "Group=" not in text  # the login user's own group
-    assert f"ReadWritePaths={root}/data/{kind}\n" in text
+    # logged in as root, the service runs as the service account (its own group)
+    assert "User=pacsinfra\n" in text and "Group=" not in text
+    rw = f"{root}/cache/ohif {root}/data/viewer" if kind == "viewer" else f"{root}/data/{kind}"
+    assert f"ReadWritePaths={rw}\n" in text
     assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in text  # port 104 only
     name = unit_name(svc.session.settings, kind)
     assert name.startswith("pacsinfra-") and name.endswith(f"-{kind}.service")
     assert _verify(text, tmp_path, name) == ""
+
+
+@pytest.mark.parametrize("kind", ["archive", "router", "viewer"])
+@pytest.mark.parametrize("port", [11112, 104])
+def test_units_rate_ok_in_systemd_analyze_security(kind: str, port: int, tmp_path: Path,
+                                                   host_root: str) -> None:
+    """systemd's own assessment: "OK" is an exposure below 2.0 of 10 (20 of 100)."""
+    need_binary("systemd-analyze")
+    svc = _service(kind, _config(kind, host_root, port), root=host_root)
+    unit = tmp_path / unit_name(svc.session.settings, kind)
+    unit.write_text(svc.render_unit(with_secrets=True))
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20",
+                           "--no-pager", str(unit)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    last = (proc.stdout.strip().splitlines() or ["?"])[-1]
+    assert proc.returncode == 0, last
+    assert "OK" in last, last
+    if port >= 1024:
+        assert "CapabilityBoundingSet=\n" in unit.read_text()  # no capability at all
+
+
+def test_a_login_other_than_root_runs_the_services_itself() -> None:
+    text = _service(user="pacs").render_unit(with_secrets=False)
+    assert "User=pacs\n" in text
 
 
 def test_a_unit_without_secrets_has_no_environment_file() -> None:
@@ -197,7 +230,7 @@ def test_status_from_systemctl_show(props: dict[str, object], active: bool, stat
 
 
 def test_running_means_what_the_supervisor_means() -> None:
-    from pacsinfra.drivers.service_common import is_running
+    from pacsinfra.services.common import is_running
 
     assert is_running(sd.status_from_show("a", _show()))
     assert is_running(sd.status_from_show("a", _show(ActiveState="activating",
@@ -220,12 +253,11 @@ metadata: {{name: st}}
 provider:
   driver: static
   static:
-    key_file: /k
 {static}    hosts:
       st-a-1: {{address: 10.0.0.5, host_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"]}}
-{deploy}images: {{existing: {{}}}}
+deploy: {{key_file: /k{deploy}}}
 machines:
-  a: {{image: existing, cpu: {{count: 1}}, memory: {{size: 1GiB}}}}
+  a: {{cpu: {{count: 1}}, memory: {{size: 1GiB}}}}
 """
 
 
@@ -241,25 +273,28 @@ def _load(tmp_path: Path, static: str = "", deploy: str = "") -> _Loaded:
     return _Loaded(*validate(path))
 
 
-def test_deploy_init_reaches_the_provider_section(tmp_path: Path) -> None:
-    result = _load(tmp_path, deploy="deploy: {init: systemd}\n")
+def test_deploy_init_reaches_the_services(tmp_path: Path) -> None:
+    result = _load(tmp_path, deploy=", init: systemd")
     assert result.site is not None, result.diagnostics
-    assert result.site.provider.static.init == "systemd"
-    assert init_choice(result.site.provider.static) == "systemd"
-    # a saved plan holds the provider section as JSON
-    dumped = result.site.provider.static.model_dump(mode="json", exclude_none=True)
-    assert init_choice(dumped) == "systemd"
-    assert init_choice({}) == "auto"
+    from pacsinfra.apply.engine import deploy_settings, site_driver
+
+    # from the model, and from a saved plan's JSON
+    for deploy in (result.site.deploy, deploy_settings(result.site)):
+        drv = site_driver("static", result.site.provider.static, deploy=deploy)
+        assert drv.services is not None and drv.services.init == "systemd"  # type: ignore[attr-defined]
+    assert init_choice("auto") == "auto"
+    with pytest.raises(DeployError, match="init 'upstart' is not one of"):
+        init_choice("upstart")
 
 
-def test_init_set_twice_differently_is_an_error(tmp_path: Path) -> None:
-    result = _load(tmp_path, static="    init: supervisor\n", deploy="deploy: {init: systemd}\n")
+def test_init_in_the_provider_section_says_where_it_moved(tmp_path: Path) -> None:
+    result = _load(tmp_path, static="    init: supervisor\n")
     assert result.site is None
-    text = " ".join(d.message for d in result.diagnostics)
-    assert "provider.static.init 'supervisor' contradicts deploy.init 'systemd'" in text
+    (diag,) = [d for d in result.diagnostics if d.severity == "error"]
+    assert diag.path == "provider.static.init" and "moved: set it as deploy.init" in diag.hint
 
 
 def test_an_unknown_init_is_refused(tmp_path: Path) -> None:
-    result = _load(tmp_path, deploy="deploy: {init: upstart}\n")
+    result = _load(tmp_path, deploy=", init: upstart")
     assert result.site is None
     assert any("init" in d.path for d in result.diagnostics), result.diagnostics

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import need_binary
 
-from pacsinfra.deploy.systemd import UnitSpec, render_unit
 from pacsinfra.errors import DeployError
+from pacsinfra.services.systemd import UnitSpec, render_unit
 
 VENV = str(Path(sys.executable).parent.parent)  # has bin/pacsinfra, so ExecStart resolves
 

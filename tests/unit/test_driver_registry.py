@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pacsinfra.drivers.registry import driver_class
 from pacsinfra.errors import UsageError
+from pacsinfra.providers import provider_class
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,9 +32,9 @@ def _run_without(sdk: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     ("kvm", "libvirt", "kvm"), ("vsphere", "pyVmomi", "vsphere"), ("hyperv", "winrm", "hyperv")])
 def test_missing_sdk_names_the_extra(driver: str, sdk: str, extra: str) -> None:
     code = (f"import sys; sys.modules[{sdk!r}] = None\n"
-            "from pacsinfra.drivers.registry import driver_class\n"
+            "from pacsinfra.providers import provider_class\n"
             "from pacsinfra.errors import DriverUnavailable\n"
-            f"try:\n    driver_class({driver!r})\n"
+            f"try:\n    provider_class({driver!r})\n"
             "except DriverUnavailable as exc:\n    print(exc); sys.exit(exc.exit_code)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
@@ -52,5 +52,5 @@ def test_validate_works_and_plan_explains_without_libvirt() -> None:
 
 
 def test_unknown_driver_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="known drivers"):
-        driver_class("xen")
+    with pytest.raises(UsageError, match="known providers"):
+        provider_class("xen")

@@ -1,4 +1,6 @@
-"""Plan / apply / drift / adoption / failures, against the in-memory driver."""
+"""Apply against the in-memory driver: state writes, order, failures, parallelism,
+interrupts, saved plans. What a plan holds for a given site and hypervisor is in the
+data cases of tests/cases/plan/ (tests/unit/test_plan_cases.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,7 @@ from memdriver import MemDriver, fake_blueprint, fake_site
 
 from pacsinfra.apply.engine import Engine
 from pacsinfra.apply.executor import ApplyFailed
-from pacsinfra.drivers.base import MachineSpec, NetworkSpec
-from pacsinfra.errors import AlreadyExists, PlanError
-from pacsinfra.plan.plan import Action
+from pacsinfra.errors import PlanError
 
 
 def _engine(tmp_path: Path, driver: MemDriver, **site_kw: object) -> Engine:
@@ -45,79 +45,6 @@ def test_networks_and_storage_come_before_machines(tmp_path: Path) -> None:
     first_machine = min(i for i, a in enumerate(order) if a.startswith("machine."))
     assert all(not a.startswith("machine.") for a in order[:first_machine])
     assert first_machine == 3
-
-
-def test_drift_shows_as_update_or_create(tmp_path: Path) -> None:
-    drv = MemDriver()
-    eng = _engine(tmp_path, drv)
-    eng.apply(eng.plan())
-    drv.mutate("st-mary-archive-1", memory_mib=2048)  # resized outside pacsinfra
-    obs = drv.read(eng.desired.resources["machine.archive[0]"].spec)  # type: ignore[union-attr]
-    assert obs is not None and isinstance(obs.spec, MachineSpec)
-    drv.mutate("st-mary-archive-2", nics=obs.spec.nics[:1])  # NIC removed
-    drv.remove("st-mary-viewer-1")  # machine deleted
-    plan = eng.plan()
-    by = {s.address: s for s in plan.changes}
-    assert by["machine.archive[0]"].action is Action.UPDATE
-    assert [(f.name, f.before, f.after) for f in by["machine.archive[0]"].fields] == [
-        ("memory_mib", 2048, 4096)
-    ]
-    assert (
-        by["machine.archive[1]"].action is Action.UPDATE
-        and by["machine.archive[1]"].fields[0].name == "nics"
-    )
-    assert by["machine.viewer[0]"].action is Action.CREATE
-    assert plan.summary() == "Plan: 1 to add, 2 to change, 0 to destroy."
-    eng.apply(plan)
-    assert not eng.plan().has_changes
-
-
-def test_blueprint_change_and_replace_guard(tmp_path: Path) -> None:
-    drv = MemDriver()
-    _engine(tmp_path, drv).apply(_engine(tmp_path, drv).plan())
-    eng = _engine(tmp_path, drv, memory=8192, archives=1)  # archive[1] dropped, memory grown
-    plan = eng.plan()
-    acts = _actions(plan)
-    assert acts["machine.archive[0]"] == "update" and acts["machine.archive[1]"] == "delete"
-    step = next(s for s in plan.steps if s.address == "machine.archive[0]")
-    assert step.kind is not None and step.kind.name == "NEEDS_POWER_OFF"
-    eng.apply(plan)
-    assert "st-mary-archive-2" not in {s.name for s, _, _ in drv.objects.values()}
-    # a replace of a data-holding machine is refused without allow_replace
-    drv.mutate("st-mary-archive-1", image={"volume": "other.qcow2"})
-    plan = eng.plan()
-    assert _actions(plan)["machine.archive[0]"] == "replace"
-    assert any("holds data" in w for w in plan.warnings)
-    with pytest.raises(PlanError, match="refusing to replace"):
-        eng.apply(plan)
-    eng.apply(plan, allow_replace=True)
-    assert not eng.plan().has_changes
-
-
-def test_adoption_after_state_loss_creates_nothing(tmp_path: Path) -> None:
-    drv = MemDriver()
-    eng = _engine(tmp_path, drv)
-    eng.apply(eng.plan())
-    ids = {s.name: oid for s, oid, _ in drv.objects.values()}
-    (tmp_path / "state.json").unlink()
-    plan = eng.plan()
-    assert set(_actions(plan).values()) == {"adopt"}
-    assert plan.summary() == "Plan: 0 to add, 0 to change, 0 to destroy, 6 to adopt."
-    drv.calls.clear()
-    eng.apply(plan)
-    assert [c for c in drv.calls if c[0] == "create"] == []
-    assert {s.name: oid for s, oid, _ in drv.objects.values()} == ids
-    assert not eng.plan().has_changes
-
-
-def test_unmarked_name_collision_is_refused(tmp_path: Path) -> None:
-    drv = MemDriver()
-    eng = _engine(tmp_path, drv)
-    spec = eng.desired.resources["network.dicom"].spec  # type: ignore[union-attr]
-    assert isinstance(spec, NetworkSpec)
-    drv.put_unmarked(spec)
-    with pytest.raises(AlreadyExists, match="st-mary-dicom.*no pacsinfra mark"):
-        eng.plan()
 
 
 def test_failure_is_isolated_and_rerun_converges(tmp_path: Path) -> None:
@@ -189,18 +116,6 @@ def test_saved_plan_applies_without_blueprint(tmp_path: Path) -> None:
     assert not eng.plan().has_changes
 
 
-def test_orphans_owned_by_the_site_are_removed(tmp_path: Path) -> None:
-    drv = MemDriver()
-    big = _engine(tmp_path, drv, archives=3)
-    big.apply(big.plan())
-    (tmp_path / "state.json").unlink()  # lost state, and the blueprint shrank
-    small = _engine(tmp_path, drv, archives=2)
-    acts = _actions(small.plan())
-    assert acts["machine.archive[2]"] == "delete"
-    small.apply(small.plan())
-    assert len(drv.objects) == 6
-
-
 def test_interrupt_stops_new_steps_and_keeps_state(tmp_path: Path) -> None:
     drv = MemDriver()
     drv.delay = 0.05
@@ -216,29 +131,6 @@ def test_interrupt_stops_new_steps_and_keeps_state(tmp_path: Path) -> None:
     assert state is not None and set(state.resources) == {r.address for r in done}
     eng.apply(eng.plan())
     assert len(drv.objects) == 3 + 10 + 1
-
-
-def test_targets_bring_dependencies_and_dependents(tmp_path: Path) -> None:
-    drv = MemDriver()
-    eng = _engine(tmp_path, drv)
-    plan = eng.plan(targets=["machine.viewer"])
-    assert sorted(_actions(plan)) == ["machine.viewer[0]", "network.management"]
-    eng.apply(plan)
-    assert sorted(_actions(eng.plan())) == [
-        "machine.archive[0]",
-        "machine.archive[1]",
-        "network.dicom",
-        "storage.flash",
-    ]
-    eng.apply(eng.plan())
-    # destroying a network takes the machines on it along
-    plan = eng.plan(destroy=True, targets=["network.management"])
-    assert sorted(_actions(plan)) == [
-        "machine.archive[0]",
-        "machine.archive[1]",
-        "machine.viewer[0]",
-        "network.management",
-    ]
 
 
 def test_a_create_that_leaves_something_behind_is_reported_and_adopted(tmp_path: Path) -> None:

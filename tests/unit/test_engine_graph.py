@@ -6,7 +6,12 @@ import click
 import pytest
 from memdriver import fake_site
 
-from pacsinfra.drivers.base import (
+from pacsinfra.errors import PlanError
+from pacsinfra.plan.desired import cpu_shares, desired_site
+from pacsinfra.plan.graph import Graph, Node
+from pacsinfra.plan.plan import Plan
+from pacsinfra.plan.render import render_plan
+from pacsinfra.specs import (
     MachineSpec,
     NicSpec,
     Observed,
@@ -14,11 +19,6 @@ from pacsinfra.drivers.base import (
     spec_from_dict,
     spec_to_dict,
 )
-from pacsinfra.errors import PlanError
-from pacsinfra.plan.desired import cpu_shares, desired_site
-from pacsinfra.plan.graph import Graph, Node
-from pacsinfra.plan.plan import Plan
-from pacsinfra.plan.render import render_plan
 
 
 def _g(edges: list[tuple[str, str]]) -> Graph:
@@ -74,8 +74,8 @@ def test_desired_names_addresses_and_dependencies() -> None:
 
 
 def test_per_driver_mapping_names_objects() -> None:
-    d = desired_site(fake_site(), driver="mem")
-    assert d.resources["storage.flash"].spec.name == "st-mary-flash"  # mem has no name key
+    d = desired_site(fake_site(), driver="fake")
+    assert d.resources["storage.flash"].spec.name == "st-mary-flash"  # the fake has no network name key
     d = desired_site(fake_site(), driver="kvm")
     assert d.resources["machine.viewer[0]"].spec.holds_data is False
 

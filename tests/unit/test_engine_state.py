@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pacsinfra.drivers.base import NetworkSpec, Ownership
 from pacsinfra.errors import StateError, StateLockedError
+from pacsinfra.specs import NetworkSpec, Ownership
 from pacsinfra.state.local import LocalStateStore, default_state_path
 from pacsinfra.state.store import ResourceState, State
 

@@ -136,3 +136,25 @@ def test_a_failed_write_at_the_final_name_leaves_no_file(tmp_path: Path,
         inc.seal()
     inc.discard()  # not kept: the partial file goes
     assert not final.exists()
+
+
+def test_staging_pool_bounds_the_memory_of_instances_in_flight(tmp_path: Path) -> None:
+    """At most total // size buffers are lent; a borrower that finds none streams to its
+    file; a buffer comes back when its instance spills or is done with."""
+    from pacsinfra.pacs.fastscp.incoming import StagingPool
+
+    pool = StagingPool(1 << 16, 2 << 16)
+    meta = b"\x02\x00\x10\x00UI\x02\x001\x00"
+    files = [IncomingFile(tmp_path, meta, staging=pool.acquire(), release=pool.release)
+             for _ in range(3)]
+    assert [f.staged for f in files] == [True, True, False] and pool.in_use == 2
+    files[0].write(memoryview(b"x" * (1 << 17)))  # outgrows its buffer: spills, gives it back
+    assert not files[0].staged and pool.in_use == 1
+    files[1].discard()
+    assert pool.in_use == 0
+    again = pool.acquire()
+    assert again is not None and pool.acquire() is not None and pool.acquire() is None
+    files[0].seal()
+    assert files[0].path.read_bytes().endswith(b"x" * (1 << 17))
+    for f in (files[0], files[2]):
+        f.discard()

@@ -9,9 +9,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import JPEGBaseline8Bit
 
 from pacsinfra.pacs.archive.synth import make_instance, write
-from pacsinfra.pacs.fastscp.association import file_meta
-from pacsinfra.pacs.fastscp.incoming import PREAMBLE
-from pacsinfra.pacs.fastscp.requestor import read_meta
+from pacsinfra.pacs.fastscp.part10 import PREAMBLE, file_meta, read_meta
 
 
 def _expect(path: Path) -> tuple[str, str, str]:

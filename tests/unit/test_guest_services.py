@@ -1,8 +1,9 @@
 """Services on vSphere and Hyper-V machines at plan time (no hypervisor, no SSH).
 
-The plan holds the services after their machines only with ``provider.<driver>.ssh``;
-their configs are rendered for the machine's first static address; the drivers dispatch
-ServiceSpec in check / render / classify; host keys come only from the blueprint.
+The plan holds the services after their machines only with the ``deploy`` login; their
+configs are rendered for the machine's first static address; the site driver hands
+ServiceSpec to the services layer for check / render / classify; host keys come only
+from the blueprint.
 """
 
 from __future__ import annotations
@@ -13,32 +14,32 @@ from typing import Any
 import pytest
 import yaml
 
-from pacsinfra.blueprint import load_blueprint
-from pacsinfra.drivers.base import ChangeKind, MachineSpec, NicSpec, Ownership, ServiceSpec
-from pacsinfra.drivers.guest_services import GuestLayout, GuestLogin, static_endpoint
+from pacsinfra.apply.engine import site_driver
+from pacsinfra.blueprint import load_blueprint, validate
+from pacsinfra.drivers.declaration import STATIC_ADDRESS, static_endpoint
 from pacsinfra.errors import DeployError, PlanError
 from pacsinfra.plan.desired import desired_site
+from pacsinfra.services.guest import GuestLayout, GuestSource
+from pacsinfra.services.settings import DeployConfig
+from pacsinfra.specs import ChangeKind, MachineSpec, NicSpec, Ownership, ServiceSpec
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOSRUMZAS8AYTUJXksuSg6QmB6TuTIJ7XuEcK2byViEI"
 DRIVERS = ("vsphere", "hyperv")
 
 
-def _provider(driver: str, ssh: dict[str, Any] | None) -> dict[str, Any]:
+def _provider(driver: str) -> dict[str, Any]:
     section: dict[str, Any] = (
         {"server": "vc.example"} if driver == "vsphere"
         else {"host": "hv01.example", "password": {"env": "HV_PASSWORD"}})
-    if ssh is not None:
-        section["ssh"] = ssh
     return {"driver": driver, driver: section}
 
 
-def _load(tmp_path: Path, driver: str, *, ssh: dict[str, Any] | None = None,
-          deploy: dict[str, Any] | None = None) -> Any:
+def _data(driver: str, deploy: dict[str, Any] | None = None) -> dict[str, Any]:
     image = ({"vsphere": {"template": "debian12-tpl"}} if driver == "vsphere"
              else {"hyperv": {"vhdx": "C:\\Images\\debian12.vhdx"}})
     data: dict[str, Any] = {
         "apiVersion": "pacsinfra/v1", "kind": "Site", "metadata": {"name": "gs"},
-        "provider": _provider(driver, ssh),
+        "provider": _provider(driver),
         "images": {"debian12": image},
         "networks": {"lan": {"purpose": "dicom", "cidr": "10.9.0.0/24"},
                      "mgmt": {"purpose": "management"}},
@@ -57,15 +58,19 @@ def _load(tmp_path: Path, driver: str, *, ssh: dict[str, Any] | None = None,
     }
     if deploy is not None:
         data["deploy"] = deploy
+    return data
+
+
+def _load(tmp_path: Path, driver: str, deploy: dict[str, Any] | None = None) -> Any:
     bp = tmp_path / "site.yaml"
-    bp.write_text(yaml.safe_dump(data))
+    bp.write_text(yaml.safe_dump(_data(driver, deploy)))
     return load_blueprint(str(bp)).site
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_services_follow_their_machine_at_its_static_address(tmp_path: Path, driver: str) -> None:
-    site = _load(tmp_path, driver, ssh={"key_file": "/k", "root": "/srv/px",
-                                        "host_keys": {"pacs": [KEY]}})
+    site = _load(tmp_path, driver, {"key_file": "/k", "root": "/srv/px",
+                                    "host_keys": {"pacs": [KEY]}})
     d = desired_site(site)
     archive, router = d.resources["service.archive[0]"], d.resources["service.router[0]"]
     assert isinstance(archive.spec, ServiceSpec) and isinstance(router.spec, ServiceSpec)
@@ -80,17 +85,27 @@ def test_services_follow_their_machine_at_its_static_address(tmp_path: Path, dri
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_without_ssh_the_plan_holds_machines_only(tmp_path: Path, driver: str) -> None:
-    d = desired_site(_load(tmp_path, driver))
+def test_without_a_login_the_plan_holds_machines_only_and_validate_says_so(
+        tmp_path: Path, driver: str) -> None:
+    d = desired_site(_load(tmp_path, driver, {"user": "root", "host_keys": {"pacs": [KEY]}}))
     assert "machine.pacs[0]" in d.resources
     assert not [a for a in d.resources if a.startswith("service.")]
+    bp = tmp_path / "site.yaml"
+    _, diags = validate(bp)
+    (warning,) = [x for x in diags if x.code == "services-unreachable"]
+    assert warning.severity == "warning" and warning.path == "machines.pacs.services"
+    assert warning.line > 0 and "services are not deployed" in warning.message
+    assert "key_file" in warning.hint
 
 
-def test_deploy_init_reaches_the_ssh_settings(tmp_path: Path) -> None:
-    site = _load(tmp_path, "hyperv", ssh={"key_file": "/k", "host_keys": {"pacs": [KEY]}},
-                 deploy={"init": "supervisor"})
-    assert site.provider.hyperv.ssh.init == "supervisor"
-    assert GuestLogin.parse(site.provider.hyperv).init == "supervisor"  # type: ignore[union-attr]
+def test_deploy_settings_from_the_model_or_a_saved_plan(tmp_path: Path) -> None:
+    site = _load(tmp_path, "hyperv", {"key_file": "/k", "init": "supervisor",
+                                      "host_keys": {"pacs": [KEY]}})
+    from pacsinfra.apply.engine import deploy_settings
+
+    for given in (site.deploy, deploy_settings(site)):
+        config = DeployConfig.parse(given)
+        assert (config.init, config.has_key, config.root) == ("supervisor", True, "/opt/pacsinfra")
 
 
 def _machine(*nics: NicSpec) -> MachineSpec:
@@ -103,36 +118,28 @@ def test_endpoint_and_layout() -> None:
     ep = static_endpoint(m, 2222)
     assert ep is not None and (ep.address, ep.port, ep.user_mode) == ("10.9.0.5", 2222, False)
     assert static_endpoint(_machine(NicSpec("mgmt"))) is None
-    layout = GuestLayout({"ssh": {"root": "/srv/px"}}, {"gs-pacs-1": m})
+    layout = GuestLayout(DeployConfig.parse({"root": "/srv/px"}), {"gs-pacs-1": m}, STATIC_ADDRESS)
     assert layout.address("gs-pacs-1") == layout.default_bind("gs-pacs-1") == "10.9.0.5"
     assert str(layout.data_dir("gs-pacs-1", "archive")) == "/srv/px/data/archive"
-    dhcp = GuestLayout({"ssh": {}}, {"gs-pacs-1": _machine(NicSpec("mgmt"))})
+    dhcp = GuestLayout(DeployConfig(), {"gs-pacs-1": _machine(NicSpec("mgmt"))}, STATIC_ADDRESS)
     with pytest.raises(PlanError, match="no address known before it boots"):
         dhcp.address("gs-pacs-1")
 
 
 def test_login_from_the_model_or_its_dump() -> None:
-    assert GuestLogin.parse({"server": "vc"}) is None
-    empty = GuestLogin.parse({"ssh": {}})
-    assert empty is not None and empty.root == "/opt/pacsinfra" and empty.port == 22
-    login = GuestLogin.parse({"ssh": {"user": "pacs", "key": {"env": "K"}, "port": 2022,
-                                      "host_keys": {"pacs": [KEY], "gs-pacs-2": ["ssh-rsa AAAA"]},
-                                      "boot_timeout": 12, "wheel": "/w.whl"}})
-    assert login is not None
-    assert dict(login.login) == {"user": "pacs", "key": {"env": "K"}}
-    assert (login.port, login.boot_timeout, login.wheel) == (2022, 12.0, "/w.whl")
-    assert login.pinned(_machine()) == (KEY,)
-    other = MachineSpec(address="machine.pacs[1]", name="gs-pacs-2", role="pacs", index=1,
-                        image={}, cpu_count=1, memory_mib=1024)
-    assert login.pinned(other) == ("ssh-rsa AAAA",)  # the machine's own entry wins
+    empty = DeployConfig.parse(None)
+    assert (empty.root, empty.has_key, dict(empty.login)) == ("/opt/pacsinfra", False, {})
+    login = DeployConfig.parse({"user": "pacs", "key": {"env": "K"}, "port": 2022,
+                                "host_keys": {"pacs": [KEY], "gs-pacs-2": ["ssh-rsa AAAA"]},
+                                "boot_timeout": 12, "wheel": "/w.whl"})
+    assert dict(login.login) == {"user": "pacs", "key": {"env": "K"}, "port": 2022}
+    assert (login.boot_timeout, login.wheel, login.has_key) == (12.0, "/w.whl", True)
+    assert login.pinned("gs-pacs-1", "pacs") == (KEY,)
+    assert login.pinned("gs-pacs-2", "pacs") == ("ssh-rsa AAAA",)  # the machine's own entry wins
 
 
-def _drivers(ssh: dict[str, Any] | None) -> list[Any]:
-    from pacsinfra.drivers.hyperv import HypervDriver
-    from pacsinfra.drivers.vsphere import VsphereDriver
-
-    return [VsphereDriver(_provider("vsphere", ssh)["vsphere"]),
-            HypervDriver(_provider("hyperv", ssh)["hyperv"])]
+def _drivers(deploy: dict[str, Any] | None) -> list[Any]:
+    return [site_driver(d, _provider(d)[d], deploy=deploy) for d in DRIVERS]
 
 
 SPEC = ServiceSpec(address="service.archive[0]", name="gs-pacs-1-archive", service="archive",
@@ -143,7 +150,7 @@ SPEC = ServiceSpec(address="service.archive[0]", name="gs-pacs-1-archive", servi
 def test_drivers_dispatch_service_specs_without_touching_the_hypervisor() -> None:
     for drv in _drivers(None):
         (problem,) = drv.check(SPEC)
-        assert f"set provider.{drv.name}.ssh" in problem, problem
+        assert "no way to run services: set deploy" in problem, problem
     for drv in _drivers({"key_file": "/k", "root": "/srv/px"}):
         assert drv.check(SPEC) == []
         db = ServiceSpec(address="service.db[0]", name="gs-pacs-1-db", service="db",
@@ -160,10 +167,17 @@ def test_drivers_dispatch_service_specs_without_touching_the_hypervisor() -> Non
 
 def test_host_keys_only_from_the_blueprint() -> None:
     m = _machine(NicSpec("lan", address="10.9.0.5"))
-    pinned, known, neither = _drivers({"key_file": "/k", "host_keys": {"pacs": [KEY]}})[0], \
-        _drivers({"key_file": "/k", "known_hosts": "/kh"})[1], _drivers({"key_file": "/k"})[0]
-    assert pinned.services.host_keys(m, wait=0) == (KEY,)
-    assert known.services.host_keys(m, wait=0) == ()  # the known_hosts file holds them
-    assert neither.services.host_keys(m, wait=0) is None  # unknown: not contacted
+
+    def source(deploy: dict[str, Any], driver: int) -> GuestSource:
+        found = _drivers(deploy)[driver].services.source
+        assert isinstance(found, GuestSource)
+        return found
+
+    pinned = source({"key_file": "/k", "host_keys": {"pacs": [KEY]}}, 0)
+    known = source({"key_file": "/k", "known_hosts": "/kh"}, 1)
+    neither = source({"key_file": "/k"}, 0)
+    assert pinned.host_keys(m, wait=0) == (KEY,)
+    assert known.host_keys(m, wait=0) == ()  # the known_hosts file holds them
+    assert neither.host_keys(m, wait=0) is None  # unknown: not contacted
     with pytest.raises(DeployError, match="no pinned SSH host key.*never trusts a key on first use"):
-        neither.services.host_keys(m, wait=5)
+        neither.host_keys(m, wait=5)

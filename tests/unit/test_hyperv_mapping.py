@@ -10,7 +10,14 @@ from conftest import need_module
 
 need_module("winrm")
 
-from pacsinfra.drivers.base import (  # noqa: E402
+from pacsinfra.drivers.hyperv import vm as mach  # noqa: E402
+from pacsinfra.drivers.hyperv.config import read_settings  # noqa: E402
+from pacsinfra.drivers.hyperv.driver import HypervDriver  # noqa: E402
+from pacsinfra.drivers.hyperv.marks import make_mark, parse_mark  # noqa: E402
+from pacsinfra.errors import UsageError  # noqa: E402
+from pacsinfra.providers import provider_class  # noqa: E402
+from pacsinfra.secrets import SecretRef  # noqa: E402
+from pacsinfra.specs import (  # noqa: E402
     ChangeKind,
     DiskSpec,
     MachineSpec,
@@ -21,13 +28,6 @@ from pacsinfra.drivers.base import (  # noqa: E402
     StorageSpec,
     changed_fields,
 )
-from pacsinfra.drivers.hyperv import HypervDriver  # noqa: E402
-from pacsinfra.drivers.hyperv import machines as mach  # noqa: E402
-from pacsinfra.drivers.hyperv.config import read_settings  # noqa: E402
-from pacsinfra.drivers.hyperv.marks import make_mark, parse_mark  # noqa: E402
-from pacsinfra.drivers.registry import driver_class  # noqa: E402
-from pacsinfra.errors import UsageError  # noqa: E402
-from pacsinfra.secrets import SecretRef  # noqa: E402
 
 CTX = mach.HostContext(host_mhz=2600, storage_root="D:\\PACS")
 OWNER = Ownership("st-mary", "machine.archive[0]", "lin")
@@ -41,7 +41,7 @@ def spec(**kw: object) -> MachineSpec:
 
 
 def test_registry_finds_the_driver() -> None:
-    assert driver_class("hyperv") is HypervDriver
+    assert provider_class("hyperv") is HypervDriver
 
 
 def test_settings_from_object_or_mapping() -> None:
@@ -61,7 +61,7 @@ def test_settings_from_object_or_mapping() -> None:
 
 def test_driver_construction_does_no_io_and_keeps_the_secret_unresolved() -> None:
     d = HypervDriver({"host": "hv01", "user": "u", "password": {"env": "PACSINFRA_UNSET_VAR_1234"}})
-    assert d.host == {} and d.settings.password == {"env": "PACSINFRA_UNSET_VAR_1234"}
+    assert d.host.facts == {} and d.settings.password == {"env": "PACSINFRA_UNSET_VAR_1234"}
 
 
 @pytest.mark.parametrize(("mhz", "count", "reserve"), [(4000, 4, 39), (10400, 4, 100), (1, 8, 1), (None, 2, 0)])
@@ -171,13 +171,13 @@ def test_change_table() -> None:
 
 def test_check_reports_what_hyperv_cannot_do() -> None:
     d = HypervDriver({"host": "h", "host_mhz": 2000})
-    bad = spec(hugepages=True, cpu_reservation_mhz=9000, image={"mode": "linked"}, disks=())
+    bad = spec(cpu_reservation_mhz=9000, image={"mode": "linked"}, disks=())
     problems = d.check(bad)
-    assert any("huge pages" in p for p in problems)
     assert any("exceeds 4 vCPUs x 2000MHz" in p for p in problems)
     assert any("vhdx path" in p for p in problems) and any("copy or differencing" in p for p in problems)
     assert any("needs a disk" in p for p in problems)
     assert d.check(spec()) == []
+    assert d.check(spec(hugepages=True)) == []  # recorded: validate warns it is ignored
     assert any("generation 2" in p for p in d.check(spec(image={"vhdx": "C:\\a.vhdx", "generation": 1})))
     assert any("generation 2" in p for p in HypervDriver({"host": "h", "generation": 1}).check(spec()))
     ext = NetworkSpec(address="network.a", name="A", purpose="dicom", settings={"type": "external"})

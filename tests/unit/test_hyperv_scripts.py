@@ -2,8 +2,8 @@
 
 Each case in tests/golden/hyperv/<case>/ is data: ``input.json`` (a spec and settings, or a
 script name and its parameters) -> ``expected.ps1`` (the exact script) and
-``expected.params.json`` (the one JSON document the script decodes). Regenerate after a
-deliberate template change with ``PACSINFRA_UPDATE_GOLDEN=1 pytest tests/unit/test_hyperv_scripts.py``
+``expected.params.json`` (the one JSON document the script decodes). Record them again after
+a deliberate template change with ``PACSINFRA_RECORD=1 pytest tests/unit/test_hyperv_scripts.py``
 and review the diff.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,18 @@ from typing import Any
 import jinja2
 import pytest
 from conftest import need_module
+from support.record import check_text
 
 need_module("winrm")
 
-from pacsinfra.drivers.base import MachineSpec, Ownership, spec_from_dict  # noqa: E402
-from pacsinfra.drivers.hyperv import HypervDriver, scripts  # noqa: E402
-from pacsinfra.drivers.hyperv import machines as mach  # noqa: E402
+from pacsinfra.drivers.hyperv import scripts  # noqa: E402
+from pacsinfra.drivers.hyperv import vm as mach  # noqa: E402
+from pacsinfra.drivers.hyperv.driver import HypervDriver  # noqa: E402
 from pacsinfra.errors import CapabilityError  # noqa: E402
+from pacsinfra.specs import MachineSpec, Ownership, spec_from_dict  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hyperv"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.json").is_file())
-UPDATE = os.environ.get("PACSINFRA_UPDATE_GOLDEN") == "1"
 
 
 def render_case(case: dict[str, Any]) -> scripts.Script:
@@ -46,7 +46,7 @@ def render_case(case: dict[str, Any]) -> scripts.Script:
         return scripts.Script(name=name, text=r.text, parameters=r.parameters)
     assert case["call"] == "update" and isinstance(spec, MachineSpec)
     params = mach.set_vm_parameters(spec, case["vm_id"], owner, case["fields"],
-                                    stop_first=case["stop_first"], ctx=drv.context())
+                                    stop_first=case["stop_first"], ctx=drv.host.context())
     return scripts.render("set-vm", params)
 
 
@@ -61,11 +61,8 @@ def test_golden(case_name: str) -> None:
     case = json.loads((folder / "input.json").read_text())
     script = render_case(case)
     params_text = json.dumps(script.parameters, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    if UPDATE:
-        (folder / "expected.ps1").write_text(script.text, encoding="utf-8", newline="")
-        (folder / "expected.params.json").write_text(params_text, encoding="utf-8")
-    assert script.text == (folder / "expected.ps1").read_text(encoding="utf-8")
-    assert params_text == (folder / "expected.params.json").read_text(encoding="utf-8")
+    check_text(folder / "expected.ps1", script.text, f"{case_name}: the script")
+    check_text(folder / "expected.params.json", params_text, f"{case_name}: the parameters")
     # the contract: header, one base64 literal that decodes to exactly the parameters
     name, version, decoded = scripts.parse_script(script.text)
     assert (name, version) == (script.name, scripts.SCRIPTS[script.name])

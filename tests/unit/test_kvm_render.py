@@ -1,8 +1,8 @@
 """Golden rendering tests for the KVM driver: spec -> libvirt XML, and XML -> the same spec.
 
 Each folder in tests/golden/kvm/ is one case: ``input.yaml`` (kind, owner, render
-context, spec) and ``expected.xml``. Regenerate after an intended template change with
-``PACSINFRA_UPDATE_GOLDEN=1 pytest tests/unit/test_kvm_render.py`` and review the diff.
+context, spec) and ``expected.xml``. Record them again after an intended template change
+with ``PACSINFRA_RECORD=1 pytest tests/unit/test_kvm_render.py`` and review the diff.
 
 When libvirt-python is installed, every rendered domain and network is also defined on
 libvirt's test:///default driver and read back, so the XML is known to be acceptable to
@@ -12,14 +12,16 @@ libvirt's own parser and to survive its normalisation.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.record import check_text
 
-from pacsinfra.drivers.base import (
+from pacsinfra.drivers.kvm import classify, cloudinit, domain, network, pool, templating
+from pacsinfra.errors import CapabilityError
+from pacsinfra.specs import (
     ChangeKind,
     DiskSpec,
     GpuSpec,
@@ -30,12 +32,9 @@ from pacsinfra.drivers.base import (
     Ownership,
     StorageSpec,
 )
-from pacsinfra.drivers.kvm import classify, cloudinit, domain, network, pool, templating
-from pacsinfra.errors import CapabilityError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "kvm"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
-UPDATE = os.environ.get("PACSINFRA_UPDATE_GOLDEN") == "1"
 
 
 def machine_spec(data: dict[str, Any]) -> MachineSpec:
@@ -95,11 +94,7 @@ def parse_machine(xml: str, spec: MachineSpec, ctx: domain.DomainContext) -> Mac
 def test_golden_render(name: str) -> None:
     case, spec, owner = load_case(name)
     text = render_case(case, spec, owner)
-    expected_file = GOLDEN / name / "expected.xml"
-    if UPDATE:
-        expected_file.write_text(text)
-    assert expected_file.is_file(), f"{name}: no expected.xml (run with PACSINFRA_UPDATE_GOLDEN=1)"
-    assert text == expected_file.read_text(), f"{name}: rendering differs from expected.xml"
+    check_text(GOLDEN / name / "expected.xml", text, f"{name}: the rendering")
 
 
 @pytest.mark.parametrize("name", [c for c in CASES if c.startswith("machine-")])
@@ -109,11 +104,7 @@ def test_golden_volumes(name: str) -> None:
     text = "".join(
         pool.disk_volume(spec, d, from_image=i == 0).xml for i, d in enumerate(spec.disks)
     )
-    expected_file = GOLDEN / name / "volumes.xml"
-    if UPDATE:
-        expected_file.write_text(text)
-    assert expected_file.is_file(), f"{name}: no volumes.xml (run with PACSINFRA_UPDATE_GOLDEN=1)"
-    assert text == expected_file.read_text(), f"{name}: volumes differ from volumes.xml"
+    check_text(GOLDEN / name / "volumes.xml", text, f"{name}: the volumes")
 
 
 @pytest.mark.parametrize("name", CASES)

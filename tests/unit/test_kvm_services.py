@@ -7,11 +7,14 @@ from typing import Any
 
 import yaml
 
+from pacsinfra.apply.engine import site_driver
 from pacsinfra.blueprint import load_blueprint
-from pacsinfra.drivers.base import MachineSpec, NicSpec, ServiceSpec
-from pacsinfra.drivers.kvm import KvmDriver
-from pacsinfra.drivers.kvm.services import GuestServices, ssh_endpoint, user_forwards
+from pacsinfra.drivers.kvm.declaration import ssh_endpoint, user_forwards
+from pacsinfra.drivers.kvm.port import KvmPort
 from pacsinfra.plan.desired import desired_site
+from pacsinfra.services.guest import GuestSource
+from pacsinfra.services.settings import DeployConfig
+from pacsinfra.specs import MachineSpec, NicSpec, ServiceSpec
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOSRUMZAS8AYTUJXksuSg6QmB6TuTIJ7XuEcK2byViEI"
 
@@ -21,10 +24,8 @@ def _site(tmp_path: Path, *, ssh: bool = True, static: bool = False) -> dict[str
         {"network": "lan", "addresses": ["10.9.0.5"]} if static
         else {"network": "lab", "forwards": [{"guest": 22, "host": 2222},
                                              {"guest": 11112, "host": 11112}]})
-    kvm: dict[str, Any] = {"uri": "test:///default"}
-    if ssh:
-        kvm["ssh"] = {"user": "root", "key_file": "~/.ssh/id_ed25519"}
-    data = {
+    kvm: dict[str, Any] = {"uri": "test:///default", "console_log": str(tmp_path)}
+    data: dict[str, Any] = {
         "apiVersion": "pacsinfra/v1", "kind": "Site", "metadata": {"name": "kq"},
         "provider": {"driver": "kvm", "kvm": kvm},
         "images": {"guest": {"kvm": {"path": "/images/guest.qcow2"}}},
@@ -35,6 +36,8 @@ def _site(tmp_path: Path, *, ssh: bool = True, static: bool = False) -> dict[str
         "services": {"archive": {"kind": "archive",
                                  "config": {"ae_title": "ARCHIVE", "port": 11112}}},
     }
+    if ssh:
+        data["deploy"] = {"user": "root", "key_file": "~/.ssh/id_ed25519"}
     bp = tmp_path / "site.yaml"
     bp.write_text(yaml.safe_dump(data))
     return {"desired": desired_site(load_blueprint(str(bp)).site)}
@@ -95,15 +98,24 @@ class _FakeLc:
         self.meta[name] = xml
 
 
+def _port(config: dict[str, Any], lc: _FakeLc) -> KvmPort:
+    return KvmPort(config, lambda: lc, lambda name: None)  # type: ignore[arg-type,return-value]
+
+
+def _source(port: KvmPort, deploy: dict[str, Any]) -> GuestSource:
+    from pacsinfra.drivers.kvm.declaration import DECLARATION
+
+    assert DECLARATION.reach is not None
+    return GuestSource("kvm", port, DECLARATION.reach, DeployConfig.parse(deploy))
+
+
 def test_host_keys_learnt_from_the_console_then_recorded(tmp_path: Path) -> None:
     console = tmp_path / "a-1.console.log"
     console.write_text("booting\n-----BEGIN SSH HOST KEY KEYS-----\n"
                        f"{KEY} root@guest\n-----END SSH HOST KEY KEYS-----\n")
-    drv = KvmDriver({"uri": "test:///default", "console_log": str(tmp_path),
-                     "ssh": {"key_file": "/k"}})
     lc = _FakeLc()
-    drv._lc = lc  # type: ignore[assignment]
-    svc = GuestServices(drv)
+    svc = _source(_port({"uri": "test:///default", "console_log": str(tmp_path)}, lc),
+                  {"key_file": "/k"})
     m = MachineSpec(address="machine.a[0]", name="a-1", role="a", index=0, image={},
                     cpu_count=1, memory_mib=512)
     assert svc.host_keys(m, wait=0) == (f"{KEY} root@guest",)
@@ -117,16 +129,15 @@ def test_host_keys_learnt_from_the_console_then_recorded(tmp_path: Path) -> None
 def test_pinned_keys_win_and_no_console_means_unknown(tmp_path: Path) -> None:
     m = MachineSpec(address="machine.a[0]", name="a-1", role="a", index=0, image={},
                     cpu_count=1, memory_mib=512)
-    drv = KvmDriver({"uri": "test:///default", "ssh": {"host_keys": {"a": [KEY]}}})
-    drv._lc = _FakeLc()  # type: ignore[assignment]
-    assert GuestServices(drv).host_keys(m, wait=0) == (KEY,)
-    drv = KvmDriver({"uri": "test:///default", "ssh": {"key_file": "/k"}})
-    drv._lc = _FakeLc()  # type: ignore[assignment]
-    assert GuestServices(drv).host_keys(m, wait=0) is None
+    port = _port({"uri": "test:///default"}, _FakeLc())
+    assert _source(port, {"key_file": "/k", "host_keys": {"a": [KEY]}}).host_keys(m, wait=0) \
+        == (KEY,)
+    assert _source(port, {"key_file": "/k"}).host_keys(m, wait=0) is None
 
 
-def test_service_check_needs_ssh_settings() -> None:
+def test_service_check_needs_the_deploy_login() -> None:
     spec = ServiceSpec(address="service.archive[0]", name="a-1-archive", service="archive",
                        kind="archive", machine="machine.a[0]")
-    assert "provider.kvm.ssh" in KvmDriver({"uri": "test:///default"}).check(spec)[0]
-    assert KvmDriver({"uri": "test:///default", "ssh": {}}).check(spec) == []
+    assert "set deploy" in site_driver("kvm", {"uri": "test:///default"}).check(spec)[0]
+    assert site_driver("kvm", {"uri": "test:///default"},
+                       deploy={"key_file": "/k"}).check(spec) == []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pacsinfra.blueprint.model import KvmImage
-from pacsinfra.drivers.base import DiskSpec, MachineSpec, NicSpec, Ownership
 from pacsinfra.drivers.kvm import domain as dom
 from pacsinfra.drivers.kvm import usernet
 from pacsinfra.drivers.kvm.machines import check_machine
 from pacsinfra.errors import CapabilityError
+from pacsinfra.specs import DiskSpec, MachineSpec, NicSpec, Ownership
 
 FWD = "user:hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:11112-:11112"
 CTX = dom.DomainContext(domain_type="qemu", uses_files=True, pool_paths={"p": "/pools/p"},

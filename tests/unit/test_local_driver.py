@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pacsinfra.apply.engine import Engine
+from pacsinfra.apply.engine import Engine, site_driver
 from pacsinfra.blueprint import load_blueprint
-from pacsinfra.drivers.base import (
+from pacsinfra.plan.desired import desired_site
+from pacsinfra.plan.plan import Action
+from pacsinfra.providers import provider_class
+from pacsinfra.services.local import paths
+from pacsinfra.services.local.hosts import LocalHosts
+from pacsinfra.services.local.process import ServiceProcess
+from pacsinfra.specs import (
     ChangeKind,
     MachineSpec,
     Ownership,
@@ -17,11 +23,6 @@ from pacsinfra.drivers.base import (
     spec_from_dict,
     spec_to_dict,
 )
-from pacsinfra.drivers.local import LocalDriver, paths
-from pacsinfra.drivers.local.process import ServiceProcess
-from pacsinfra.drivers.registry import driver_class
-from pacsinfra.plan.desired import desired_site
-from pacsinfra.plan.plan import Action
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quickstart.yaml"
@@ -35,7 +36,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_registered() -> None:
-    assert driver_class("local") is LocalDriver
+    assert provider_class("local") is LocalHosts
 
 
 def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,12 +75,18 @@ def test_other_drivers_get_no_service_resources() -> None:
     assert not [a for a in d.resources if a.startswith("service.")]
 
 
-def test_check_refuses_kinds_it_cannot_run(root: Path) -> None:
-    spec = ServiceSpec(address="service.v[0]", name="s-pacs-1-v", service="v",
-                       kind="viewer", machine="machine.pacs[0]")
-    assert LocalDriver(None).check(spec) and not LocalDriver(None).check(
-        ServiceSpec(address="service.a[0]", name="s-pacs-1-a", service="a", kind="archive",
-                    machine="machine.pacs[0]"))
+def test_check_refuses_what_it_cannot_run(root: Path) -> None:
+    drv = site_driver("local", None)
+    for kind in ("archive", "router", "viewer"):
+        assert drv.check(ServiceSpec(address=f"service.{kind}[0]", name=f"s-pacs-1-{kind}",
+                                     service=kind, kind=kind, machine="machine.pacs[0]")) == []
+    db = ServiceSpec(address="service.db[0]", name="s-pacs-1-db", service="db", kind="database",
+                     machine="machine.pacs[0]", config={"password": {"env": "X"},
+                                                        "tls": {"enabled": True}})
+    assert "TLS for PostgreSQL is not supported" in drv.check(db)[0]
+    other = ServiceSpec(address="service.w[0]", name="s-pacs-1-w", service="w", kind="worklist",
+                        machine="machine.pacs[0]")
+    assert "cannot run a worklist service" in drv.check(other)[0]
 
 
 def test_plan_then_adopt_machine_after_state_loss(root: Path, tmp_path: Path) -> None:
@@ -88,9 +95,10 @@ def test_plan_then_adopt_machine_after_state_loss(root: Path, tmp_path: Path) ->
         plan = eng.plan()
     assert [(s.address, s.action) for s in plan.steps] == [
         ("storage.disk", Action.CREATE), ("machine.pacs[0]", Action.CREATE),
-        ("service.archive[0]", Action.CREATE), ("service.router[0]", Action.CREATE)]
+        ("service.archive[0]", Action.CREATE), ("service.router[0]", Action.CREATE),
+        ("service.viewer[0]", Action.CREATE)]
     # a machine created by an earlier (lost) state is adopted, not created twice
-    drv = LocalDriver(None)
+    drv = site_driver("local", None)
     m = plan.steps[1].desired
     assert isinstance(m, MachineSpec)
     drv.create(m, Ownership("local-demo", m.address, "old-lineage"))
@@ -103,13 +111,13 @@ def test_plan_then_adopt_machine_after_state_loss(root: Path, tmp_path: Path) ->
 
 def test_observed_service_shows_stopped_process_and_edited_config(root: Path) -> None:
     d = desired_site(load_blueprint(str(EXAMPLE)).site)
-    drv = LocalDriver(None)
+    drv = site_driver("local", None)
     m = d.resources["machine.pacs[0]"].spec
     s = d.resources["service.router[0]"].spec
     assert isinstance(s, ServiceSpec)
     drv.create(m, Ownership("local-demo", m.address, "L"))
     # the mark and config as a create killed before the start would leave them
-    from pacsinfra.drivers.local.marks import write_mark
+    from pacsinfra.services.marks import write_mark
 
     proc = ServiceProcess(root, "local-demo", "local-demo-pacs-1", s)
     write_mark(proc.mark_path, s, Ownership("local-demo", s.address, "L"))

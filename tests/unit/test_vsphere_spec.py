@@ -18,7 +18,26 @@ pytest.importorskip("pyVmomi")
 
 from pyVmomi import pbm, vim, vmodl  # noqa: E402
 
-from pacsinfra.drivers.base import (  # noqa: E402
+from pacsinfra.drivers.vsphere import classify as cl  # noqa: E402
+from pacsinfra.drivers.vsphere import spec as sp  # noqa: E402
+from pacsinfra.drivers.vsphere.client import (  # noqa: E402
+    Endpoint,
+    PowerStateConflict,
+    faults,
+    translate,
+)
+from pacsinfra.drivers.vsphere.driver import VsphereDriver  # noqa: E402
+from pacsinfra.drivers.vsphere.parse import parse_vm  # noqa: E402
+from pacsinfra.drivers.vsphere.pbm import Policy, check_placement, rules_of  # noqa: E402
+from pacsinfra.errors import (  # noqa: E402
+    AlreadyExists,
+    AuthError,
+    CapabilityError,
+    ConnectError,
+    NotFound,
+    TaskFailed,
+)
+from pacsinfra.specs import (
     ChangeKind,
     DiskSpec,
     GpuSpec,
@@ -30,25 +49,6 @@ from pacsinfra.drivers.base import (  # noqa: E402
     PowerState,
     StorageSpec,
     changed_fields,
-)
-from pacsinfra.drivers.vsphere import VsphereDriver  # noqa: E402
-from pacsinfra.drivers.vsphere import classify as cl  # noqa: E402
-from pacsinfra.drivers.vsphere import spec as sp  # noqa: E402
-from pacsinfra.drivers.vsphere.client import (  # noqa: E402
-    Endpoint,
-    PowerStateConflict,
-    faults,
-    translate,
-)
-from pacsinfra.drivers.vsphere.parse import parse_vm  # noqa: E402
-from pacsinfra.drivers.vsphere.pbm import Policy, check_placement, rules_of  # noqa: E402
-from pacsinfra.errors import (  # noqa: E402
-    AlreadyExists,
-    AuthError,
-    CapabilityError,
-    ConnectError,
-    NotFound,
-    TaskFailed,
 )
 
 OWNER = Ownership(site="st-mary", address="machine.archive[0]", lineage="L1")
@@ -288,10 +288,13 @@ class FakeInv:
 
 
 def _machines(config: dict[str, Any], host_types: dict[str, list[str]]) -> Any:
+    from types import SimpleNamespace
+
     from pacsinfra.drivers.vsphere.machines import Machines
 
     client = FakeClient({h: {"config.sharedPassthruGpuTypes": t} for h, t in host_types.items()})
-    return Machines(client, FakeInv(list(host_types)), config)  # type: ignore[arg-type]
+    host = SimpleNamespace(client=client, inventory=FakeInv(list(host_types)), config=config)
+    return Machines(host)  # type: ignore[arg-type]
 
 
 def test_vgpu_profile_must_be_offered_by_a_host() -> None:
@@ -379,13 +382,13 @@ def test_render_is_pure_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> 
     assert "grid_a40-8q" in r.text and "10.10.110.11" in r.text
     net = d.render(NetworkSpec(address="network.d", name="D", purpose="dicom", vlan=110), OWNER)
     assert json.loads(net.text)["spec"]["vlanId"] == 110
-    assert d._vc is None  # no connection was made
+    assert d.host._vc is None  # no connection was made
 
 
 def test_settings_may_be_an_object_and_password_a_secret_ref() -> None:
     from types import SimpleNamespace
 
-    from pacsinfra.drivers.vsphere.driver import _secret
+    from pacsinfra.drivers.vsphere.host import secret as _secret
     from pacsinfra.secrets import SecretRef
 
     cfg = SimpleNamespace(server="vc.example", user="u", password=SecretRef(env="X"), datastore="ds9", hot_add=True)

@@ -1,11 +1,5 @@
-"""Hyper-V driver: PowerShell scripts (templates/hyperv/*.ps1.j2) run over WinRM by pywinrm.
+"""The hyperv driver: Hyper-V over WinRM — PowerShell from templates/hyperv/*.ps1.j2.
 
-Importing this package needs pywinrm only when a session is opened; the registry turns a
-missing SDK into a DriverUnavailable error with the install hint.
+:mod:`.declaration` says what it is (pure); :mod:`.driver` is the implementation, which
+needs pywinrm (:func:`pacsinfra.providers.make_provider` gives the install hint).
 """
-
-import winrm  # noqa: F401  - fail at import when pywinrm is missing (the registry's install hint)
-
-from pacsinfra.drivers.hyperv.driver import HypervDriver
-
-__all__ = ["HypervDriver"]

@@ -8,8 +8,8 @@ means a new machine.
 
 from __future__ import annotations
 
-from pacsinfra.drivers.base import ChangeKind, MachineSpec, Observed, Spec
 from pacsinfra.drivers.changes import ChangeTables
+from pacsinfra.specs import ChangeKind, MachineSpec, Observed, Spec
 
 IN_PLACE, POWER_OFF, REPLACE = ChangeKind.IN_PLACE, ChangeKind.NEEDS_POWER_OFF, ChangeKind.REPLACE
 
@@ -25,7 +25,7 @@ MACHINE_TABLE: dict[str, ChangeKind] = {
     "cpu_reservation_mhz": IN_PLACE,  # Reserve, live
     "cpu_limit_mhz": IN_PLACE,  # Maximum, live
     "memory_lock": IN_PLACE,  # recorded (static memory is never paged by Hyper-V)
-    "hugepages": IN_PLACE,  # recorded; check() refuses true
+    "hugepages": IN_PLACE,  # recorded only: Hyper-V has no such setting (validate warns)
     "disks": POWER_OFF,  # adding / removing disks; growth alone: see classify_change
     "disks.size_mib.grow": IN_PLACE,  # Resize-VHD on a SCSI-attached VHDX, live
     "disks.size_mib.shrink": REPLACE,  # never shrink a VHDX under a filesystem

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pacsinfra.drivers.hyperv.declaration import TRANSPORTS
 from pacsinfra.drivers.settings import setting
 from pacsinfra.errors import UsageError
 from pacsinfra.secrets import SecretRef
 
-TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
 DEFAULT_STORAGE_ROOT = r"C:\ProgramData\pacsinfra"
 
 

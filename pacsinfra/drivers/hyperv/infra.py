@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pacsinfra.drivers.base import NetworkSpec, Ownership, StorageSpec
-from pacsinfra.drivers.hyperv.machines import HostContext, storage_dir
 from pacsinfra.drivers.hyperv.marks import make_mark, parse_mark
+from pacsinfra.drivers.hyperv.vm import HostContext, storage_dir
+from pacsinfra.specs import NetworkSpec, Ownership, StorageSpec
 
 NETWORK_RECORDED = ("purpose", "vlan", "cidr", "gateway", "mtu", "qos")
 STORAGE_RECORDED = ("tier", "encrypted", "provisioning", "iops_limit", "iops_reservation")

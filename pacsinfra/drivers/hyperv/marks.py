@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pacsinfra.drivers.base import Ownership
+from pacsinfra.specs import Ownership
 
 MARK_PREFIX = "pacsinfra:"
 

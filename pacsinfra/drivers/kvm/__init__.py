@@ -1,9 +1,5 @@
-"""KVM / libvirt driver (libvirt-python): domains, networks and directory pools.
+"""The kvm driver: KVM through libvirt (libvirt-python) — domains, networks, directory pools.
 
-Importing this package needs libvirt-python; the registry turns a missing SDK into a
-DriverUnavailable error with the install hint.
+:mod:`.declaration` says what it is (pure); :mod:`.driver` is the implementation, which
+needs libvirt-python (:func:`pacsinfra.providers.make_provider` gives the install hint).
 """
-
-from pacsinfra.drivers.kvm.driver import KvmDriver
-
-__all__ = ["KvmDriver"]

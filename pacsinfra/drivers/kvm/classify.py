@@ -7,13 +7,8 @@ apply to a running guest; a new image or a shrunk disk means a new machine.
 
 from __future__ import annotations
 
-from pacsinfra.drivers.base import (
-    ChangeKind,
-    MachineSpec,
-    Observed,
-    Spec,
-)
 from pacsinfra.drivers.changes import ChangeTables
+from pacsinfra.specs import ChangeKind, MachineSpec, Observed, Spec
 
 IN_PLACE, POWER_OFF, REPLACE = ChangeKind.IN_PLACE, ChangeKind.NEEDS_POWER_OFF, ChangeKind.REPLACE
 

@@ -8,9 +8,9 @@ The wrapper returns plain values (XML strings, ints, names); lookups return
 ``None`` for an absent object instead of raising, because "absent" is a normal
 answer for an idempotent driver.
 
-Storage has two backends behind one interface (:class:`~.storage.Storage`): libvirt's own
-storage pools for ``qemu:///system`` and ``test:///default`` (:class:`PoolStorage`, here),
-and plain directories for ``qemu:///embed`` (:class:`~.storage.DirStorage`), which has
+Storage has two backends behind one interface (:class:`~.volumes.Volumes`): libvirt's own
+storage pools for ``qemu:///system`` and ``test:///default`` (:class:`PoolVolumes`, here),
+and plain directories for ``qemu:///embed`` (:class:`~.volumes.DirVolumes`), which has
 no storage driver.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import libvirt
 
-from pacsinfra.drivers.kvm.storage import DirStorage, Storage
+from pacsinfra.drivers.kvm.volumes import DirVolumes, Volumes
 from pacsinfra.errors import (
     AlreadyExists,
     AuthError,
@@ -184,10 +184,10 @@ class LibvirtClient:
         self.uri = uri or self._uri()
         self._lock = threading.Lock()
         self._host_mhz: int | None = None
-        self.storage: Storage = (
-            DirStorage(embed_root(self.uri) or Path("/var/lib/pacsinfra"))
+        self.volumes: Volumes = (
+            DirVolumes(embed_root(self.uri) or Path("/var/lib/pacsinfra"))
             if is_embed_uri(self.uri)
-            else PoolStorage(self)
+            else PoolVolumes(self)
         )
 
     def _uri(self) -> str:
@@ -489,7 +489,7 @@ class LibvirtClient:
                 net.undefine()
 
 
-class PoolStorage(Storage):
+class PoolVolumes(Volumes):
     """libvirt storage pools (system daemon, test driver)."""
 
     def __init__(self, client: LibvirtClient) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from pacsinfra.drivers.base import MachineSpec
 from pacsinfra.drivers.kvm.domain import nic_macs
 from pacsinfra.errors import CapabilityError, TaskFailed
+from pacsinfra.specs import MachineSpec
 
 VOLUME_LABEL = "cidata"
 

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from pacsinfra.drivers.base import DiskSpec, GpuSpec, MachineSpec, NicSpec, Ownership
 from pacsinfra.drivers.kvm import templating, usernet
 from pacsinfra.drivers.kvm.xmlutil import intent_json, intent_of, owner_of, size_mib
 from pacsinfra.errors import CapabilityError
+from pacsinfra.specs import DiskSpec, GpuSpec, MachineSpec, NicSpec, Ownership
 
 CFS_PERIOD_US = 100_000
 DEFAULT_MTU = 1500

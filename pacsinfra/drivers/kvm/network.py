@@ -22,10 +22,10 @@ import ipaddress
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from pacsinfra.drivers.base import NetworkSpec, Ownership
 from pacsinfra.drivers.kvm import templating
 from pacsinfra.drivers.kvm.xmlutil import intent_json, intent_of, owner_of
 from pacsinfra.errors import CapabilityError
+from pacsinfra.specs import NetworkSpec, Ownership
 
 FORWARD_MODES = frozenset({"nat", "route", "open", "bridge", "none"})
 

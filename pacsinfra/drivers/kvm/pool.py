@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from pacsinfra.drivers.base import DiskSpec, MachineSpec, Ownership, StorageSpec
 from pacsinfra.drivers.kvm import templating
 from pacsinfra.drivers.kvm.domain import disk_volume_name
 from pacsinfra.errors import CapabilityError
+from pacsinfra.specs import DiskSpec, MachineSpec, Ownership, StorageSpec
 
 MARKER_PREFIX = ".pacsinfra-owner."
 DEFAULT_POOL_ROOT = "/var/lib/pacsinfra/pools"
@@ -96,6 +96,33 @@ def owner_from_marker(name: str) -> Ownership | None:
     except (ValueError, TypeError):
         return None
     return Ownership(site=str(site), address=str(address), lineage=str(lineage))
+
+
+MAKING_PREFIX = ".pacsinfra-making."
+
+
+def making_name(owner: Ownership, machine: str) -> str:
+    """The marker volume a machine's create leaves in its first disk's pool until its
+    domain is defined: whose volumes these are, should the create be killed."""
+    payload = json.dumps([owner.site, owner.address, owner.lineage, machine],
+                         separators=(",", ":"))
+    name = MAKING_PREFIX + base64.b32encode(payload.encode()).decode().rstrip("=").lower()
+    if len(name) > 250:
+        raise ValueError(f"machine mark too long for a volume name: {owner} {machine}")
+    return name
+
+
+def making_from_name(name: str) -> tuple[Ownership, str] | None:
+    """(ownership, machine name) of a making marker, or None for any other volume."""
+    if not name.startswith(MAKING_PREFIX):
+        return None
+    encoded = name[len(MAKING_PREFIX):].upper()
+    encoded += "=" * (-len(encoded) % 8)
+    try:
+        site, address, lineage, machine = json.loads(base64.b32decode(encoded).decode())
+    except (ValueError, TypeError):
+        return None
+    return Ownership(site=str(site), address=str(address), lineage=str(lineage)), str(machine)
 
 
 def marker_volume_xml(owner: Ownership) -> str:

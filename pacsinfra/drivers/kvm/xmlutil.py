@@ -9,8 +9,8 @@ from xml.sax.saxutils import escape
 
 from markupsafe import Markup
 
-from pacsinfra.drivers.base import Ownership
 from pacsinfra.drivers.kvm.templating import OWNER_NS
+from pacsinfra.specs import Ownership
 
 _OWNER_TAG = f"{{{OWNER_NS}}}owner"
 _INTENT_TAG = f"{{{OWNER_NS}}}intent"
@@ -70,6 +70,13 @@ def intent_of(root: ET.Element) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def owner_fragment(xml: str) -> str | None:
+    """The ``<pacsinfra:owner>`` element of a domain's XML as text (with its namespace
+    declared, as ``setMetadata`` takes it), or None when the domain is unmarked."""
+    el = owner_element(ET.fromstring(xml))
+    return ET.tostring(el, encoding="unicode") if el is not None else None
 
 
 def intent_json(data: dict[str, Any]) -> Markup:

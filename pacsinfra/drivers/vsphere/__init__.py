@@ -1,5 +1,5 @@
-"""The vSphere driver (pyVmomi): VMs, port groups and storage policies on vCenter."""
+"""The vsphere driver: VMware vSphere through vCenter (pyVmomi) — VMs, port groups, policies.
 
-from pacsinfra.drivers.vsphere.driver import VsphereDriver
-
-__all__ = ["VsphereDriver"]
+:mod:`.declaration` says what it is (pure); :mod:`.driver` is the implementation, which
+needs pyVmomi (:func:`pacsinfra.providers.make_provider` gives the install hint).
+"""

@@ -7,7 +7,7 @@ it does not, replace only when nothing else works (shrinking a disk, a new image
 
 from __future__ import annotations
 
-from pacsinfra.drivers.base import ChangeKind, MachineSpec, NetworkSpec, Observed, Spec, StorageSpec
+from pacsinfra.specs import ChangeKind, MachineSpec, NetworkSpec, Observed, Spec, StorageSpec
 
 IN_PLACE, POWER_OFF, REPLACE = ChangeKind.IN_PLACE, ChangeKind.NEEDS_POWER_OFF, ChangeKind.REPLACE
 

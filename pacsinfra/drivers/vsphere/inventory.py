@@ -12,11 +12,11 @@ from typing import Any
 
 from pyVmomi import vim
 
-from pacsinfra.drivers.base import DiskSpec
 from pacsinfra.drivers.settings import setting
 from pacsinfra.drivers.vsphere import pbm as pbm_mod
 from pacsinfra.drivers.vsphere.client import VsphereClient
 from pacsinfra.errors import CapabilityError, NotFound
+from pacsinfra.specs import DiskSpec
 
 
 @dataclass

@@ -8,34 +8,38 @@ Any failure after the VM exists deletes it before the error is raised.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pyVmomi import vim
+from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
-from pacsinfra.drivers.base import MachineSpec, Observed, Ownership, PowerState
+from pacsinfra.drivers.handlers import KindHandler
 from pacsinfra.drivers.settings import setting
+from pacsinfra.drivers.vsphere import classify as classify_mod
 from pacsinfra.drivers.vsphere import spec as spec_mod
 from pacsinfra.drivers.vsphere.client import PowerStateConflict, VsphereClient
+from pacsinfra.drivers.vsphere.host import VsphereHost, refuse_unowned
 from pacsinfra.drivers.vsphere.inventory import Inventory, InventoryResolver
 from pacsinfra.drivers.vsphere.parse import parse_vm
 from pacsinfra.drivers.vsphere.pbm import PolicyStore, check_placement
 from pacsinfra.errors import AlreadyExists, CapabilityError, NotFound, PacsinfraError
+from pacsinfra.specs import ChangeKind, MachineSpec, Observed, Ownership, PowerState, Rendered
 
 VM_PROPS = ("name", "config", "runtime.powerState", "guest.net")
+MAX_DISKS = len(spec_mod.SCSI_UNITS)
 SNAPSHOT_TTL = 5.0  # seconds a listing answers name lookups for read()
 
 
-class Machines:
-    """Machine operations against one datacenter/cluster."""
+class Machines(KindHandler[MachineSpec]):
+    """VMs in one datacenter/cluster."""
 
-    def __init__(self, client: VsphereClient, inv: Inventory, config: Any) -> None:
-        self.client = client
-        self.inv = inv
-        self.config = config
-        self.resolver = InventoryResolver(inv)
+    def __init__(self, host: VsphereHost) -> None:
+        self.host = host
+        self.config = host.config
         self._rule_lock = threading.Lock()
         self._snap_lock = threading.Lock()
         self._placement_ok: set[tuple[str, str]] = set()
@@ -46,6 +50,79 @@ class Machines:
         # instead of listing the inventory again (create() always looks afresh).
         self._snapshot: tuple[float, dict[str, Any]] | None = None
         self._generation = 0  # bumped by every create/delete/rename: a listing older than that is stale
+
+    @property
+    def client(self) -> VsphereClient:
+        return self.host.client
+
+    @property
+    def inv(self) -> Inventory:
+        return self.host.inventory
+
+    @property
+    def resolver(self) -> InventoryResolver:
+        return InventoryResolver(self.inv)
+
+    # -- planning ------------------------------------------------------------------------
+    def render(self, spec: MachineSpec, owner: Ownership) -> Rendered:
+        """The clone or create call and the VM's configuration, as vCenter would get them."""
+        extras = spec_mod.Extras(owner=owner, hot_add=bool(setting(self.config, "hot_add", False)))
+        ds = str(setting(self.config, "datastore", "datastore"))
+        cfg = spec_mod.new_config(spec, extras, ds, spec_mod.NameResolver(ds))
+        template = spec.image.get("template")
+        payload: dict[str, Any] = {
+            "method": "CloneVM_Task + ReconfigVM_Task" if template else "CreateVM_Task",
+            "template": template,
+            "config": json.loads(json.dumps(cfg, cls=VmomiJSONEncoder)),
+        }
+        custom = spec_mod.customization(spec)
+        if custom is not None:
+            payload["customization"] = json.loads(json.dumps(custom, cls=VmomiJSONEncoder))
+        if spec.anti_affinity_group:
+            # the cluster's DRS rule keeping the group's VMs on different hosts (sync_rule)
+            payload["drs_rule"] = {"name": spec.anti_affinity_group, "type": "anti-affinity",
+                                   "member": spec.name}
+        return Rendered("application/json", json.dumps(payload, indent=2, sort_keys=True))
+
+    def classify(self, spec: MachineSpec, field_name: str) -> ChangeKind:
+        return classify_mod.classify(spec, field_name)
+
+    def classify_change(self, spec: MachineSpec, observed: Observed, field_name: str) -> ChangeKind:
+        """Hot-add decides whether more CPUs or memory need a power cycle."""
+        hot = self.hot_add.get(observed.id, (False, False))
+        return classify_mod.classify_change(spec, observed, field_name, hot)
+
+    def check(self, spec: MachineSpec) -> list[str]:
+        problems: list[str] = []
+        where = f"{spec.address} ({spec.name})"
+        if spec.gpu is not None:
+            if spec.gpu.mode == "vgpu" and not spec.gpu.profile:
+                problems.append(f"{where}: a vGPU needs a profile (e.g. grid_a40-8q)")
+            if spec.gpu.mode == "passthrough" and not spec.gpu.device:
+                problems.append(f"{where}: GPU passthrough needs the device's PCI address")
+            if spec.gpu.mode not in ("vgpu", "passthrough"):
+                problems.append(f"{where}: unknown GPU mode {spec.gpu.mode!r}")
+            if spec.memory_reservation_mib != spec.memory_mib and not spec.memory_lock:
+                problems.append(
+                    f"{where}: vSphere requires all guest memory reserved for a GPU: set "
+                    f"memory.reservation to {spec.memory_mib} MiB (the memory size) or "
+                    "memory.lock: true")
+        if len(spec.disks) > MAX_DISKS:
+            problems.append(f"{where}: {len(spec.disks)} disks; one SCSI controller holds {MAX_DISKS}")
+        for d in spec.disks:
+            if d.provisioning not in ("thin", "thick"):
+                problems.append(f"{where}: disk {d.name}: provisioning must be thin or thick")
+        if spec.memory_reservation_mib and spec.memory_reservation_mib > spec.memory_mib:
+            problems.append(f"{where}: memory reservation exceeds the memory size")
+        if (spec.cpu_limit_mhz is not None and spec.cpu_reservation_mhz
+                and spec.cpu_limit_mhz < spec.cpu_reservation_mhz):
+            problems.append(f"{where}: CPU limit below the CPU reservation")
+        return problems
+
+    def _refuse(self, spec: MachineSpec) -> None:
+        problems = self.check(spec)
+        if problems:
+            raise CapabilityError("; ".join(problems))
 
     # -- settings ------------------------------------------------------------------------
     def extras(self, spec: MachineSpec, owner: Ownership | None) -> spec_mod.Extras:
@@ -168,6 +245,7 @@ class Machines:
 
     # -- acting ----------------------------------------------------------------------------
     def create(self, spec: MachineSpec, owner: Ownership) -> Observed:
+        self._refuse(spec)
         self.forget_snapshot()
         existing = self.find(spec.name)
         if existing is not None:
@@ -223,6 +301,11 @@ class Machines:
             raise NotFound(f"vsphere: template {template!r} not found in the datacenter")
         ds = self.inv.datastores()[self.inv.default_datastore]
         reloc = vim.vm.RelocateSpec(pool=self.inv.pool, datastore=ds)
+        # each template disk the spec keeps is cloned in the spec's format (a thin
+        # template's disk made thick, or the other way round): vCenter converts while copying
+        src_devices = self.client.properties(src, ["config.hardware.device"]).get(
+            "config.hardware.device") or ()
+        reloc.disk = spec_mod.clone_disk_locators(spec, list(src_devices), ds)
         if spec.host_hint:
             reloc.host = self._host_named(spec.host_hint)
         mark = vim.vm.ConfigSpec(extraConfig=spec_mod.extra_config(spec, extras))
@@ -238,12 +321,27 @@ class Machines:
             cfg = spec_mod.base_config(spec, extras)
             cfg.cpuHotAddEnabled = extras.hot_add
             cfg.memoryHotAddEnabled = extras.hot_add
+            if spec.image.get("guest_id") or setting(self.config, "guest_id"):
+                cfg.guestId = extras.guest_id  # asked for; otherwise the template's stays
             cfg.deviceChange = spec_mod.device_changes(spec, devices, self.resolver, kept_disks=extras.kept_disks)
             self.client.run(f"vsphere: configure {spec.name}", vm.ReconfigVM_Task, spec=cfg)
+            self._check_disk_formats(vm, spec, template)
         except BaseException as exc:
             self._cleanup(vm, spec.name, exc)
             raise
         return vm
+
+    def _check_disk_formats(self, vm: Any, spec: MachineSpec, template: str) -> None:
+        """Every disk in the format its storage class asks for, or a clear refusal (a plan
+        that proposes the same conversion forever helps nobody)."""
+        devices = self.client.properties(vm, ["config.hardware.device"])["config.hardware.device"]
+        for disk, dev in zip(spec.disks, spec_mod.disks_of(list(devices or ())), strict=False):
+            have = "thin" if getattr(dev.backing, "thinProvisioned", False) else "thick"
+            if have != disk.provisioning:
+                raise CapabilityError(
+                    f"vsphere: {spec.name}: disk {disk.name} is {have} after cloning {template!r} "
+                    f"and vCenter did not convert it to {disk.provisioning}; use a "
+                    f"{disk.provisioning} template or a storage class with provisioning: {have}")
 
     def _host_named(self, name: str) -> Any:
         for h in self.inv.hosts:
@@ -294,13 +392,27 @@ class Machines:
             pass
 
     def delete(self, observed: Observed) -> None:
+        refuse_unowned(observed, "delete")
         vm = self.vm_of(observed)
         self.destroy(vm, observed.spec.name)
         group = getattr(observed.spec, "anti_affinity_group", None)
         if group:
             self.sync_rule(group)
 
-    def update(
+    def update(self, spec: MachineSpec, observed: Observed, fields: Sequence[str]) -> Observed:
+        """Reconfigure the VM; powered off first when a field needs it."""
+        self._refuse(spec)
+        if observed.owner is None:
+            raise CapabilityError(f"vsphere: {spec.name} carries no pacsinfra mark; refusing to "
+                                  "change it")
+        kinds = [self.classify_change(spec, observed, f) for f in fields]
+        if ChangeKind.REPLACE in kinds:
+            bad = [f for f, k in zip(fields, kinds, strict=True) if k is ChangeKind.REPLACE]
+            raise CapabilityError(
+                f"vsphere: {spec.name}: {', '.join(bad)} cannot change in place (replace)")
+        return self._reconfigure(spec, observed, fields, ChangeKind.NEEDS_POWER_OFF in kinds)
+
+    def _reconfigure(
         self, spec: MachineSpec, observed: Observed, fields_in: Sequence[str], power_off_needed: bool
     ) -> Observed:
         vm = self.vm_of(observed)

@@ -16,7 +16,6 @@ from typing import Any
 
 from pyVmomi import vim
 
-from pacsinfra.drivers.base import DiskSpec, MachineSpec, NicSpec, Ownership, PowerState
 from pacsinfra.drivers.vsphere.spec import (
     DEFAULT_LEVEL_SHARES,
     INTENT_KEY,
@@ -29,6 +28,7 @@ from pacsinfra.drivers.vsphere.spec import (
     parse_gpu,
     without_kept,
 )
+from pacsinfra.specs import DiskSpec, MachineSpec, NicSpec, Ownership, PowerState
 
 
 @dataclass

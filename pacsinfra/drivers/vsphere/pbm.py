@@ -18,8 +18,8 @@ from typing import Any
 
 from pyVmomi import pbm
 
-from pacsinfra.drivers.base import StorageSpec
 from pacsinfra.errors import CapabilityError
+from pacsinfra.specs import StorageSpec
 
 NAMESPACE = "VSAN"
 THICK_RESERVATION = 100  # vSAN proportionalCapacity: % of the object reserved up front

@@ -19,14 +19,7 @@ from typing import Any, Protocol
 
 from pyVmomi import vim
 
-from pacsinfra.drivers.base import (
-    DiskSpec,
-    GpuSpec,
-    MachineSpec,
-    NicSpec,
-    Ownership,
-    PowerState,
-)
+from pacsinfra.specs import DiskSpec, GpuSpec, MachineSpec, NicSpec, Ownership, PowerState
 
 OWNER_KEY = "pacsinfra.owner"
 INTENT_KEY = "pacsinfra.intent"
@@ -346,6 +339,29 @@ def without_kept(disks: list[Any], kept: tuple[int, int]) -> list[Any]:
     return disks[:start] + disks[start + count :] if count else disks
 
 
+def _format_backing(backing: Any, provisioning: str) -> bool:
+    """Set a flat disk backing to ``provisioning`` (thick is eager-zeroed); True if it changed."""
+    thin = provisioning == "thin"
+    if bool(getattr(backing, "thinProvisioned", False)) == thin:
+        return False
+    backing.thinProvisioned = thin
+    backing.eagerlyScrub = not thin
+    return True
+
+
+def clone_disk_locators(spec: MachineSpec, template_devices: Sequence[Any], datastore: Any) -> list[Any]:
+    """RelocateSpec disk locators that clone each template disk the spec keeps in the
+    spec's format (vCenter converts thin <-> thick while copying)."""
+    out = []
+    for disk, dev in zip(spec.disks, disks_of(template_devices), strict=False):
+        thin = disk.provisioning == "thin"
+        backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            diskMode="persistent", thinProvisioned=thin, eagerlyScrub=not thin, fileName="")
+        out.append(vim.vm.RelocateSpec.DiskLocator(diskId=dev.key, datastore=datastore,
+                                                   diskBackingInfo=backing))
+    return out
+
+
 def _disk_changes(
     spec: MachineSpec, devices: Sequence[Any], resolver: Resolver, keys: _Keys, kept: tuple[int, int] = (0, 0)
 ) -> list[Any]:
@@ -370,6 +386,8 @@ def _disk_changes(
                 dev.capacityInKB = disk.size_mib * 1024
                 dev.capacityInBytes = disk.size_mib * 1024 * 1024
                 changed = True
+            if _format_backing(dev.backing, disk.provisioning):
+                changed = True  # a clone vCenter did not convert (the simulator ignores locators)
             limit = getattr(getattr(dev, "storageIOAllocation", None), "limit", None)
             want = disk.iops_limit if disk.iops_limit else -1
             if (limit if limit is not None else -1) != want:

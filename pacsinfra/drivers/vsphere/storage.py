@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
-from pacsinfra.drivers.base import Observed, Ownership, PowerState, StorageSpec, to_jsonable
+from pacsinfra.drivers.handlers import KindHandler
+from pacsinfra.drivers.vsphere import classify as classify_mod
 from pacsinfra.drivers.vsphere import pbm as pbm_mod
 from pacsinfra.drivers.vsphere.client import VsphereClient
+from pacsinfra.drivers.vsphere.host import VsphereHost, refuse_unowned
 from pacsinfra.drivers.vsphere.inventory import Inventory
-from pacsinfra.errors import AlreadyExists
+from pacsinfra.errors import AlreadyExists, CapabilityError, NotFound
+from pacsinfra.specs import (
+    ChangeKind,
+    Observed,
+    Ownership,
+    PowerState,
+    Rendered,
+    StorageSpec,
+    to_jsonable,
+)
 
 MARK_KIND = "policy"
 
@@ -24,13 +37,44 @@ def mark_of(spec: StorageSpec, owner: Ownership) -> dict[str, Any]:
     }
 
 
-class Policies:
-    """Create / read / update / delete storage policies for storage classes."""
+class Storage(KindHandler[StorageSpec]):
+    """Storage policies for storage classes."""
 
-    def __init__(self, client: VsphereClient, inv: Inventory) -> None:
-        self.client = client
-        self.inv = inv
-        self.store = pbm_mod.PolicyStore(client)
+    def __init__(self, host: VsphereHost) -> None:
+        self.host = host
+        self._store: pbm_mod.PolicyStore | None = None
+
+    @property
+    def client(self) -> VsphereClient:
+        return self.host.client
+
+    @property
+    def inv(self) -> Inventory:
+        return self.host.inventory
+
+    @property
+    def store(self) -> pbm_mod.PolicyStore:
+        if self._store is None:
+            self._store = pbm_mod.PolicyStore(self.client)
+        return self._store
+
+    # -- planning --------------------------------------------------------------------
+    def render(self, spec: StorageSpec, owner: Ownership) -> Rendered:
+        payload = {
+            "method": "PbmCreate",
+            "name": spec.name,
+            "description": pbm_mod.description(spec),
+            "rules": {f"{pbm_mod.NAMESPACE}.{k}": v for k, v in pbm_mod.rules_of(spec).items()},
+        }
+        return Rendered("application/json", json.dumps(payload, indent=2, sort_keys=True))
+
+    def classify(self, spec: StorageSpec, field_name: str) -> ChangeKind:
+        return classify_mod.classify(spec, field_name)
+
+    def check(self, spec: StorageSpec) -> list[str]:
+        if spec.provisioning not in ("thin", "thick"):
+            return [f"{spec.address}: provisioning must be thin or thick"]
+        return []
 
     def observe(self, policy: pbm_mod.Policy, mark: dict[str, Any] | None, fallback: StorageSpec | None) -> Observed:
         mk = mark or {}
@@ -73,6 +117,9 @@ class Policies:
             self.inv.storage_datastore[spec.name] = str(ds)
 
     def create(self, spec: StorageSpec, owner: Ownership) -> Observed:
+        problems = self.check(spec)
+        if problems:
+            raise CapabilityError("; ".join(problems))
         existing = self.store.find(spec.name)
         marks = self.client.read_marks(MARK_KIND)
         if existing is not None:
@@ -86,11 +133,13 @@ class Policies:
         self._note_datastore(spec)
         return self.observe(policy, mark_of(spec, owner), spec)
 
-    def update(self, spec: StorageSpec, observed: Observed, owner: Ownership) -> Observed:
+    def update(self, spec: StorageSpec, observed: Observed, fields: Sequence[str]) -> Observed:
+        owner = observed.owner
+        if owner is None:
+            raise CapabilityError(f"vsphere: {spec.name} carries no pacsinfra mark; refusing to "
+                                  "change it")
         policy = self.store.find(spec.name)
         if policy is None:
-            from pacsinfra.errors import NotFound
-
             raise NotFound(f"vsphere: storage policy {spec.name!r} is gone")
         self.client.write_mark(MARK_KIND, spec.name, mark_of(spec, owner))
         if pbm_mod.rules_of(spec) != {k: int(v) for k, v in policy.rules.items() if k in ("proportionalCapacity", "iopsLimit")}:
@@ -101,7 +150,9 @@ class Policies:
         return again
 
     def delete(self, observed: Observed) -> None:
-        self.store.delete(observed.id)
+        refuse_unowned(observed, "delete")
+        if not observed.leftover:
+            self.store.delete(observed.id)
         self.client.write_mark(MARK_KIND, observed.spec.name, None)
         self.inv.remember_policy(None, observed.spec.name)
 
@@ -112,7 +163,14 @@ class Policies:
         out = []
         for policy in self.store.all():
             if policy.name in marks:
-                obs = self.observe(policy, marks[policy.name], None)
+                obs = self.observe(policy, marks.pop(policy.name), None)
                 self._note_datastore(obs.spec)  # type: ignore[arg-type]
                 out.append(obs)
+        for name, mark in marks.items():  # a create killed between the mark and the policy
+            o = mark["owner"]
+            owner = Ownership(site=str(o["site"]), address=str(o["address"]),
+                              lineage=str(o["lineage"]))
+            spec = StorageSpec(address=owner.address, name=name, tier=str(mark.get("tier", "")))
+            out.append(Observed(spec=spec, id=f"leftover:mark:{name}", owner=owner,
+                                leftover="a mark whose storage policy was never made"))
         return out

@@ -15,7 +15,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from pacsinfra.fsutil import open_private_append
 from pacsinfra.pacs.config_common import AuditConfig
+from pacsinfra.pacs.refusals import Refusal, audit_record
 
 # (code, codeSystemName, displayName) from DCM (PS3.16 CID 400/401)
 _EVENTS = {
@@ -23,8 +25,17 @@ _EVENTS = {
     "query": ("110112", "DCM", "Query"),
     "accessed": ("110103", "DCM", "DICOM Instances Accessed"),
     "deleted": ("110105", "DCM", "DICOM Study Deleted"),
+    "authentication": ("110114", "DCM", "User Authentication"),
+    "security": ("110113", "DCM", "Security Alert"),
 }
-_ACTION = {"stored": "C", "query": "E", "accessed": "R", "deleted": "D"}
+_ACTION = {"stored": "C", "query": "E", "accessed": "R", "deleted": "D",
+           "authentication": "E", "security": "E"}
+# PS3.15 A.5.3.11 / A.5.3.9 event type codes of the refusals (CID 402 / 403)
+_EVENT_TYPES = {
+    "authentication": ("110122", "DCM", "Login"),
+    "security": ("110132", "DCM", "Use of Restricted Function"),
+}
+MINOR_FAILURE = 4  # EventOutcomeIndicator: the request was refused, nothing changed
 
 
 class AuditLog:
@@ -33,7 +44,7 @@ class AuditLog:
     def __init__(self, cfg: AuditConfig, ae_title: str) -> None:
         self._ae = ae_title
         self._lock = threading.Lock()
-        self._file = open(cfg.file, "a", encoding="utf-8") if cfg.file else None  # noqa: SIM115
+        self._file = open_private_append(cfg.file) if cfg.file else None
         self._syslog: logging.Logger | None = None
         if cfg.syslog:
             self._syslog = logging.getLogger("pacsinfra.audit")
@@ -42,24 +53,40 @@ class AuditLog:
             except OSError:
                 self._syslog.addHandler(logging.handlers.SysLogHandler())
 
-    def _emit(self, kind: str, source: str, objects: list[dict[str, Any]], outcome: int) -> None:
+    def _emit(self, kind: str, source: str, objects: list[dict[str, Any]], outcome: int, *,
+              address: str | None = None, description: str | None = None) -> None:
         code, system, name = _EVENTS[kind]
+        event: dict[str, Any] = {
+            "EventID": {"code": code, "codeSystemName": system, "displayName": name},
+            "EventActionCode": _ACTION[kind],
+            "EventDateTime": datetime.now(UTC).isoformat(),
+            "EventOutcomeIndicator": outcome,
+        }
+        if kind in _EVENT_TYPES:
+            tcode, tsystem, tname = _EVENT_TYPES[kind]
+            event["EventTypeCode"] = [{"code": tcode, "codeSystemName": tsystem,
+                                       "displayName": tname}]
+        if description:
+            event["EventOutcomeDescription"] = description
+        requestor: dict[str, Any] = {
+            "UserID": source, "UserIsRequestor": True,
+            "RoleIDCode": {"code": "110153", "displayName": "Source Role ID"}}
+        if address:
+            # NetworkAccessPointTypeCode 2: an IP address
+            requestor.update(NetworkAccessPointID=address, NetworkAccessPointTypeCode=2)
         msg = {
-            "EventIdentification": {
-                "EventID": {"code": code, "codeSystemName": system, "displayName": name},
-                "EventActionCode": _ACTION[kind],
-                "EventDateTime": datetime.now(UTC).isoformat(),
-                "EventOutcomeIndicator": outcome,
-            },
+            "EventIdentification": event,
             "ActiveParticipant": [
-                {"UserID": source, "UserIsRequestor": True,
-                 "RoleIDCode": {"code": "110153", "displayName": "Source Role ID"}},
+                requestor,
                 {"UserID": self._ae, "UserIsRequestor": False,
                  "RoleIDCode": {"code": "110152", "displayName": "Destination Role ID"}},
             ],
             "AuditSourceIdentification": {"AuditSourceID": self._ae},
             "ParticipantObjectIdentification": objects,
         }
+        self._write(msg)
+
+    def _write(self, msg: dict[str, Any]) -> None:
         line = json.dumps(msg, separators=(",", ":"))
         with self._lock:
             if self._file is not None:
@@ -67,6 +94,11 @@ class AuditLog:
                 self._file.flush()
             if self._syslog is not None:
                 self._syslog.info(line)
+
+    def refused(self, refusal: Refusal, count: int = 1) -> None:
+        """A connection or association refused, or aborted for misbehaving (PS3.15
+        A.5.3.11 shaped, see :mod:`pacsinfra.pacs.refusals`)."""
+        self._write(audit_record(refusal, count, self._ae))
 
     def instances_stored(self, calling: str, study_uid: str, sop_uid: str) -> None:
         """An instance was stored (PS3.15 A.5.3.10 shaped)."""
@@ -93,6 +125,22 @@ class AuditLog:
             "ParticipantObjectIDTypeCode": {"code": "110181", "displayName": "SOP Class UID"},
             "ParticipantObjectID": level,
         }], 0)
+
+    def request_refused(self, *, kind: str, user: str, address: str, method: str, path: str,
+                        status: int, reason: str) -> None:
+        """An HTTP request was refused (PS3.15 A.5 shaped, outcome "minor failure").
+
+        ``kind`` is the event the request was after (query, accessed, stored, deleted),
+        or authentication (401) / security (403, limits); ``path`` is the request's
+        path without its query string (which may hold patient names).
+        """
+        self._emit(kind, user, [{
+            "ParticipantObjectTypeCode": 2, "ParticipantObjectTypeCodeRole": 3,
+            "ParticipantObjectIDTypeCode": {"code": "12", "codeSystemName": "RFC-3881",
+                                            "displayName": "URI"},
+            "ParticipantObjectID": path,
+            "ParticipantObjectDescription": {"Method": method, "HTTPStatus": status},
+        }], MINOR_FAILURE, address=address, description=reason)
 
     def close(self) -> None:
         """Close the file."""

@@ -12,6 +12,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pacsinfra.pacs.config_common import AETitle, DicomListener, Peer, Port, Strict, TlsConfig
+from pacsinfra.pacs.web_config import (
+    BearerToken,
+    HttpLimits,
+    OidcConfig,
+    Scope,
+    auth_error,
+    is_loopback,
+)
 from pacsinfra.secrets import SecretRef
 
 
@@ -20,6 +28,17 @@ class IndexConfig(Strict):
 
     In a blueprint, ``service`` names the database service that hosts PostgreSQL;
     in a rendered config, ``host``/``port``/``database``/``user`` say where it is.
+
+    Attributes:
+        backend: ``sqlite`` (WAL, a file in ``data_dir`` by default) or ``postgresql`` (also
+            shared by several archive nodes).
+        path: SQLite file (default ``<data_dir>/index.sqlite``).
+        service: Blueprint: the database service that holds the index.
+        host: PostgreSQL server (in a blueprint, ``service`` fills it in).
+        port: PostgreSQL port.
+        database: PostgreSQL database.
+        user: PostgreSQL role.
+        password: Password of ``user``.
     """
 
     backend: Literal["sqlite", "postgresql"] = "sqlite"
@@ -39,7 +58,25 @@ class IndexConfig(Strict):
 
 
 class TierConfig(Strict):
-    """A named storage area: a filesystem path, or an S3-compatible bucket."""
+    """A named storage area: a filesystem path, or an S3-compatible bucket.
+
+    Attributes:
+        name: The tier's name, used by ``default_tier`` and lifecycle rules.
+        kind: ``filesystem`` (a directory) or ``s3`` (a bucket; filled by lifecycle rules
+            only).
+        path: Filesystem tier: its directory (default: the tier's name); a relative path is
+            under ``data_dir``. S3 tier: the key prefix.
+        storage_class: Blueprint: the storage class whose disk holds the tier.
+        endpoint: S3 tier: the store's URL.
+        bucket: S3 tier: the bucket.
+        access_key: S3 access key (default: the usual AWS environment).
+        secret_key: S3 secret key (default: the usual AWS environment).
+        max_usage_percent: Stores are refused (0xA700) when they would fill the tier's file
+            system above this.
+        drop_cache_after_store: Drop a newly stored file from the page cache once it is
+            durable, so write-once images do not crowd out the index. ``false`` keeps new files
+            cached for immediate reads.
+    """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     kind: Literal["filesystem", "s3"] = "filesystem"
@@ -63,7 +100,15 @@ class TierConfig(Strict):
 
 
 class LifecycleRule(Strict):
-    """Move studies from one tier to another by age or by last access."""
+    """Move studies from one tier to another by age or by last access.
+
+    Attributes:
+        from_tier: Tier the studies leave.
+        to_tier: Tier the studies go to.
+        older_than_days: Studies first received more than this many days ago.
+        not_accessed_days: Studies not retrieved (C-MOVE, C-GET, WADO-RS) for this many days.
+            With both conditions, a study must meet both.
+    """
 
     from_tier: str
     to_tier: str
@@ -79,18 +124,120 @@ class LifecycleRule(Strict):
         return self
 
 
+#: what requests without credentials may do when the server takes them (loopback with no
+#: authentication configured, or allow_anonymous): no deletion
+ANONYMOUS_SCOPES: tuple[Scope, ...] = ("read", "write", "metrics")
+
+
 class DicomWebConfig(Strict):
-    """QIDO-RS / WADO-RS / STOW-RS over HTTP for viewers."""
+    """QIDO-RS / WADO-RS / STOW-RS / DELETE (and /metrics) over HTTP for viewers.
+
+    Loopback by default (the viewer's proxy reaches it there). Callers authenticate
+    with a bearer token: one of ``tokens`` (each with its scopes), the single legacy
+    ``token`` (every scope), or a JWT from ``oidc``. Without any of them, requests
+    from loopback get ``anonymous_scopes``; off loopback, authentication is required
+    unless ``allow_anonymous`` (labs only; logged loudly at start).
+
+    Attributes:
+        enabled: Serve DICOMweb.
+        bind: Listen address of the HTTP server (127.0.0.1: only this machine).
+        port: HTTP port.
+        token: One bearer token with every scope (kept from older configs; prefer tokens).
+        tokens: Bearer tokens, each with the scopes it grants (read, write, delete,
+            metrics, admin).
+        oidc: Accept JWT access tokens signed by an OpenID Connect provider.
+        allow_anonymous: Serve requests without credentials off loopback (labs only).
+        anonymous_scopes: What requests without credentials may do when they are served.
+        tls: HTTPS settings.
+        limits: Request size, time and connection limits.
+        metadata_cache_mb: Memory for WADO-RS metadata already encoded (per instance,
+            dropped least recently used first; 0: encode every time).
+        warm_metadata: Encode each instance's WADO-RS metadata in the background right
+            after it is stored, so the first viewer to open a new study is answered from
+            memory (with workers > 1: instances received by the first worker); off: on the
+            first ask.
+    """
 
     enabled: bool = True
-    bind: str = "0.0.0.0"
+    bind: str = "127.0.0.1"
     port: Port = 8042
-    token: SecretRef | None = None  # bearer token required when set
+    token: SecretRef | None = None  # one token with every scope (kept from older configs)
+    tokens: list[BearerToken] = Field(default_factory=list)
+    oidc: OidcConfig | None = None
+    allow_anonymous: bool = False  # requests without a token get anonymous_scopes
+    anonymous_scopes: list[Scope] = Field(default_factory=lambda: list(ANONYMOUS_SCOPES))
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    limits: HttpLimits = Field(default_factory=HttpLimits)
+    metadata_cache_mb: int = Field(64, ge=0, le=65536)
+    warm_metadata: bool = True
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether any way to authenticate is configured."""
+        return bool(self.token is not None or self.tokens or self.oidc is not None)
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether requests without credentials are served (with anonymous_scopes)."""
+        return self.allow_anonymous or (not self.authenticated and is_loopback(self.bind))
+
+    @model_validator(mode="after")
+    def _secure_bind(self) -> DicomWebConfig:
+        if self.enabled and not is_loopback(self.bind) and not self.authenticated \
+                and not self.allow_anonymous:
+            raise ValueError(auth_error("dicomweb", self.bind))
+        if self.tls.enabled and not (self.tls.cert_file and self.tls.key_file):
+            raise ValueError("dicomweb.tls needs cert_file and key_file")
+        return self
+
+
+class StagingConfig(Strict):
+    """Memory for instances in flight on the streaming path (per worker process).
+
+    An instance up to ``buffer_bytes`` is collected in a buffer of its association and
+    written to disk in one ``O_DIRECT`` write once complete; a larger one spills to its
+    file as it arrives. At most ``total_bytes`` of such buffers exist at once: an
+    association that finds none free streams its instance to disk instead. 0 turns
+    staging off (every instance streams to disk).
+    """
+
+    buffer_bytes: int = Field(32 << 20, ge=0, le=1 << 30)
+    total_bytes: int = Field(256 << 20, ge=0, le=64 << 30)
+
+    @model_validator(mode="after")
+    def _room_for_one(self) -> StagingConfig:
+        if self.buffer_bytes and self.total_bytes < self.buffer_bytes:
+            raise ValueError(
+                f"staging.total_bytes ({self.total_bytes}) is smaller than one buffer "
+                f"(staging.buffer_bytes {self.buffer_bytes}): no instance could be staged; "
+                "set total_bytes to at least buffer_bytes, or 0 to turn staging off")
+        return self
 
 
 class ArchiveConfig(DicomListener):
-    """Everything the archive needs to run; also ``services.archive`` in a blueprint."""
+    """Everything the archive needs to run; also ``services.archive`` in a blueprint.
+
+    Attributes:
+        data_dir: The archive's directory: the SQLite index, and the filesystem tiers with
+            relative paths.
+        index: Where the index of patients, studies, series and instances lives.
+        tiers: Storage areas; new instances go to ``default_tier``.
+        default_tier: The tier new instances are stored in (a filesystem tier); unset: the
+            first tier.
+        lifecycle: Rules moving studies between tiers.
+        retention_days: Delete studies whose newest instance was received more than this many
+            days ago; unset: keep forever.
+        peers: C-MOVE destinations, by AE title.
+        duplicates: What a store of an already stored SOP Instance UID does: ``reject``
+            (0x0111), ``keep_first`` (Success, nothing written), ``overwrite`` (the new object
+            replaces the old), ``keep_if_identical`` (Success when the bytes are the same, else
+            0x0111).
+        accept_unknown_sop_classes: Accept SOP classes that are not known storage classes
+            (otherwise 0x0122).
+        workers: Archive processes sharing the DICOM port; each connection goes to the first
+            idle one. Association limits apply per process.
+        dicomweb: QIDO-RS / WADO-RS / STOW-RS for viewers.
+    """
 
     ae_title: AETitle = "ARCHIVE"
     data_dir: str = "/var/lib/pacsinfra/archive"
@@ -108,6 +255,7 @@ class ArchiveConfig(DicomListener):
     # connection): one process's Python is bound by its GIL; association limits then
     # apply per worker.
     workers: int = Field(1, ge=1, le=64)
+    staging: StagingConfig = Field(default_factory=lambda: StagingConfig())
     dicomweb: DicomWebConfig = Field(default_factory=DicomWebConfig)
 
     @model_validator(mode="after")
@@ -138,6 +286,7 @@ __all__ = [
     "DicomWebConfig",
     "IndexConfig",
     "LifecycleRule",
+    "StagingConfig",
     "TierConfig",
     "TlsConfig",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsinfra.errors import PacsinfraError
+from pacsinfra.fsutil import private_dir, private_file
 from pacsinfra.pacs.archive.config import IndexConfig
 
 
@@ -89,6 +90,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """CREATE TABLE pending_unlink (
                 tier TEXT NOT NULL, rel_path TEXT NOT NULL,
                 queued_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tier, rel_path))""",
+        ],
+    ),
+    (
+        4,
+        [
+            # What a viewer needs to lay out an image before reading it (QIDO-RS instance
+            # level). NULL for instances indexed before this migration: answered without.
+            "ALTER TABLE instance ADD COLUMN img_rows INTEGER",
+            "ALTER TABLE instance ADD COLUMN img_columns INTEGER",
+            "ALTER TABLE instance ADD COLUMN bits_allocated INTEGER",
+            "ALTER TABLE instance ADD COLUMN num_frames INTEGER",
         ],
     ),
 ]
@@ -259,7 +271,8 @@ def open_database(cfg: IndexConfig, data_dir: Path) -> Database:
         path = Path(cfg.path) if cfg.path else data_dir / "index.sqlite"
         if not path.is_absolute():
             path = data_dir / path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        private_file(path)  # patient names and IDs: 0640 (the WAL and SHM files follow)
         db = Database("sqlite", _sqlite_connect(str(path)))
     else:
         db = Database("postgresql", _pg_connect(cfg))

@@ -51,6 +51,19 @@ class InstanceRecord:
     body_part: str = ""
     series_date: str = ""
     series_time: str = ""
+    rows: str = ""
+    columns: str = ""
+    bits_allocated: str = ""
+    number_of_frames: str = ""
+
+
+def _count(text: str) -> int | None:
+    """An indexed integer attribute as the index keeps it (None: absent or not one)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        return None
+    return value if 0 <= value < 2**31 else None
 
 
 RECORD_FIELDS = [f.name for f in fields(InstanceRecord)]
@@ -103,11 +116,13 @@ def _insert_hierarchy(cur: Cursor, r: InstanceRecord) -> None:
     ).rowcount == 1
     cur.execute(
         "INSERT INTO instance (sop_uid, series_uid, study_uid, sop_class_uid, instance_number, "
-        "transfer_syntax, tier, rel_path, size, sha256, ds_offset, received_at, calling_ae) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "transfer_syntax, tier, rel_path, size, sha256, ds_offset, received_at, calling_ae, "
+        "img_rows, img_columns, bits_allocated, num_frames) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (r.sop_uid, r.series_uid, r.study_uid, r.sop_class_uid, r.instance_number,
          r.transfer_syntax, r.tier, r.rel_path, r.size, r.sha256, r.ds_offset, r.received_at,
-         r.calling_ae),
+         r.calling_ae, _count(r.rows), _count(r.columns), _count(r.bits_allocated),
+         _count(r.number_of_frames) or (1 if _count(r.rows) else None)),
     )
     cur.execute(
         "UPDATE series SET num_instances = num_instances + 1 WHERE series_uid = ?",

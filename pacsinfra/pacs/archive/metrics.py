@@ -11,8 +11,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
 class _ArchiveCollector:
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, metadata: Any) -> None:
         self.service = service
+        self.metadata = metadata
 
     def collect(self) -> Iterator[Any]:
         c = self.service.counters
@@ -23,8 +24,18 @@ class _ArchiveCollector:
             ("pacs_archive_duplicates", "duplicates", "Duplicate SOP Instance UIDs received"),
             ("pacs_archive_queries", "finds", "C-FIND requests"),
             ("pacs_archive_instances_retrieved", "retrieved", "Instances sent by C-MOVE/C-GET/WADO"),
+            ("pacs_archive_metadata_warmed", "metadata_warmed",
+             "Instances whose WADO-RS metadata was encoded right after the store"),
         ):
             yield CounterMetricFamily(name, doc, value=getattr(c, attr))
+        if self.metadata is not None:
+            m = self.metadata
+            yield CounterMetricFamily("pacs_archive_metadata_cache_hits", "WADO-RS metadata "
+                                      "answered from memory (per instance)", value=m.hits)
+            yield CounterMetricFamily("pacs_archive_metadata_cache_misses", "WADO-RS metadata "
+                                      "encoded on the ask (per instance)", value=m.misses)
+            yield GaugeMetricFamily("pacs_archive_metadata_cache_bytes", "Encoded WADO-RS "
+                                    "metadata held in memory", value=m.size)
         yield CounterMetricFamily("pacs_archive_index_commits", "Index transactions (group "
                                   "commits)", value=self.service.index.commits)
         g = GaugeMetricFamily("pacs_archive_tier_usage_ratio", "Filesystem usage per tier",
@@ -40,8 +51,9 @@ class _ArchiveCollector:
         yield g
 
 
-def render(service: Any) -> tuple[bytes, str]:
-    """The metrics page for ``service`` and its content type."""
+def render(service: Any, metadata: Any = None) -> tuple[bytes, str]:
+    """The metrics page for ``service`` (and its WADO-RS ``metadata`` cache, when
+    DICOMweb serves it) and its content type."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ArchiveCollector(service))  # type: ignore[arg-type]
+    registry.register(_ArchiveCollector(service, metadata))  # type: ignore[arg-type]
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -60,6 +60,10 @@ CATALOG: dict[str, Attr] = {
     "SOPClassUID": Attr("IMAGE", "sop_class_uid", "uid"),
     "InstanceNumber": Attr("IMAGE", "instance_number", "text"),
     "AvailableTransferSyntaxUID": Attr("IMAGE", "transfer_syntax", "uid"),
+    "Rows": Attr("IMAGE", "img_rows", "count"),
+    "Columns": Attr("IMAGE", "img_columns", "count"),
+    "BitsAllocated": Attr("IMAGE", "bits_allocated", "count"),
+    "NumberOfFrames": Attr("IMAGE", "num_frames", "count"),
 }
 
 _FROM = {
@@ -116,10 +120,25 @@ def _range(col: str, value: str, kind: str, params: list[Any]) -> str:
     return "(" + " AND ".join(parts) + ")"
 
 
-def _condition(col: str, attr: Attr, value: str, params: list[Any]) -> str | None:
+def _fuzzy(col: str, value: str, params: list[Any]) -> str:
+    """Fuzzy person name matching (PS3.18 8.3.4.2, as this archive does it): the value,
+    case-insensitive, is the beginning of any name component ("smi" finds
+    "Smith^John" and "Jones^Smiley"; wildcards still work)."""
+    ors = []
+    stem = _like(value.rstrip("*")).lower()
+    for lead in ("", "%^", "% ", "%="):
+        params.append(f"{lead}{stem}%")
+        ors.append(f"lower({col}) LIKE ? ESCAPE '!'")
+    return "(" + " OR ".join(ors) + ")"
+
+
+def _condition(col: str, attr: Attr, value: str, params: list[Any],
+               fuzzy: bool = False) -> str | None:
     """One matching condition (None = universal match)."""
     if value == "" or value == "*":
         return None
+    if fuzzy and attr.kind == "pn":
+        return _fuzzy(col, value, params)
     if attr.kind == "count":
         return None  # return keys only
     if attr.kind == "uid":
@@ -173,8 +192,10 @@ def _value_str(elem: Any) -> str:
     return str(v)
 
 
-def compile_query(identifier: Dataset, level: str, *, select: str | None = None) -> Query:
-    """Turn an identifier into SQL at ``level`` (``select`` overrides the column list)."""
+def compile_query(identifier: Dataset, level: str, *, select: str | None = None,
+                  fuzzy: bool = False) -> Query:
+    """Turn an identifier into SQL at ``level`` (``select`` overrides the column list;
+    ``fuzzy``: person names match fuzzily, as QIDO-RS ``fuzzymatching=true`` asks)."""
     if level not in LEVELS:
         raise QueryError(f"unknown QueryRetrieveLevel {level!r}")
     joins: set[str] = set()
@@ -204,7 +225,7 @@ def compile_query(identifier: Dataset, level: str, *, select: str | None = None)
             continue  # a key below the query level: not matched, answered empty
         cols.append(col)
         returned.append(kw)
-        cond = _condition(col, attr, _value_str(elem).strip(), params)
+        cond = _condition(col, attr, _value_str(elem).strip(), params, fuzzy)
         if cond:
             where.append(cond)
     sql = f"SELECT {select or (', '.join(cols) or '1')} FROM {_FROM[level]}"

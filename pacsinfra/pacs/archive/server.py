@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import _config as pynetdicom_config
-
+from pacsinfra.fsutil import PRIVATE_DIR, restrict
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.datalock import hold_shared
 from pacsinfra.pacs.archive.db import open_database
@@ -21,9 +20,17 @@ from pacsinfra.pacs.archive.index import Index
 from pacsinfra.pacs.archive.objects import ObjectTier, open_tiers
 from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.sink import ArchiveSink
-from pacsinfra.pacs.archive.storage import Tier, ensure_dir, sweep_temp_files
+from pacsinfra.pacs.archive.storage import TMP_MARK, Tier, ensure_dir, sweep_temp_files
+from pacsinfra.pacs.compat import (
+    IMPLEMENTATION_UID,
+    IMPLEMENTATION_VERSION,
+    receive_datasets_to,
+    set_unrestricted_storage,
+)
 from pacsinfra.pacs.dicom import ssl_context
-from pacsinfra.pacs.fastscp.server import FastPath, start_server
+from pacsinfra.pacs.fastscp.fastpath import FastPath, ListenerLimits
+from pacsinfra.pacs.fastscp.server import listening_socket, start_server
+from pacsinfra.pacs.refusals import RefusalLog
 
 LOG = logging.getLogger("pacsinfra.archive")
 READY_TIMEOUT_S = 120.0  # workers' start-up (index, tiers) before the port opens anyway
@@ -60,6 +67,7 @@ class ArchiveServer:
         self._server: Any = None
         self._sink: ArchiveSink | None = None
         self._web: Any = None
+        self._refusals: RefusalLog | None = None
         self._stopped = threading.Event()
         self._lock_fd: int | None = None  # the data directory's lock, held shared
 
@@ -67,12 +75,14 @@ class ArchiveServer:
         """Open the index, prepare tiers, start listening (non-blocking)."""
         cfg = self.config
         ensure_dir(self.data_dir)
+        restrict(self.data_dir, PRIVATE_DIR)  # made by hand or an older version: 0750
         self._lock_fd = hold_shared(self.data_dir)
         for tier in open_tiers(cfg.tiers, self.data_dir).values():
             self.tiers[tier.name] = tier
             if isinstance(tier, ObjectTier):
                 continue
             ensure_dir(tier.root / ".incoming")
+            restrict(tier.root, PRIVATE_DIR)
             if self.worker is None:
                 # Workers never sweep: a sibling's in-flight temp files live there too;
                 # the supervisor sweeps once before any worker starts.
@@ -92,7 +102,10 @@ class ArchiveServer:
 
             self.service.audit = AuditLog(cfg.audit, cfg.ae_title)
         # Unknown SOP classes are negotiable only when the site asks for it.
-        pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = cfg.accept_unknown_sop_classes
+        set_unrestricted_storage(cfg.accept_unknown_sop_classes)
+        # C-STOREs served by pynetdicom stream to files beside the fast path's (swept at
+        # start-up like them), never whole in memory.
+        receive_datasets_to(self.service.default_tier.root / ".incoming", prefix=f"pn{TMP_MARK}")
         ae = self.service.make_ae()
         # Storage and C-FIND associations are served by fastscp (instances streamed to
         # disk, matches encoded directly); everything else (retrieves, TLS, role
@@ -104,10 +117,14 @@ class ArchiveServer:
                 if self._stopped.is_set():
                     return  # stopped before serving: serve_forever's stop() closes up
         self._sink = ArchiveSink(self.service)
-        fast = FastPath(ae, self._sink, self.service.streaming_contexts(),
-                        per_ae_limit=cfg.limits.max_associations_per_ae,
+        audit = self.service.audit
+        self._refusals = RefusalLog(audit.refused if audit is not None else None)
+        fast = FastPath(self._sink, self.service.streaming_contexts(),
+                        limits=ListenerLimits.from_config(cfg.limits),
+                        implementation=(IMPLEMENTATION_UID, IMPLEMENTATION_VERSION),
+                        allowed=cfg.allowed_calling_aes,
                         draining=lambda: bool(self.service and self.service.draining),
-                        queries=self._sink)
+                        queries=self._sink, refused=self._refusals)
         self._server = start_server(
             ae, (cfg.bind, cfg.port), fast, evt_handlers=self.service.handlers(),
             ssl_context=ssl_context(cfg.tls, server=True), listener=self.listener)
@@ -170,6 +187,8 @@ class ArchiveServer:
         if self._sink is not None:
             self._sink.close()
             self._sink = None
+        if self._refusals is not None:
+            self._refusals.flush()
         if self._web is not None:
             self._web.stop()
             self._web = None
@@ -212,14 +231,7 @@ def _worker_main(config: dict[str, Any], worker: int, listener: socket.socket,
 
 def _listen_socket(config: ArchiveConfig) -> socket.socket:
     """The workers' shared listening socket, bound (not yet listening)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((config.bind, config.port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return listening_socket((config.bind, config.port), config.limits.pdu_size_limit)
 
 
 def supervise(config: ArchiveConfig) -> None:
@@ -227,6 +239,11 @@ def supervise(config: ArchiveConfig) -> None:
     on SIGTERM/SIGINT stop them all (each drains like a single archive)."""
     import multiprocessing
 
+    if config.dicomweb.enabled:
+        # Unreadable token references stop the start here, not in worker 0's restart loop.
+        from pacsinfra.pacs.archive.web.auth import Authenticator
+
+        Authenticator(config.dicomweb)
     # Migrate once, here, so workers never race on schema changes.
     data_dir = Path(config.data_dir)
     ensure_dir(data_dir)
@@ -284,7 +301,7 @@ def supervise(config: ArchiveConfig) -> None:
         LOG.warning("workers %s not ready after %.0f s: serving with the others",
                     sorted(starting), READY_TIMEOUT_S)
     if not stopping.is_set():
-        listener.listen(128)
+        listener.listen(config.limits.listen_backlog)
         go.set()
         LOG.info("archive supervising %d workers on port %d", config.workers, config.port)
     while not stopping.wait(0.5):

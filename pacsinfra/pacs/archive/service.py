@@ -20,24 +20,26 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import (
-    _STORAGE_CLASSES as STORAGE_CLASSES,
-)
 
 from pacsinfra.pacs.archive.attrs import Buffer, DatasetUnreadable, read_indexed
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.index import Index, InstanceRecord, StoredInstance
 from pacsinfra.pacs.archive.query import LEVELS, QueryError, compile_query, response
 from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
+from pacsinfra.pacs.compat import (
+    STORAGE_SOP_CLASSES,
+    association_server,
+    received_dataset,
+    reject_association,
+)
 from pacsinfra.pacs.dicom import (
     TCP_TUNING_HANDLER,
     TRANSFER_SYNTAXES,
     Status,
     accept_proposed,
     associate_kwargs,
+    association_limit,
     make_ae,
-    open_associations,
     scu_contexts,
     uid_path,
     valid_uid,
@@ -52,7 +54,7 @@ PatientRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.1.3"
 StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
 StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
 StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
-_STORAGE_UIDS = frozenset(STORAGE_CLASSES.values())
+_STORAGE_UIDS = STORAGE_SOP_CLASSES
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 _QR_MOVE = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
@@ -83,6 +85,7 @@ class Counters:
         self.finds = 0
         self.retrieved = 0
         self.deleted = 0
+        self.metadata_warmed = 0
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment counter ``name`` by ``n``."""
@@ -104,6 +107,9 @@ class ArchiveService:
         # Striped locks: two associations storing the same SOP Instance UID serialise on
         # the duplicate check + write + commit, different UIDs never wait on each other.
         self._locks = [threading.Lock() for _ in range(256)]
+        # Called with each newly stored instance after it is durable and indexed (before
+        # the answer is sent): enqueue, never block, never raise.
+        self.on_stored: list[Callable[[StoredInstance], None]] = []
 
     # -- pynetdicom wiring -------------------------------------------------------------------
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -138,21 +144,20 @@ class ArchiveService:
         return out
 
     def on_requested(self, event: Any) -> None:
-        """Per-calling-AE association limit; accept each context in the sender's preferred syntax."""
+        """Association limits (both paths' associations count); accept each context in the
+        sender's preferred syntax."""
         assoc = event.assoc
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        server = assoc._server
+        server = association_server(assoc)
         if server is None:
             return
-        same = open_associations(server, calling, exclude=assoc)
-        if self.draining or same >= self.config.limits.max_associations_per_ae:
-            LOG.warning("rejecting %s: %s", calling, "shutting down" if self.draining
-                        else f"{same} associations already open")
-            assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded
-            # As pynetdicom does for its own rejections: kill() lets the DUL flush the
-            # A-ASSOCIATE-RJ before the socket is closed.
-            assoc.kill()
-            assoc.is_rejected = True
+        limits = self.config.limits
+        why = "shutting down" if self.draining else association_limit(
+            server, calling, max_associations=limits.max_associations,
+            per_ae=limits.max_associations_per_ae, exclude=assoc)
+        if why:
+            LOG.info("rejecting %s: %s", calling, why)  # the listener audits the rejection
+            reject_association(assoc, 0x02, 0x03, 0x02)  # transient, local limit exceeded
             return
         # Storage: both roles (we are the Storage SCP for C-STORE, and the Storage SCU on
         # a C-GET association when the requestor proposes role selection).
@@ -177,17 +182,18 @@ class ArchiveService:
 
     def _store(self, event: Any) -> Status:
         req = event.request
-        return self.store_raw(
-            sop_class=str(req.AffectedSOPClassUID),
-            sop_uid=str(req.AffectedSOPInstanceUID),
-            transfer_syntax=str(event.context.transfer_syntax),
-            meta=encode_file_meta(event.file_meta),
-            raw=req.DataSet.getvalue(),
-            calling=str(event.assoc.requestor.ae_title).strip(),
-        )
+        # pynetdicom wrote the data set to a file in the default tier's .incoming as it
+        # arrived (see ArchiveServer.start): read it through a map, never whole in memory
+        with received_dataset(event) as (meta, raw):
+            return self.store_raw(
+                sop_class=str(req.AffectedSOPClassUID),
+                sop_uid=str(req.AffectedSOPInstanceUID),
+                transfer_syntax=str(event.context.transfer_syntax),
+                meta=meta, raw=raw, calling=str(event.assoc.requestor.ae_title).strip(),
+            )
 
     def store_raw(self, *, sop_class: str, sop_uid: str, transfer_syntax: str, meta: bytes,
-                  raw: bytes, calling: str) -> Status:
+                  raw: bytes | memoryview, calling: str) -> Status:
         """Store one instance as received (``raw`` = dataset bytes, ``meta`` = encoded file
         meta group); the status to answer. Shared by C-STORE and STOW-RS."""
         tier = self.default_tier
@@ -292,6 +298,11 @@ class ArchiveService:
         self.counters.add("stored_bytes", size)
         if self.audit is not None:
             self.audit.instances_stored(calling, study, sop_uid)
+        if self.on_stored:
+            stored = StoredInstance(sop_uid, study, series, sop_class, ts, tier.name, rel, size,
+                                    sha, ds_offset)
+            for listener in self.on_stored:
+                listener(stored)
         return Status.SUCCESS
 
     # -- C-FIND ------------------------------------------------------------------------------

@@ -15,21 +15,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 
 from pydicom.filereader import read_dataset
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom.dsutils import encode
 
 from pacsinfra.fsutil import fsync_dir
 from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.storage import TMP_MARK, ensure_dir, forget_dirs
+from pacsinfra.pacs.compat import encode_dataset
 from pacsinfra.pacs.dicom import Status
-from pacsinfra.pacs.fastscp.association import FindRequest, StoreRequest
-from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer, Staging
+from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer, StagingPool
+from pacsinfra.pacs.fastscp.sinks import FindRequest, StoreRequest
 
 LOG = logging.getLogger("pacsinfra.archive")
 
@@ -41,7 +40,8 @@ class ArchiveSink:
     def __init__(self, service: ArchiveService, fsync_threads: int = 8) -> None:
         self.service = service
         self._sealer = Sealer(fsync_threads)
-        self._local = threading.local()
+        staging = service.config.staging
+        self.staging = StagingPool(staging.buffer_bytes, staging.total_bytes)
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
         """A temp file in the default tier, or a refusal when the tier is full."""
@@ -51,17 +51,12 @@ class ArchiveSink:
                       tier.max_usage_percent, req.sop_uid)
             self.service.counters.add("failed")
             return int(Status.OUT_OF_RESOURCES)
-        # Files kept out of the page cache (the default) are collected in this
-        # association's staging buffer and written with O_DIRECT when complete.
-        staging = self._staging() if tier.drop_cache else None
-        return IncomingFile(tier.root / ".incoming", meta, tmp_mark=TMP_MARK, staging=staging)
-
-    def _staging(self) -> Staging:
-        """This thread's (this association's) staging buffer, made on first use."""
-        staging: Staging | None = getattr(self._local, "staging", None)
-        if staging is None:
-            staging = self._local.staging = Staging()
-        return staging
+        # Files kept out of the page cache (the default) are collected in a staging
+        # buffer and written with O_DIRECT when complete; with none free (or staging
+        # off) the instance streams to its file as it arrives.
+        staging = self.staging.acquire() if tier.drop_cache else None
+        return IncomingFile(tier.root / ".incoming", meta, tmp_mark=TMP_MARK, staging=staging,
+                            release=self.staging.release)
 
     def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
         """fsync, rename, index (or refuse); the temp file is gone afterwards either way."""
@@ -146,7 +141,7 @@ class ArchiveSink:
             yield int(Status.CANNOT_UNDERSTAND), None
             return
         for status, ds in self.service.find(ident, req.sop_class, req.calling):
-            yield status, (encode(ds, implicit, True) if ds is not None else None)
+            yield status, (encode_dataset(ds, implicit, True) if ds is not None else None)
 
     def close(self) -> None:
         """Stop the fsync helpers (after the listener has stopped)."""

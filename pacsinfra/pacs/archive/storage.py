@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pacsinfra.fsutil import fsync_dir
+from pacsinfra.fsutil import PRIVATE_DIR, fsync_dir
 from pacsinfra.pacs.archive.config import TierConfig
 
 TMP_MARK = ".tmp-"
@@ -92,7 +92,7 @@ def ensure_dir(path: Path) -> None:
         for d in reversed(chain):
             created = True
             try:
-                d.mkdir()
+                d.mkdir(mode=PRIVATE_DIR)
             except FileExistsError:
                 created = False
             try:
@@ -110,7 +110,8 @@ def forget_dirs() -> None:
         _durable_dirs.clear()
 
 
-def write_durable(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = None) -> int:
+def write_durable(path: Path, chunks: Iterable[bytes | bytearray | memoryview],
+                  tmp_dir: Path | None = None) -> int:
     """Write ``chunks`` to ``path`` crash-safely (see module docstring); return the size.
 
     ``tmp_dir`` (same filesystem) holds the temporary file so leftovers are found

@@ -1,11 +1,15 @@
 """One storage association served by the streaming SCP, on the thread that accepted it.
 
-The loop reads a PDU header, then the whole PDU into one reusable buffer, and walks
-its PDVs: command fragments are collected and decoded when the last arrives;
-data set fragments go straight to the instance's :class:`IncomingFile`. When a data
-set is complete the sink decides the status (it renames, indexes, queues); only
-then is the C-STORE-RSP sent. Anything malformed aborts the association (A-ABORT);
-an instance whose data set did not arrive whole is discarded, never answered.
+The loop reads a PDU header and checks it against the association's phase
+(:mod:`.state`) and limits before reading anything more: a PDU the phase does not
+allow, or a P-DATA-TF larger than the maximum PDU we announced, aborts the
+association at once. A P-DATA-TF is then read whole into one reusable buffer and
+its PDVs sorted by :class:`~.codec.MessageAssembler`: command sets are decoded when
+their last fragment arrives; data set fragments go straight to the instance's
+:class:`IncomingFile`. When a data set is complete the sink decides the status (it
+renames, indexes, queues); only then is the C-STORE-RSP sent. Anything malformed
+aborts the association (A-ABORT); an instance whose data set did not arrive whole
+is discarded, never answered.
 """
 
 from __future__ import annotations
@@ -13,132 +17,59 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-
-from pacsinfra.pacs.fastscp import command, pdu
+from pacsinfra.pacs.fastscp import codec, wire
+from pacsinfra.pacs.fastscp.codec import Command, MessageAssembler, ProtocolError
 from pacsinfra.pacs.fastscp.incoming import IncomingFile
 from pacsinfra.pacs.fastscp.negotiate import Negotiated
+from pacsinfra.pacs.fastscp.part10 import file_meta
+from pacsinfra.pacs.fastscp.sinks import FindRequest, QuerySink, StoreRequest, StoreSink
+from pacsinfra.pacs.fastscp.state import AssociationState, Phase, Role
 
 LOG = logging.getLogger("pacsinfra.fastscp")
-_PDV = struct.Struct(">LBB")
-_UNLIMITED_CAP = 256 << 20  # a peer's PDU when we advertise "no limit"
+SLACK = 6  # bytes a sloppy sender's P-DATA-TF may exceed our maximum PDU by
+MAX_IDENTIFIER = 1 << 20  # a C-FIND identifier is a handful of keys
 _OUT_OF_RESOURCES = 0xA700
 _UNABLE_TO_PROCESS = 0xC000
 _CANCEL = 0xFE00
 _PENDING = (0xFF00, 0xFF01)
 
 
-class ProtocolError(Exception):
-    """The peer broke PS3.8: the association is aborted."""
-
-
-@dataclass(frozen=True)
-class StoreRequest:
-    """What a C-STORE-RQ says, plus the association it came on."""
-
-    sop_class: str
-    sop_uid: str
-    transfer_syntax: str
-    calling: str
-    called: str
-    message_id: int
-    peer: str  # host address of the requestor
-
-
-class StoreSink(Protocol):
-    """Where instances go (the archive's tiers, the router's spool)."""
-
-    def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
-        """A file to stream the data set into, or a failure status to answer once the
-        data set has been read (and dropped)."""
-
-    def finish(self, req: StoreRequest, incoming: IncomingFile) -> int:
-        """The whole data set is in ``incoming``: make it durable and return the status.
-        The sink owns the file from here (keeps it or discards it)."""
-
-
-@dataclass(frozen=True)
-class FindRequest:
-    """What a C-FIND-RQ says, plus the association it came on."""
-
-    sop_class: str  # the information model (Patient Root, Study Root)
-    transfer_syntax: str  # of the identifier, and of the identifiers answered
-    calling: str
-    message_id: int
-    peer: str
-
-
-class QuerySink(Protocol):
-    """Who answers C-FIND on a streaming association (the archive's index)."""
-
-    def find(self, req: FindRequest, identifier: bytes) -> Iterator[tuple[int, bytes | None]]:
-        """(status, identifier in ``req.transfer_syntax``) per pending match; a status
-        that is not Pending ends the operation; when the iterator just ends, the
-        association answers Success."""
-
-
-def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
-    # Explicit VR little endian, short form (every group 0002 VR used here but OB)
-    if vr == b"OB":
-        return struct.pack("<HH2sHL", 0x0002, group_elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", 0x0002, group_elem, vr, len(value)) + value
-
-
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-_IMPLEMENTATION = (
-    _element(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID))
-    + _element(0x0013, b"SH", (lambda v: v + b" " if len(v) % 2 else v)(
-        PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")))
-)
-
-
-def file_meta(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
-    """The encoded File Meta Information group (PS3.10 7.1), byte for byte what
-    pydicom's ``encode_file_meta`` makes of pynetdicom's ``Event.file_meta``; built
-    directly because that costs ~0.25 ms an instance."""
-    body = (_element(0x0001, b"OB", b"\x00\x01")
-            + _element(0x0002, b"UI", _ui(sop_class))
-            + _element(0x0003, b"UI", _ui(sop_uid))
-            + _element(0x0010, b"UI", _ui(transfer_syntax))
-            + _IMPLEMENTATION)
-    return _element(0x0000, b"UL", struct.pack("<L", len(body))) + body
-
-
 class _Requestor:
     """What the servers' limit checks read of an association's requestor."""
 
-    def __init__(self, ae_title: str) -> None:
+    def __init__(self, ae_title: str, address: str) -> None:
         self.ae_title = ae_title
+        self.address = address
 
 
 class FastAssociation:
-    """A running association; quacks enough like pynetdicom's for limits and shutdown."""
+    """A running association; quacks enough like pynetdicom's for limits and shutdown.
+
+    ``max_pdu``: the Maximum Length Received we announced (0: none, then
+    ``pdu_limit`` bounds P-DATA-TF PDUs); ``pdu_limit``: the largest PDU read at all.
+    """
 
     is_acceptor = True
 
     def __init__(self, sock: socket.socket, neg: Negotiated, sink: StoreSink, *,
-                 max_pdu: int, peer: str, queries: QuerySink | None = None) -> None:
+                 max_pdu: int, pdu_limit: int, peer: str,
+                 queries: QuerySink | None = None) -> None:
         self.sock = sock
         self.neg = neg
         self.sink = sink
         self.queries = queries
         self.max_pdu = max_pdu
         self.peer = peer
-        self.requestor = _Requestor(neg.calling)
-        self.is_established = False
-        self.is_aborted = False
+        self.requestor = _Requestor(neg.calling, peer)
+        self.state = AssociationState(Role.ACCEPTOR)
+        self.state.received(codec.A_ASSOCIATE_RQ)  # the server read and decided it
+        self.abort_reason: str | None = None  # why this side aborted, for the audit
+        self.abort_error: Exception | None = None
+        self._cap = min(max_pdu + SLACK, pdu_limit) if max_pdu else pdu_limit
         self._send_lock = threading.Lock()
-        self._command: list[bytes] = []
+        self._messages = MessageAssembler(contexts=neg.accepted)
         self._request: StoreRequest | None = None
         self._context = 0
         self._target: IncomingFile | int | None = None
@@ -147,51 +78,61 @@ class FastAssociation:
         self._answering = False  # sending C-FIND responses: only C-CANCEL may come in
         self._cancelled = False
 
+    @property
+    def is_established(self) -> bool:
+        """Accepted and not yet released or aborted."""
+        return self.state.established
+
+    @property
+    def is_aborted(self) -> bool:
+        """Aborted by either side (or the connection broke)."""
+        return self.state.phase is Phase.ABORTED
+
     # -- the loop -----------------------------------------------------------------------------
     def run(self, accept_pdu: bytes) -> None:
         """Send the A-ASSOCIATE-AC, then serve until release, abort or error."""
-        cap = self.max_pdu or _UNLIMITED_CAP
-        buf = bytearray(max(min(cap, 4 << 20), 64 << 10) + 6)
+        buf = bytearray(max(min(self._cap, 4 << 20), 64 << 10))
         try:
-            self._send(accept_pdu)
-            self.is_established = True
+            self._send(accept_pdu, codec.A_ASSOCIATE_AC)
             while True:
-                kind, length = pdu.read_header(self.sock, buf)
-                if kind == pdu.P_DATA_TF:
-                    if length > cap + 6:  # a few bytes of slack for sloppy senders
-                        raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds our "
-                                            f"maximum PDU {cap}")
+                kind, length = wire.read_header(self.sock, buf)
+                self.state.received(kind)  # IllegalTransition: A-ABORT
+                codec.check_fixed_length(kind, length)
+                if kind == codec.P_DATA_TF:
+                    if length > self._cap:
+                        raise wire.PduTooLarge(kind, length, self._cap)
                     if length > len(buf):
                         buf = bytearray(length)
                     view = memoryview(buf)[:length]
-                    pdu.recv_exact(self.sock, view)
+                    wire.recv_exact(self.sock, view)
                     self._p_data(view)
-                elif kind == pdu.A_RELEASE_RQ:
-                    pdu.recv_exact(self.sock, memoryview(bytearray(length)))
+                elif kind == codec.A_RELEASE_RQ:
+                    wire.recv_exact(self.sock, memoryview(bytearray(4)))
                     if self._receiving:
                         raise ProtocolError("A-RELEASE-RQ in the middle of a data set")
-                    self._send(pdu.release_rp())
+                    self._send(codec.release_rp(), codec.A_RELEASE_RP)
                     return
-                elif kind == pdu.A_ABORT:
+                else:  # A-ABORT: the state says ABORTED
                     LOG.info("association from %s aborted by the peer", self.neg.calling)
-                    self.is_aborted = True
                     return
-                else:
-                    raise ProtocolError(f"unexpected PDU type 0x{kind:02X}")
-        except pdu.PeerClosed as exc:
+        except wire.PeerClosed as exc:
+            self.state.closed()
             if self._target is not None:
                 LOG.warning("association from %s ended in the middle of %s: %s",
                             self.neg.calling, self._request.sop_uid if self._request else "?",
                             exc)
         except ProtocolError as exc:
-            LOG.warning("aborting association from %s: %s", self.neg.calling, exc)
-            self._abort()
+            # logged at INFO: the listener logs and audits the abort as a refusal
+            LOG.info("aborting association from %s: %s", self.neg.calling, exc)
+            self.abort_reason, self.abort_error = str(exc), exc
+            self._abort(exc.reason)
         except Exception:  # noqa: BLE001 - a bug: abort this association, serve the others
             LOG.exception("aborting association from %s", self.neg.calling)
-            self._abort()
+            self.abort_reason = "internal error"
+            self._abort(codec.REASON_NOT_SPECIFIED)
         finally:
             self._drop_target()
-            self.is_established = False
+            self.state.closed()
             try:
                 self.sock.close()
             except OSError:
@@ -199,7 +140,7 @@ class FastAssociation:
 
     def abort(self) -> None:
         """Abort from another thread (shutdown): the loop ends on its next read."""
-        self._abort()
+        self._abort(codec.REASON_NOT_SPECIFIED)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -207,81 +148,71 @@ class FastAssociation:
 
     # -- PDVs ---------------------------------------------------------------------------------
     def _p_data(self, body: memoryview) -> None:
-        pos, end = 0, len(body)
-        while pos < end:
-            if end - pos < 6:
-                raise ProtocolError("truncated PDV item")
-            length, ctx, control = _PDV.unpack_from(body, pos)
-            stop = pos + 4 + length
-            if length < 2 or stop > end:
-                raise ProtocolError(f"PDV length {length} does not fit its PDU")
-            data = body[pos + 6:stop]
-            pos = stop
-            if ctx not in self.neg.accepted:
-                raise ProtocolError(f"PDV on presentation context {ctx}, which is not accepted")
-            if control & 0x01:
-                if self._receiving:
-                    raise ProtocolError("command fragment in the middle of a data set")
-                self._command.append(bytes(data))
-                if control & 0x02:
-                    raw, self._command = b"".join(self._command), []
-                    self._on_command(ctx, raw)
-            else:
-                if not self._receiving or ctx != self._context:
-                    raise ProtocolError("data set fragment without a C-STORE-RQ or C-FIND-RQ")
-                if self._find is not None:
-                    self._identifier += data
-                    if control & 0x02:
-                        self._on_identifier_end()
-                    continue
-                if isinstance(self._target, IncomingFile):
-                    self._target.write(data)
-                if control & 0x02:
-                    self._on_dataset_end()
+        for part in self._messages.feed(body):
+            if isinstance(part, Command):
+                self._on_command(part.context_id, part.raw)
+                continue
+            if self._find is not None:
+                if len(self._identifier) + len(part.data) > MAX_IDENTIFIER:
+                    raise codec.CodecError(f"C-FIND identifier longer than {MAX_IDENTIFIER} "
+                                           "bytes")
+                self._identifier += part.data
+                if part.last:
+                    self._on_identifier_end()
+                continue
+            if isinstance(self._target, IncomingFile):
+                self._target.write(part.data)
+            if part.last:
+                self._on_dataset_end()
 
     @property
     def _receiving(self) -> bool:
         """A data set (C-STORE) or identifier (C-FIND) is partly received."""
-        return self._target is not None or self._find is not None
+        return self._messages.receiving_data
 
     def _on_command(self, ctx: int, raw: bytes) -> None:
         try:
-            cmd = command.decode(raw)
-        except command.BadCommand as exc:
-            raise ProtocolError(f"bad command set: {exc}") from exc
-        field = cmd.get(command.COMMAND_FIELD)
-        msg_id = int(cmd.get(command.MESSAGE_ID, 0))
-        sop_class = str(cmd.get(command.AFFECTED_SOP_CLASS, ""))
-        if field == command.C_CANCEL_RQ:
+            cmd = codec.decode_command(raw)
+        except codec.BadCommand as exc:
+            raise codec.BadCommand(f"bad command set: {exc}") from exc
+        field = cmd.get(codec.COMMAND_FIELD)
+        msg_id = int(cmd.get(codec.MESSAGE_ID, 0))
+        sop_class = str(cmd.get(codec.AFFECTED_SOP_CLASS, ""))
+        has_data = cmd.get(codec.DATASET_TYPE) != codec.NO_DATASET
+        if field == codec.C_CANCEL_RQ:
             self._cancelled = self._answering
             return
         if self._answering:
             raise ProtocolError(f"command 0x{field or 0:04X} while C-FIND responses are "
                                 "being sent (no asynchronous operations were negotiated)")
-        if field == command.C_FIND_RQ and self.queries is not None:
-            if cmd.get(command.DATASET_TYPE) == command.NO_DATASET:
+        if field == codec.C_FIND_RQ and self.queries is not None:
+            if not has_data:
                 raise ProtocolError("C-FIND-RQ without an identifier")
             abstract, ts = self.neg.accepted[ctx]
             self._find = FindRequest(sop_class=sop_class or abstract, transfer_syntax=ts,
                                      calling=self.neg.calling, message_id=msg_id, peer=self.peer)
             self._context = ctx
             self._identifier = bytearray()
+            self._messages.expect_data(ctx)
             return
-        if field == command.C_ECHO_RQ:
-            self._send(pdu.p_data(ctx, 0x03, command.echo_rsp(msg_id, sop_class or
-                                                               self.neg.accepted[ctx][0])))
+        if field == codec.C_ECHO_RQ:
+            if has_data:
+                raise ProtocolError("C-ECHO-RQ with a data set")
+            self._send(codec.p_data(ctx, codec.COMMAND | codec.LAST, codec.echo_rsp(
+                msg_id, sop_class or self.neg.accepted[ctx][0])), codec.P_DATA_TF)
             return
-        if field != command.C_STORE_RQ:
+        if field != codec.C_STORE_RQ:
             raise ProtocolError(f"command 0x{field or 0:04X} is not served on a storage "
                                 "association")
-        if cmd.get(command.DATASET_TYPE) == command.NO_DATASET:
+        if not has_data:
             raise ProtocolError("C-STORE-RQ without a data set")
         abstract, ts = self.neg.accepted[ctx]
         req = StoreRequest(sop_class=sop_class or abstract,
-                           sop_uid=str(cmd.get(command.AFFECTED_SOP_INSTANCE, "")),
+                           sop_uid=str(cmd.get(codec.AFFECTED_SOP_INSTANCE, "")),
                            transfer_syntax=ts, calling=self.neg.calling, called=self.neg.called,
                            message_id=msg_id, peer=self.peer)
         self._request, self._context = req, ctx
+        self._messages.expect_data(ctx)
         try:
             self._target = self.sink.open(req, file_meta(req.sop_class, req.sop_uid, ts))
         except Exception:  # noqa: BLE001 - cannot even open: refuse this instance
@@ -301,8 +232,8 @@ class FastAssociation:
                 status = _OUT_OF_RESOURCES
         else:
             status = target
-        rsp = command.store_rsp(req.message_id, req.sop_class, req.sop_uid, int(status))
-        self._send(pdu.p_data(self._context, 0x03, rsp))
+        rsp = codec.store_rsp(req.message_id, req.sop_class, req.sop_uid, int(status))
+        self._send(codec.p_data(self._context, codec.COMMAND | codec.LAST, rsp), codec.P_DATA_TF)
 
     def _on_identifier_end(self) -> None:
         req, identifier = self._find, bytes(self._identifier)
@@ -319,20 +250,20 @@ class FastAssociation:
                 if status not in _PENDING:
                     final = status
                     break
-                self._send_message(ctx, command.find_rsp(
+                self._send_message(ctx, codec.find_rsp(
                     req.message_id, req.sop_class, status, with_dataset=data is not None), data)
             close = getattr(answers, "close", None)
             if close is not None:
                 close()  # a generator left early releases what it holds now
-        except (ProtocolError, pdu.PeerClosed):
+        except (ProtocolError, wire.PeerClosed):
             raise
         except Exception:  # noqa: BLE001 - a bug or index failure: a failure status, not Success
             LOG.exception("C-FIND from %s failed", req.calling)
             final = _UNABLE_TO_PROCESS
         finally:
             self._answering = False
-        self._send_message(ctx, command.find_rsp(req.message_id, req.sop_class, final,
-                                                 with_dataset=False), None)
+        self._send_message(ctx, codec.find_rsp(req.message_id, req.sop_class, final,
+                                               with_dataset=False), None)
 
     def _cancel_arrived(self) -> bool:
         """Read what the peer sent while responses go out (a C-CANCEL-RQ, normally)."""
@@ -340,27 +271,25 @@ class FastAssociation:
             readable, _, _ = select.select([self.sock], [], [], 0)
             if not readable:
                 return False
-            header = bytearray(6)
-            kind, length = pdu.read_header(self.sock, header)
-            if kind == pdu.A_ABORT:
-                self.is_aborted = True
-                raise pdu.PeerClosed("aborted by the peer during C-FIND")
-            if kind != pdu.P_DATA_TF or length > 1 << 16:
-                raise ProtocolError(f"PDU type 0x{kind:02X} ({length} bytes) during C-FIND")
+            header = bytearray(codec.HEADER_SIZE)
+            kind, length = wire.read_header(self.sock, header)
+            self.state.received(kind)
+            if kind == codec.A_ABORT:
+                raise wire.PeerClosed("aborted by the peer during C-FIND")
+            if kind != codec.P_DATA_TF or length > 1 << 16:
+                raise ProtocolError(f"{codec.pdu_name(kind)} ({length} bytes) during C-FIND")
             body = memoryview(bytearray(length))
-            pdu.recv_exact(self.sock, body)
+            wire.recv_exact(self.sock, body)
             self._p_data(body)  # a C-CANCEL-RQ sets _cancelled; anything else is refused
         return True
 
     def _send_message(self, ctx: int, cmd: bytes, data: bytes | None) -> None:
         """A command set and its data set, fragmented to the peer's maximum PDU."""
-        out = [pdu.p_data(ctx, 0x03, cmd)]
+        out = [codec.p_data(ctx, codec.COMMAND | codec.LAST, cmd)]
         if data:
-            step = max((self.neg.peer_max_pdu or _UNLIMITED_CAP) - 6, 1)
-            for pos in range(0, len(data), step):
-                last = pos + step >= len(data)
-                out.append(pdu.p_data(ctx, 0x02 if last else 0x00, data[pos:pos + step]))
-        self._send(b"".join(out))
+            out.extend(codec.fragments(ctx, data, command=False,
+                                       room=codec.pdv_room(self.neg.peer_max_pdu)))
+        self._send(b"".join(out), codec.P_DATA_TF)
 
     # -- helpers ------------------------------------------------------------------------------
     def _drop_target(self) -> None:
@@ -368,19 +297,20 @@ class FastAssociation:
         if isinstance(target, IncomingFile):
             target.discard()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, kind: int) -> None:
         with self._send_lock:
+            self.state.sent(kind)
             try:
                 self.sock.sendall(data)
             except OSError as exc:
-                raise pdu.PeerClosed(str(exc)) from exc
+                raise wire.PeerClosed(str(exc)) from exc
 
-    def _abort(self) -> None:
-        if self.is_aborted:
-            return
-        self.is_aborted = True
-        try:
-            with self._send_lock:
-                self.sock.sendall(pdu.abort(2, 0))
-        except OSError:
-            pass
+    def _abort(self, reason: int) -> None:
+        with self._send_lock:
+            if not self.state.may_send(codec.A_ABORT):
+                return
+            self.state.sent(codec.A_ABORT)
+            try:
+                self.sock.sendall(codec.abort(codec.ABORT_PROVIDER, reason))
+            except OSError:
+                pass

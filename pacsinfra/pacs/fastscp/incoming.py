@@ -29,6 +29,7 @@ import hashlib
 import logging
 import mmap
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from pacsinfra.fsutil import fsync_dir
+from pacsinfra.pacs.fastscp.part10 import PREAMBLE
 
 LOG = logging.getLogger("pacsinfra.fastscp")
-PREAMBLE = b"\x00" * 128 + b"DICM"
+__all__ = ["PREAMBLE", "IncomingFile", "Sealer", "Staging"]
 _KICK_BYTES = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -62,14 +64,48 @@ _DIRECT_ALIGN = 4096  # O_DIRECT: buffer address, length and offset aligned to t
 
 
 class Staging:
-    """A page-aligned buffer one association reuses to hold each incoming instance
-    whole, so it can be written to disk in one ``O_DIRECT`` write when it is complete
-    (no page-cache copy; the buffer's pages are touched once, not every instance's)."""
+    """A page-aligned buffer that holds one incoming instance whole, so it can be
+    written to disk in one ``O_DIRECT`` write when it is complete (no page-cache copy;
+    reused instance after instance, its pages are touched once, not every instance's)."""
 
     def __init__(self, capacity: int = 32 << 20) -> None:
         self.capacity = capacity
         self._buf = mmap.mmap(-1, capacity)  # anonymous: page-aligned, zero-filled
         self.view = memoryview(self._buf)
+
+
+class StagingPool:
+    """At most ``total // size`` staging buffers of ``size`` bytes, lent one per instance
+    in flight: the memory all associations together hold for data sets is bounded. A
+    borrower that finds none free streams its instance to disk instead."""
+
+    def __init__(self, size: int, total: int) -> None:
+        self.size = size
+        self.limit = total // size if size else 0
+        self._free: list[Staging] = []
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Staging | None:
+        """A free buffer (the most recently used: its pages are warm), or None."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if self._made >= self.limit:
+                return None
+            self._made += 1
+        return Staging(self.size)
+
+    def release(self, staging: Staging) -> None:
+        """Give a buffer back."""
+        with self._lock:
+            self._free.append(staging)
+
+    @property
+    def in_use(self) -> int:
+        """Buffers lent out now."""
+        with self._lock:
+            return self._made - len(self._free)
 
 
 class IncomingFile:
@@ -81,7 +117,8 @@ class IncomingFile:
     """
 
     def __init__(self, directory: Path, meta: bytes, *, tmp_mark: str = ".tmp-",
-                 final: Path | None = None, staging: Staging | None = None) -> None:
+                 final: Path | None = None, staging: Staging | None = None,
+                 release: Callable[[Staging], None] | None = None) -> None:
         self.path = final if final is not None else directory / f"in{tmp_mark}{uuid.uuid4().hex}"
         self._kept = False
         self.parent_sync: Future[None] | None = None  # the directory's fsync, when started
@@ -97,6 +134,9 @@ class IncomingFile:
         # only written by seal() or commit_at(); one that outgrows the buffer is spilled
         # to the file and continues as a plain write
         self._staging = staging
+        # ``release``: give the staging buffer back (to its pool) once it is not needed
+        self._lease = staging if release is not None else None
+        self._release = release
         self._hash: Any = None
         if staging is not None and self.ds_offset <= staging.capacity:
             staging.view[:len(PREAMBLE)] = PREAMBLE
@@ -105,6 +145,7 @@ class IncomingFile:
             self._hash = hashlib.sha256()
         else:
             self._staging = None
+            self._give_back()
             self._open()
             self._write(memoryview(PREAMBLE))
             self._write(memoryview(meta))
@@ -138,8 +179,15 @@ class IncomingFile:
             self._open()
         except OSError as exc:
             self.error = exc
-            return
-        self._write(staging.view[:held])
+        else:
+            self._write(staging.view[:held])
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """The staging buffer is no longer needed: back to its pool."""
+        lease, self._lease = self._lease, None
+        if lease is not None and self._release is not None:
+            self._release(lease)
 
     def _write(self, view: memoryview) -> None:
         fd = self._fd
@@ -268,6 +316,8 @@ class IncomingFile:
         """
         fd, self._fd = self._fd, None
         self._closed = True
+        self._staging = None
+        self._give_back()
         if fd is not None:
             try:
                 if drop_cache:

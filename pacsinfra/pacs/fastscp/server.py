@@ -1,16 +1,17 @@
-"""A pynetdicom association server that serves storage-only associations itself.
+"""The listener: a pynetdicom association server with admission control in front.
 
-Each accepted connection already has its own thread (pynetdicom's
-``ThreadingMixIn``). There, before pynetdicom sees a byte, the A-ASSOCIATE-RQ is
-*peeked* (``MSG_PEEK``, nothing consumed): if :func:`~.negotiate.negotiate` says it
-is ours (plain TCP; only storage, verification and, with a query sink, C-FIND
-contexts), :class:`FastPath`
-consumes it and runs a :class:`~.association.FastAssociation`; otherwise the
-connection goes to pynetdicom untouched, as if this module did not exist (C-MOVE,
-C-GET, TLS, role selection, user identity, anything malformed).
+The accept loop only accepts: each connection is checked against the per-address
+limit and given a pending slot (:mod:`.admission`), or refused at once; TLS
+handshakes happen later, on the connection's own thread, within its request
+deadline. That thread then runs :meth:`.fastpath.FastPath.serve`, which serves the
+association on the streaming path, refuses it, or hands it to pynetdicom (on a
+guarded socket), as if this module did not exist.
 
-Both kinds count against the same limits: ``active_associations`` lists both, so
-the services' per-calling-AE checks and shutdown drains see every association.
+Both kinds of association count against the same limits: ``active_associations``
+lists both, so the services' per-calling-AE checks and shutdown drains see every
+association. The listening socket has a receive buffer large enough to peek at an
+association request of the full PDU size limit, and a listen backlog of
+``listen_backlog``.
 """
 
 from __future__ import annotations
@@ -19,134 +20,118 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
 from datetime import datetime
 from typing import Any
 
-from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AE, evt
 
-from pacsinfra.pacs.dicom import open_associations, tune_socket
-from pacsinfra.pacs.fastscp import pdu
-from pacsinfra.pacs.fastscp.association import FastAssociation, QuerySink, StoreSink
-from pacsinfra.pacs.fastscp.negotiate import encode_accept, encode_reject, negotiate, parse_request
+from pacsinfra.pacs.compat import (
+    ThreadedAssociationServer,
+    association_peer,
+    register_server,
+    rejection_of,
+)
+from pacsinfra.pacs.fastscp import codec
+from pacsinfra.pacs.fastscp.fastpath import FastPath
+from pacsinfra.pacs.fastscp.guard import GuardedSocket, GuardedSSLSocket
+from pacsinfra.pacs.refusals import Refusal
 
 LOG = logging.getLogger("pacsinfra.fastscp")
-# A-ASSOCIATE-RJ (result, source, reason), as pynetdicom sends them
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_LIMIT = (0x02, 0x03, 0x02)
-
-
-class FastPath:
-    """The policy and bookkeeping of the streaming path for one listening AE."""
-
-    def __init__(self, ae: AE, sink: StoreSink, supported: Mapping[str, Sequence[str]], *,
-                 per_ae_limit: int, draining: Callable[[], bool] = lambda: False,
-                 queries: QuerySink | None = None) -> None:
-        self.ae = ae
-        self.sink = sink
-        self.queries = queries  # answers C-FIND when ``supported`` lists query models
-        self.supported = supported
-        self.per_ae_limit = per_ae_limit
-        self.draining = draining
-        self.active: set[FastAssociation] = set()
-        self.server: Any = None
-        self._lock = threading.Lock()
-
-    def _reject_reason(self, calling: str) -> tuple[int, int, int] | None:
-        allowed = [a.strip() for a in (self.ae.require_calling_aet or [])]
-        if allowed and calling not in allowed:
-            return REJECT_CALLING_AE
-        if self.draining():
-            return REJECT_LIMIT
-        if self.server is None:
-            return None
-        if len(self.server.active_associations) >= self.ae.maximum_associations:
-            return REJECT_LIMIT
-        if open_associations(self.server, calling) >= self.per_ae_limit:
-            return REJECT_LIMIT
-        return None
-
-    def serve(self, sock: socket.socket, address: Any) -> bool:
-        """Serve ``sock`` here and return True, or return False (nothing consumed)."""
-        if isinstance(sock, ssl.SSLSocket):
-            return False
-        raw = pdu.peek_pdu(sock, float(self.ae.acse_timeout or 30))
-        rq = parse_request(raw) if raw is not None else None
-        if rq is None or raw is None:
-            return False
-        neg = negotiate(rq, self.supported, ae_title=self.ae.ae_title,
-                        max_pdu=self.ae.maximum_pdu_size,
-                        implementation_uid=str(self.ae.implementation_class_uid),
-                        implementation_version=str(self.ae.implementation_version_name or ""))
-        if neg is None or neg.primitive is None:
-            return False
-        pdu.recv_exact(sock, memoryview(bytearray(len(raw))))  # consume what was peeked
-        tune_socket(sock)
-        sock.settimeout(self.ae.network_timeout)
-        peer = str(address[0]) if isinstance(address, tuple) else str(address)
-        assoc = FastAssociation(sock, neg, self.sink, max_pdu=self.ae.maximum_pdu_size,
-                                peer=peer, queries=self.queries)
-        with self._lock:
-            reason = self._reject_reason(neg.calling)
-            if reason is None:
-                self.active.add(assoc)
-        if reason is not None:
-            LOG.warning("rejecting association from %s (%s): %s", neg.calling, peer,
-                        "calling AE not allowed" if reason == REJECT_CALLING_AE
-                        else "association limit or shutting down")
-            try:
-                sock.sendall(encode_reject(*reason))
-            except OSError:
-                pass
-            sock.close()
-            return True
-        try:
-            assoc.run(encode_accept(neg.primitive))
-        finally:
-            with self._lock:
-                self.active.discard(assoc)
-        return True
-
-    def abort_all(self) -> None:
-        """Abort every association of this path (shutdown)."""
-        with self._lock:
-            active = list(self.active)
-        for assoc in active:
-            assoc.abort()
+LISTEN_RCVBUF = 4 << 20  # inherited by accepted sockets (tune_socket sets the same later)
+_RJ_REASONS = {(1, 3): "calling AE title not recognized", (1, 7): "called AE title not recognized",
+               (1, 2): "application context not supported", (1, 1): "no reason given",
+               (2, 2): "protocol version not supported", (3, 1): "temporary congestion",
+               (3, 2): "local limit exceeded"}
 
 
 class StreamingServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with storage-only associations served by ``fast``."""
+    """pynetdicom's threaded server, with admission control and the streaming path."""
 
-    fast: FastPath | None = None
-    # A connection thread must not keep a stopped server's process alive (one can sit
-    # in the A-ASSOCIATE-RQ peek for up to the ACSE timeout).
+    fast: FastPath  # set by start_server before the first connection
+    # A connection thread must not keep a stopped server's process alive.
     daemon_threads = True
 
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        _size_receive_buffer(self.socket, self.fast.limits.pdu_size_limit)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept only: no TLS handshake on the accept loop (a silent peer would stall
+        every other connection), that happens on the connection's thread."""
+        assert self.socket is not None
+        sock, address = self.socket.accept()
+        return GuardedSocket.adopt(sock), address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admission: a pending slot, or a refusal at once (too many connections from that
+        address): an A-ASSOCIATE-RJ on plain TCP, a close on TLS."""
+        host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        pending = self.fast.gate.admit(request, host)
+        if pending is None:
+            if self.ssl_context is None:  # a TLS peer could not read a plain refusal
+                try:
+                    request.setblocking(False)
+                    request.send(codec.associate_rj(*codec.RJ_LIMIT))
+                except OSError:
+                    pass
+            self.fast.refused(Refusal(host, "per-address", (
+                f"{self.fast.limits.max_per_address} connections from this address already "
+                "open (max_connections_per_address)")))
+            return False
+        request.pending = pending
+        return True
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        fast = self.fast
-        if fast is not None:
-            try:
-                if fast.serve(request, client_address):
+        fast, pending = self.fast, request.pending
+        sock = request
+        try:
+            if self.ssl_context is not None:
+                sock = self._handshake(request, client_address)
+                if sock is None:
                     return
-            except pdu.PeerClosed:
-                self.shutdown_request(request)
+            if fast.serve(sock, client_address, pending):
                 return
-            except Exception:  # noqa: BLE001 - one bad connection must not stop the server
-                LOG.exception("streaming path failed for %s", client_address)
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+        except Exception:  # noqa: BLE001 - one bad connection must not stop the server
+            LOG.exception("connection from %s failed", client_address)
+            self.shutdown_request(sock)
+            return
+        finally:
+            fast.gate.done(pending)
+        super().process_request_thread(sock, client_address)
+
+    def _handshake(self, raw: GuardedSocket, client_address: Any) -> ssl.SSLSocket | None:
+        """The TLS handshake, within the connection's request deadline."""
+        pending = raw.pending
+        host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        assert self.ssl_context is not None
+        tls: ssl.SSLSocket | None = None
+        try:
+            tls = self.ssl_context.wrap_socket(raw, server_side=True,
+                                               do_handshake_on_connect=False)
+            pending.sock = tls  # an eviction shuts this one down now
+            tls.settimeout(max(pending.deadline - time.monotonic(), 0.001))
+            tls.do_handshake()
+            tls.settimeout(None)
+            return tls
+        except (OSError, ValueError) as exc:
+            if not pending.evicted:
+                self.fast.refused(Refusal(host, "tls", f"TLS handshake failed: {exc}"))
+            for sock in (tls, raw):
+                try:
+                    if sock is not None:
+                        sock.close()
+                except OSError:
+                    pass
+            return None
 
     @property
     def active_associations(self) -> list[Any]:
-        fast = list(self.fast.active) if self.fast is not None else []
-        return [*super().active_associations, *fast]
+        return [*super().active_associations, *list(self.fast.active)]
 
     def shutdown(self) -> None:
-        if self.fast is not None:
-            self.fast.abort_all()
+        self.fast.abort_all()
         super().shutdown()
 
 
@@ -170,23 +155,72 @@ class SharedListenerServer(StreamingServer):
     def server_activate(self) -> None:
         """Nothing: the owner of the socket listens."""
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        sock.setblocking(True)  # accepted from a non-blocking listener
+        return sock, address
+
+
+def listening_socket(address: tuple[str, int], pdu_size_limit: int) -> socket.socket:
+    """A bound TCP socket (not yet listening) sized like :class:`StreamingServer`'s."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    _size_receive_buffer(sock, pdu_size_limit)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _size_receive_buffer(sock: socket.socket, pdu_size_limit: int) -> None:
+    """Room to peek at a whole A-ASSOCIATE-RQ of up to ``pdu_size_limit`` bytes (set
+    before ``listen``: accepted sockets inherit it; the kernel caps it at rmem_max)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                        max(LISTEN_RCVBUF, pdu_size_limit + codec.HEADER_SIZE))
+    except OSError:
+        pass
+
 
 def start_server(ae: AE, address: tuple[str, int], fast: FastPath, *,
                  evt_handlers: list[Any], ssl_context: ssl.SSLContext | None,
                  listener: socket.socket | None = None) -> StreamingServer:
-    """``AE.start_server(block=False)`` with the streaming path in front; ``listener``:
-    accept on this listening socket (see :class:`SharedListenerServer`) instead of
-    binding ``address``."""
-    cls: type[StreamingServer] = StreamingServer
+    """``AE.start_server(block=False)`` with admission control and the streaming path in
+    front; ``listener``: accept on this listening socket (see
+    :class:`SharedListenerServer`) instead of binding ``address``."""
+    base: type[StreamingServer] = StreamingServer
+    attrs: dict[str, Any] = {"fast": fast, "request_queue_size": fast.limits.listen_backlog}
     if listener is not None:
-        cls = type("SharedListenerServer", (SharedListenerServer,), {"listener": listener})
-    server = ae.make_server(address, evt_handlers=evt_handlers, ssl_context=ssl_context,
+        base = SharedListenerServer
+        attrs["listener"] = listener
+    cls = type(base.__name__, (base,), attrs)
+    if ssl_context is not None:
+        ssl_context.sslsocket_class = GuardedSSLSocket
+    handlers = [*evt_handlers, (evt.EVT_REJECTED, _on_rejected(fast))]
+    server = ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_context,
                             server_class=cls)
     assert isinstance(server, StreamingServer)
     fast.server = server
-    server.fast = fast
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}",
                      daemon=True).start()
-    ae._servers.append(server)
+    register_server(ae, server)
     return server
+
+
+def _on_rejected(fast: FastPath) -> Any:
+    """An ``EVT_REJECTED`` handler: pynetdicom's rejections, and the services', audited."""
+
+    def handler(event: Any) -> None:
+        assoc = event.assoc
+        rsd = rejection_of(assoc)
+        why = _RJ_REASONS.get((rsd[1], rsd[2]), "rejected") if rsd else "rejected"
+        calling = str(getattr(assoc.requestor, "ae_title", "") or "").strip()
+        kind = "calling-ae" if rsd and rsd[1:] == (1, 3) else (
+            "limit" if rsd and rsd[1:] == (3, 2) else "rejected")
+        fast.refused(Refusal(association_peer(assoc), kind, why, calling,
+                             str(assoc.acceptor.ae_title or "").strip()))
+
+    return handler

@@ -1,6 +1,7 @@
 """The router's audit trail: JSON lines shaped after PS3.15 A.5 (DICOM audit messages).
 
-Events: instances received (110104 "DICOM Instances Transferred", router as
+Events: associations refused or aborted for misbehaving (110113 "Security Alert",
+see :mod:`pacsinfra.pacs.refusals`), instances received (110104 "DICOM Instances Transferred", router as
 destination), forwarded (same event, router as source, the destination AE as
 destination), dead-lettered (same event, outcome 8 "serious failure") and dropped
 by a rule (110100 "Application Activity", outcome 0: a deliberate drop is not a
@@ -14,7 +15,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from pacsinfra.fsutil import open_private_append
 from pacsinfra.pacs.config_common import AuditConfig
+from pacsinfra.pacs.refusals import Refusal, audit_record
 
 _TRANSFERRED = {"code": "110104", "codeSystemName": "DCM",
                 "displayName": "DICOM Instances Transferred"}
@@ -29,7 +32,7 @@ class AuditLog:
     def __init__(self, cfg: AuditConfig, ae_title: str) -> None:
         self._ae = ae_title
         self._lock = threading.Lock()
-        self._file = open(cfg.file, "a", encoding="utf-8") if cfg.file else None  # noqa: SIM115
+        self._file = open_private_append(cfg.file) if cfg.file else None
 
     def _emit(self, event: dict[str, str], action: str, outcome: int, source: str,
               dest: str, study: str, sop: str, note: str = "") -> None:
@@ -57,10 +60,19 @@ class AuditLog:
             "AuditSourceIdentification": {"AuditSourceID": self._ae},
             "ParticipantObjectIdentification": [obj],
         }
+        self._write(msg)
+
+    def _write(self, msg: dict[str, Any]) -> None:
         line = json.dumps(msg, separators=(",", ":"))
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+
+    def refused(self, refusal: Refusal, count: int = 1) -> None:
+        """A connection or association refused, or aborted for misbehaving (PS3.15
+        A.5.3.11 shaped, see :mod:`pacsinfra.pacs.refusals`)."""
+        self._write(audit_record(refusal, count, self._ae))
 
     def received(self, calling: str, study: str, sop: str, targets: list[str]) -> None:
         """An instance was received and queued for ``targets``."""

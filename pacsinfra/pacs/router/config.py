@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pacsinfra.pacs.config_common import AETitle, DicomListener, Port, Strict, TlsConfig
+from pacsinfra.pacs.web_config import is_loopback
 from pacsinfra.secrets import SecretRef
 
 
@@ -21,6 +22,22 @@ class Condition(Strict):
     it looks at (``tag`` — keyword like ``Modality`` or ``(0009,0010)`` —,
     ``calling_ae`` or ``called_ae``) with one operator (``equals``, ``in``,
     ``wildcard``, ``regex``, ``range`` [low, high], ``present``).
+
+    Attributes:
+        all: Matches when every condition in the list matches.
+        any: Matches when at least one condition in the list matches.
+        not: Matches when the condition does not.
+        tag: The element a test looks at: a keyword (``Modality``) or a tag number
+            (``(0009,1001)`` or ``00091001``, for private tags).
+        calling_ae: The test looks at the association's calling AE title.
+        called_ae: The test looks at the association's called AE title.
+        equals: Equal to this value (numbers compare numerically: ``12`` matches ``"12"``).
+        in: Equal to one of these values.
+        wildcard: Matches this pattern: ``*`` any characters, ``?`` one; case-sensitive.
+        regex: Python regular expression, searched anywhere in the value.
+        range: ``[low, high]``, inclusive; numeric when both are numbers, else string order
+            (dates work); ``null`` leaves a side open.
+        present: ``true``: the element exists (even empty); ``false``: it does not.
     """
 
     all: list[Condition] | None = None
@@ -66,7 +83,15 @@ class Condition(Strict):
 
 
 class TagEdit(Strict):
-    """A tag morphing step: set a value, remove a tag, copy one tag to another, or prefix."""
+    """A tag morphing step: set a value, remove a tag, copy one tag to another, or prefix.
+
+    Attributes:
+        op: ``set`` a value (the element is created if absent), ``remove`` the element,
+            ``copy`` ``source`` into it, or ``prefix`` its value with ``value``.
+        tag: The element edited: a keyword or a tag number.
+        value: The value to set, or the prefix.
+        source: The element copied from (nothing happens when it is absent).
+    """
 
     op: Literal["set", "remove", "copy", "prefix"]
     tag: str
@@ -83,7 +108,20 @@ class TagEdit(Strict):
 
 
 class Rule(Strict):
-    """Match, then act. Rules run in order; ``stop`` ends evaluation after a match."""
+    """Match, then act. Rules run in order; ``stop`` ends evaluation after a match.
+
+    Attributes:
+        name: Shown by ``router explain``, in logs and in audit messages.
+        match: The condition; unset matches everything.
+        forward: Destinations or groups that receive the instance, with the edits of this rule
+            and the matched rules before it.
+        drop: Discard the instance: nothing is forwarded, not even by earlier rules, and
+            evaluation ends.
+        edits: Tag edits; they accumulate over the matched rules, in order.
+        stop: End evaluation after this rule when it matches.
+        per_study: Hold this rule's deliveries until the study has received nothing for
+            ``stable_study_seconds``.
+    """
 
     name: str
     match: Condition | None = None  # None matches everything
@@ -95,7 +133,18 @@ class Rule(Strict):
 
 
 class Destination(Strict):
-    """A forwarding target."""
+    """A forwarding target.
+
+    Attributes:
+        ae_title: The destination's (called) AE title.
+        host: Its host name or address (in a blueprint, ``service`` fills it in).
+        port: Its DICOM port.
+        service: Blueprint: the service (an archive) this destination is; fills in ``host``.
+        tls: TLS towards it.
+        max_associations: Associations open to it at once, each with its own sending worker.
+        transfer_syntaxes: Transfer syntax UIDs offered after the file's own, in order of
+            preference.
+    """
 
     ae_title: AETitle
     host: str | None = None
@@ -115,7 +164,16 @@ class Destination(Strict):
 
 
 class DestinationGroup(Strict):
-    """Several destinations that share the work, with health checks."""
+    """Several destinations that share the work, with health checks.
+
+    Attributes:
+        members: Names of the destinations that share the work.
+        strategy: ``by_study``: each study goes whole to one member; ``least_outstanding``:
+            each instance to the healthy member with the fewest in flight.
+        health_check_interval: Seconds between C-ECHO health checks of each member.
+        resend_window: Seconds: instances a member acknowledged within this window are sent to
+            another member when it goes down.
+    """
 
     members: list[str] = Field(min_length=1)
     strategy: Literal["least_outstanding", "by_study"] = "by_study"
@@ -125,7 +183,14 @@ class DestinationGroup(Strict):
 
 
 class RetryPolicy(Strict):
-    """Capped exponential backoff with jitter, then dead-letter."""
+    """Capped exponential backoff with jitter, then dead-letter.
+
+    Attributes:
+        max_attempts: Attempts before an instance is dead-lettered.
+        initial_backoff: Seconds before the first retry; each retry doubles it.
+        max_backoff: Longest wait between attempts, in seconds.
+        jitter: Each wait varies randomly by up to this fraction (0.2: ±20 %).
+    """
 
     max_attempts: int = Field(10, ge=1, le=1000)
     initial_backoff: float = Field(1.0, gt=0)
@@ -134,7 +199,19 @@ class RetryPolicy(Strict):
 
 
 class QueueConfig(Strict):
-    """The durable queue: SQLite by default, PostgreSQL when several routers share it."""
+    """The durable queue: SQLite by default, PostgreSQL when several routers share it.
+
+    Attributes:
+        backend: ``sqlite`` for one router, ``postgresql`` for several routers sharing the
+            queue (they must share ``spool_dir`` too).
+        path: SQLite file (default ``<spool_dir>/queue.sqlite``).
+        service: Blueprint: the database service that holds the queue.
+        host: PostgreSQL server (in a blueprint, ``service`` fills it in).
+        port: PostgreSQL port.
+        database: PostgreSQL database.
+        user: PostgreSQL role.
+        password: Password of ``user``.
+    """
 
     backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: str | None = None
@@ -158,7 +235,23 @@ class QueueConfig(Strict):
 
 
 class RouterConfig(DicomListener):
-    """Everything the router needs to run; also ``services.router`` in a blueprint."""
+    """Everything the router needs to run; also ``services.router`` in a blueprint.
+
+    Attributes:
+        spool_dir: Where received instances are kept until every destination has them; also the
+            default place of the SQLite queue.
+        queue: The durable queue of deliveries.
+        destinations: Forwarding targets by name.
+        groups: Groups of destinations sharing the work, by name; rules forward to them like to
+            a destination.
+        rules: Routing rules, evaluated in order for every instance.
+        retry: Retries of failed deliveries.
+        stable_study_seconds: A study that received nothing for this long is complete, for
+            ``per_study`` rules.
+        metrics_port: Port of the Prometheus text endpoint (``GET /metrics``) on
+            ``metrics_bind``; unset: no endpoint.
+        metrics_bind: Listen address of the metrics endpoint.
+    """
 
     ae_title: AETitle = "ROUTER"
     spool_dir: str = "/var/lib/pacsinfra/router"
@@ -170,9 +263,19 @@ class RouterConfig(DicomListener):
     stable_study_seconds: float = Field(30, ge=0)
     metrics_port: Port | None = None  # Prometheus text endpoint on 127.0.0.1 when set
     metrics_bind: str = "127.0.0.1"
+    # The metrics endpoint has no authentication: off loopback only when this says so
+    # (labs; logged loudly at start). Elsewhere scrape it through a tunnel or a proxy.
+    metrics_allow_anonymous: bool = False
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:
+        if self.metrics_port and not is_loopback(self.metrics_bind) \
+                and not self.metrics_allow_anonymous:
+            raise ValueError(
+                f"metrics_bind is {self.metrics_bind!r}, which is reachable from the network, "
+                "but the metrics endpoint has no authentication: bind 127.0.0.1 (scrape "
+                "through an SSH tunnel or an authenticating proxy), or set "
+                "metrics_allow_anonymous: true (labs only)")
         known = set(self.destinations) | set(self.groups)
         for name, group in self.groups.items():
             for m in group.members:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacsinfra.fsutil import private_dir, private_file
+
 ACTIVE = ("held", "pending", "inflight")
 
 _SCHEMA = [
@@ -123,7 +125,8 @@ class _Backend(abc.ABC):
 
 class _Sqlite(_Backend):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        private_file(path)  # what was sent where, for which patient: 0640
         self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                                     timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -471,9 +474,8 @@ class Queue:
                     d["oldest_age"] = max(d["oldest_age"], now - float(oldest))
         return out
 
-    def rows(self, *, state: str | None = None, dest: str | None = None,
-             limit: int = 100) -> list[Item]:
-        """Rows, oldest first, optionally filtered."""
+    @staticmethod
+    def _filter(state: str | None, dest: str | None) -> tuple[str, list[str]]:
         where, params = [], []
         if state:
             where.append("state = ?")
@@ -481,11 +483,22 @@ class Queue:
         if dest:
             where.append("dest = ?")
             params.append(dest)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+    def rows(self, *, state: str | None = None, dest: str | None = None,
+             limit: int = 100) -> list[Item]:
+        """Rows, oldest first, optionally filtered."""
+        clause, params = self._filter(state, dest)
         with self._db.tx() as cur:
             rows = cur.execute(f"SELECT {_COLS} FROM items {clause} ORDER BY id LIMIT ?",
                                (*params, limit)).fetchall()
         return [Item(*r) for r in rows]
+
+    def count(self, *, state: str | None = None, dest: str | None = None) -> int:
+        """How many rows :meth:`rows` would list without a limit."""
+        clause, params = self._filter(state, dest)
+        with self._db.tx() as cur:
+            return int(cur.execute(f"SELECT COUNT(*) FROM items {clause}", params).fetchone()[0])
 
     def retry(self, *, ids: Sequence[int] = (), dest: str | None = None,
               now: float | None = None) -> int:

@@ -24,18 +24,14 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
-from pynetdicom.dsutils import encode
 
+from pacsinfra.pacs.compat import encode_dataset
 from pacsinfra.pacs.config_common import Limits, Peer
 from pacsinfra.pacs.dicom import associate, make_ae
-from pacsinfra.pacs.fastscp import pdu
-from pacsinfra.pacs.fastscp.association import ProtocolError
-from pacsinfra.pacs.fastscp.requestor import (
-    AssociationFailed,
-    Part10Meta,
-    StreamingRequestor,
-    read_meta,
-)
+from pacsinfra.pacs.fastscp.codec import ProtocolError
+from pacsinfra.pacs.fastscp.part10 import Part10Meta, read_meta
+from pacsinfra.pacs.fastscp.requestor import AssociationFailed, StreamingRequestor
+from pacsinfra.pacs.fastscp.wire import PeerClosed
 from pacsinfra.pacs.router.config import Destination
 
 LOG = logging.getLogger("pacsinfra.router")
@@ -168,8 +164,12 @@ class Sender:
             return Outcome(False, error=problem, transport=True)
         accepted = self._accepted(sop)
         if not accepted:
-            return Outcome(False, status=0x0122, permanent=True,
-                           error=f"{self.dest.ae_title} accepts no context for SOP class {sop}")
+            # Refused at association negotiation: no C-STORE was sent, so there is no
+            # DIMSE status to record (the destination never said 0x0122).
+            offered = ", ".join(self._syntaxes(file_ts))
+            return Outcome(False, permanent=True, error=(
+                f"association: {self.dest.ae_title} rejected the presentation context for "
+                f"SOP class {sop} (transfer syntaxes offered: {offered}); nothing was sent"))
         target = next((ts for ts in self._syntaxes(file_ts) if ts in accepted), None)
         if self.link is not None:
             return self._send_streaming(self.link, path, meta, file_ts, target, accepted)
@@ -204,11 +204,12 @@ class Sender:
                 if isinstance(payload, Outcome):
                     return payload
                 target = target or accepted[0]
-                data = encode(payload, target == ImplicitVRLittleEndian, True)
-                if data is None:
+                try:
+                    data = encode_dataset(payload, target == ImplicitVRLittleEndian, True)
+                except Exception:  # noqa: BLE001 - pydicom cannot encode it in that syntax
                     return Outcome(False, permanent=True, error=f"cannot encode in {target}")
                 code = link.store_bytes(data, sop, sop_uid, target)
-        except (pdu.PeerClosed, ProtocolError, OSError, ValueError) as exc:
+        except (PeerClosed, ProtocolError, OSError, ValueError) as exc:
             self.close()
             return Outcome(False, error=f"send failed: {exc}", transport=True)
         if is_success(code):

@@ -8,7 +8,7 @@ it is complete, the attributes the rules need are read back through an mmap of t
 page cache (pixel data skipped; plain values straight from the bytes); the rules
 decide; then, if anything is to be forwarded as received, the file is fsynced and is
 the spool file of every unmodified delivery, morphed variants are written from it,
-and the queue rows are committed, all by :meth:`RouterServer.admit`, the same step
+and the queue rows are committed, all by :meth:`RouterService.admit`, the same step
 C-STORE through pynetdicom takes. Its pages stay cached: the forwarder reads the
 file again at once.
 """
@@ -16,15 +16,12 @@ file again at once.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from pacsinfra.pacs.archive.attrs import DatasetUnreadable, header_values, read_header
 from pacsinfra.pacs.dicom import Status
-from pacsinfra.pacs.fastscp.association import StoreRequest
 from pacsinfra.pacs.fastscp.incoming import IncomingFile, Sealer
-
-if TYPE_CHECKING:
-    from pacsinfra.pacs.router.server import RouterServer
+from pacsinfra.pacs.fastscp.sinks import StoreRequest
+from pacsinfra.pacs.router.service import RouterService
 
 LOG = logging.getLogger("pacsinfra.router")
 
@@ -32,17 +29,17 @@ LOG = logging.getLogger("pacsinfra.router")
 class RouterSink:
     """Stream into the spool, then route and queue the file where it is."""
 
-    def __init__(self, router: RouterServer, fsync_threads: int = 8) -> None:
-        self.router = router
+    def __init__(self, service: RouterService, fsync_threads: int = 8) -> None:
+        self.service = service
         self._sealer = Sealer(fsync_threads)
 
     def open(self, req: StoreRequest, meta: bytes) -> IncomingFile | int:
         """The instance's spool file, or the refusal the command alone earns."""
-        refusal = self.router.refusal(req.sop_class, req.sop_uid)
+        refusal = self.service.refusal(req.sop_class, req.sop_uid)
         if refusal is not None:
             return int(refusal)
-        path, _ = self.router.spool.new_path()
-        incoming = IncomingFile(self.router.spool.incoming, meta, final=path)
+        path, _ = self.service.spool.new_path()
+        incoming = IncomingFile(self.service.spool.incoming, meta, final=path)
         # the new name is made durable while the data set streams in, off the
         # acknowledgement's critical path
         self._sealer.sync_parent(incoming)
@@ -62,7 +59,7 @@ class RouterSink:
         try:
             with incoming.mapped() as raw:
                 # the rules' tags from the bytes; pydicom only when they need it
-                fields = header_values(raw, req.transfer_syntax, self.router.header_tags)
+                fields = header_values(raw, req.transfer_syntax, self.service.header_tags)
                 ds = fields if fields is not None else read_header(raw, req.transfer_syntax)
         except DatasetUnreadable as exc:
             LOG.warning("C-STORE %s from %s: unreadable: %s", req.sop_uid, req.calling, exc)
@@ -76,7 +73,7 @@ class RouterSink:
             incoming.keep()
             return f"{incoming.path.parent.name}/{incoming.path.name}"
 
-        return self.router.admit(req.sop_uid, req.calling, req.called, ds,
+        return self.service.admit(req.sop_uid, req.calling, req.called, ds,
                                  keep_received=keep_received,
                                  read_received=incoming.path.read_bytes)
 

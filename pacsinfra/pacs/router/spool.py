@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from pacsinfra.fsutil import fsync_dir
+from pacsinfra.fsutil import PRIVATE_DIR, fsync_dir, restrict
 
 INCOMING = ".incoming"
 
@@ -27,10 +27,11 @@ class Spool:
         self.incoming = root / INCOMING
         for d in [root, self.incoming, *(root / f"{i:02x}" for i in range(256))]:
             if not d.exists():
-                d.mkdir(parents=True, exist_ok=True)
+                d.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
                 fsync_dir(d.parent)
+        restrict(root, PRIVATE_DIR)
 
-    def write(self, chunks: Iterable[bytes]) -> str:
+    def write(self, chunks: Iterable[bytes | bytearray | memoryview]) -> str:
         """Write ``chunks`` durably; return the file's name relative to the root."""
         name = uuid.uuid4().hex
         tmp = self.incoming / name
