@@ -252,6 +252,7 @@ def _print_check(report: object) -> None:
                + (f", {report.verified} checksums verified" if report.verified else ""))
     for title, problems in (("missing", report.missing), ("wrong size", report.wrong_size),
                             ("bad checksum", report.bad_checksum),
+                            ("flagged by a retrieve", report.flagged),
                             ("orphan", report.orphans)):
         for p in problems:
             who = f" ({p.sop_uid})" if p.sop_uid else ""

@@ -8,7 +8,7 @@ the socket it is given:
 - :func:`storage_contexts` — SCP presentation contexts: all storage SOP classes x all syntaxes.
 - :func:`accept_proposed` — per-association contexts from the proposal, sender's syntax first.
 - :func:`prefer_requestor_syntaxes` — same ordering over an AE's full supported list.
-- :func:`scu_contexts` — SCU contexts for sending stored files exactly as they are.
+- :func:`scu_contexts` — SCU contexts for sending stored files, as stored or decoded.
 - :func:`ssl_context` — a TLS 1.2+ :class:`ssl.SSLContext` from a :class:`TlsConfig`.
 - :func:`valid_uid` / :func:`uid_path` — UID syntax check and a traversal-proof file path.
 - :func:`tune_socket` / :data:`TCP_TUNING_HANDLER` — TCP_NODELAY (and bigger buffers) per connection.
@@ -23,12 +23,13 @@ import hashlib
 import re
 import socket
 import ssl
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 from pydicom.uid import (
+    UID,
     AllTransferSyntaxes,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -157,23 +158,37 @@ def accept_proposed(
     assoc.acceptor.supported_contexts = out
 
 
-def scu_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
-    """SCU contexts to send files as stored: one context per (SOP class, transfer syntax).
+def scu_contexts(pairs: Iterable[tuple[str, str]], *,
+                 decodable: Callable[[str], bool] = lambda ts: False,
+                 verification: bool = False) -> list[PresentationContext]:
+    """SCU contexts to send stored files: the stored syntaxes, and uncompressed ones to fall
+    back on.
 
-    Uncompressed syntaxes also offer the other uncompressed ones (pynetdicom converts
-    between them without touching pixel data). At most 128 contexts (PS3.8 limit); the
-    caller gets fewer if there are more distinct pairs, and sub-operations for the rest fail.
+    One context per (SOP class, stored syntax), so the peer accepts or refuses each alone;
+    an uncompressed one also offers the other uncompressed syntax. A deflated or big-endian
+    syntax, or a compressed one that ``decodable`` says can be decoded, also gets the SOP
+    class's Explicit (and Implicit) VR Little Endian context: the fallback when the peer
+    refuses the stored syntax. ``verification`` adds the Verification SOP class, which
+    nearly every SCP accepts: a peer that takes none of the storage contexts still
+    associates, and each of its files fails as a sub-operation of its own, instead of the
+    whole retrieve. At most 128 contexts (PS3.8 limit); the caller gets fewer if there are
+    more, and sub-operations for the rest fail.
     """
-    out: list[PresentationContext] = []
+    out: list[PresentationContext] = (
+        [build_context("1.2.840.10008.1.1")] if verification else [])
     seen: set[tuple[str, str]] = set()
     for sop, ts in pairs:
-        if (sop, ts) in seen:
-            continue
-        seen.add((sop, ts))
-        syntaxes = [ts] + ([t for t in _UNCOMPRESSED if t != ts] if ts in _UNCOMPRESSED else [])
-        out.append(build_context(sop, syntaxes))
-        if len(out) == 128:
-            break
+        wanted = [ts]
+        if ts not in _UNCOMPRESSED and (not UID(ts).is_compressed or decodable(ts)):
+            wanted.append(ExplicitVRLittleEndian)  # deflated, big endian, or decodable
+        for syntax in wanted:
+            if (sop, syntax) in seen or len(out) == 128:
+                continue
+            seen.add((sop, syntax))
+            # an uncompressed syntax offers the other one too: pynetdicom converts between
+            # them without touching pixel data
+            others = [t for t in _UNCOMPRESSED if t != syntax] if syntax in _UNCOMPRESSED else []
+            out.append(build_context(sop, [syntax, *others]))
     return out
 
 

@@ -10,6 +10,7 @@ domains (no duplicate, none missing), no disk file is orphaned, and a new plan i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HARNESS = Path(__file__).resolve().parents[2] / "bench" / "crash_apply.py"
 # each run draws new kill moments; more trials: bench/crash_apply.py --trials N
 TRIALS = 12
+MIN_TRIALS = 8  # what must fit in the budget even beside the rest of the suite
 
 
 def _harness(*args: str) -> str:
@@ -47,9 +49,14 @@ def _harness(*args: str) -> str:
     )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
-    assert f"{TRIALS} trials, {TRIALS} converged, 0 failed" in proc.stdout, report[-6000:]
+    # The budget stops starting trials on a loaded machine: every trial that ran must have
+    # converged, and enough must have run to mean something.
+    done = re.search(r"(\d+) trials, (\d+) converged, 0 failed", proc.stdout)
+    assert done and done[1] == done[2], report[-6000:]
+    trials = int(done[1])
+    assert trials >= MIN_TRIALS, f"only {trials} trials within the budget:\n{report[-6000:]}"
     killed = proc.stdout.count("killed after")
-    assert killed >= TRIALS * 3 // 4, (f"only {killed} of {TRIALS} kills landed "
+    assert killed >= trials * 3 // 4, (f"only {killed} of {trials} kills landed "
                                        f"mid-operation:\n{proc.stdout}")
     return proc.stdout
 

@@ -252,6 +252,7 @@ class StatusSCP:
         self.status, self.aet, self.port = status, aet, port()
         self.received: list[str] = []
         self.syntax_of: dict[str, str] = {}
+        self.datasets: dict[str, Any] = {}  # what arrived, decoded by pynetdicom
         ae = AE(ae_title=aet)
         classes = sop_classes or [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
         for sop_class in classes:
@@ -263,6 +264,7 @@ class StatusSCP:
                 uid = str(event.request.AffectedSOPInstanceUID)
                 self.received.append(uid)
                 self.syntax_of[uid] = str(event.context.transfer_syntax)
+                self.datasets[uid] = event.dataset
             return self.status
 
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,

@@ -27,15 +27,17 @@ _EVENTS = {
     "deleted": ("110105", "DCM", "DICOM Study Deleted"),
     "authentication": ("110114", "DCM", "User Authentication"),
     "security": ("110113", "DCM", "Security Alert"),
+    "corrupt": ("110113", "DCM", "Security Alert"),
 }
 _ACTION = {"stored": "C", "query": "E", "accessed": "R", "deleted": "D",
-           "authentication": "E", "security": "E"}
+           "authentication": "E", "security": "E", "corrupt": "E"}
 # PS3.15 A.5.3.11 / A.5.3.9 event type codes of the refusals (CID 402 / 403)
 _EVENT_TYPES = {
     "authentication": ("110122", "DCM", "Login"),
     "security": ("110132", "DCM", "Use of Restricted Function"),
 }
 MINOR_FAILURE = 4  # EventOutcomeIndicator: the request was refused, nothing changed
+SERIOUS_FAILURE = 8  # EventOutcomeIndicator: the action was aborted (stored data went bad)
 
 
 class AuditLog:
@@ -117,6 +119,16 @@ class AuditLog:
             "ParticipantObjectID": study_uid,
             "ParticipantObjectDescription": {"NumberOfInstances": instances},
         }], 0)
+
+    def corrupt_instance(self, study_uid: str, sop_uid: str, reason: str) -> None:
+        """A read was refused because the stored file no longer matches its checksum
+        (PS3.15 A.5.3.11 Security Alert shaped: an unauthorized change of data)."""
+        self._emit("corrupt", self._ae, [{
+            "ParticipantObjectTypeCode": 2, "ParticipantObjectTypeCodeRole": 3,
+            "ParticipantObjectIDTypeCode": {"code": "110180", "displayName": "Study Instance UID"},
+            "ParticipantObjectID": study_uid,
+            "ParticipantObjectDescription": {"SOPInstanceUID": sop_uid},
+        }], SERIOUS_FAILURE, description=reason)
 
     def query(self, calling: str, level: str) -> None:
         """A C-FIND was answered (PS3.15 A.5.3.12 shaped)."""

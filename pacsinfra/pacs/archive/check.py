@@ -6,6 +6,9 @@ What it finds:
 - **wrong size**: a file whose size differs from the index's;
 - **bad checksum** (``verify``): a file whose data set no longer hashes to the
   index's SHA-256 (bit rot, a file changed behind the archive's back);
+- **flagged**: instances a retrieve refused to send because their file no longer
+  hashed to the index's SHA-256 (every retrieve checks), until the instance is deleted
+  or stored again;
 - **orphans**: files no index row points at. A crash between a file becoming durable
   and its row committing leaves one (never acknowledged: the sender resends it). So
   does a crash between an overwrite's commit and the old file's unlink. They are
@@ -58,13 +61,14 @@ class CheckReport:
     bad_checksum: list[Problem] = field(default_factory=list)
     orphans: list[Problem] = field(default_factory=list)  # old enough to remove
     young: list[Problem] = field(default_factory=list)  # unindexed, newer than min_age
+    flagged: list[Problem] = field(default_factory=list)  # reads refused: changed files
     pending: int = 0  # files of interrupted deletions (the next start removes them)
     removed: int = 0
 
     @property
     def damaged(self) -> bool:
         """Indexed instances whose file is gone or not what was stored."""
-        return bool(self.missing or self.wrong_size or self.bad_checksum)
+        return bool(self.missing or self.wrong_size or self.bad_checksum or self.flagged)
 
     @property
     def clean(self) -> bool:
@@ -82,6 +86,7 @@ class CheckReport:
             "clean": self.clean, "instances": self.instances, "files": self.files,
             "verified": self.verified, "missing": rows(self.missing),
             "wrong_size": rows(self.wrong_size), "bad_checksum": rows(self.bad_checksum),
+            "flagged": rows(self.flagged),
             "orphans": rows(self.orphans), "young_unindexed": rows(self.young),
             "pending_deletions": self.pending, "orphans_removed": self.removed,
         }
@@ -266,6 +271,9 @@ def check_archive(index: Index, tiers: dict[str, Tier], *, verify: bool = False,
     cutoff = now() - min_age
     for name, tier in tiers.items():
         _Checker(index, name, tier, report, verify=verify, cutoff=cutoff, pending=pending).run()
+    # Instances a retrieve refused to send since (checked again by ``verify``).
+    report.flagged.extend(Problem(inst.tier, inst.rel_path, inst.sop_uid, reason)
+                          for inst, reason, _ in index.flagged())
     # A running archive may have moved or deleted an instance since its rows were read.
     report.missing = [p for p in report.missing if _still_missing(index, tiers, p)]
     if remove_orphans:

@@ -103,6 +103,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE instance ADD COLUMN num_frames INTEGER",
         ],
     ),
+    (
+        5,
+        [
+            # Reads refused because the file no longer hashed to the indexed sum. Keyed by
+            # the sum too: a re-stored instance (new sum) is no longer flagged.
+            """CREATE TABLE flagged (
+                sop_uid TEXT NOT NULL, sha256 TEXT NOT NULL, reason TEXT NOT NULL,
+                flagged_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (sop_uid, sha256))""",
+        ],
+    ),
 ]
 
 

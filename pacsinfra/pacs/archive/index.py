@@ -304,6 +304,24 @@ class Index:
                 (tier, rel_path, sop_uid),
             )
 
+    def flag(self, inst: StoredInstance, reason: str) -> None:
+        """Record that a read of ``inst`` found its file changed (see :meth:`flagged`)."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO flagged (sop_uid, sha256, reason, flagged_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sop_uid, sha256) DO UPDATE SET reason = excluded.reason, "
+                "flagged_at = excluded.flagged_at",
+                (inst.sop_uid, inst.sha256, reason, time.time()))
+
+    def flagged(self) -> list[tuple[StoredInstance, str, float]]:
+        """Flagged instances that are still indexed as they were when flagged (a deleted
+        or re-stored instance drops out): (instance, reason, when)."""
+        cols = ", ".join(f"i.{c.strip()}" for c in _STORED_COLS.split(","))
+        rows = self.db.query(
+            f"SELECT {cols}, f.reason, f.flagged_at FROM flagged f JOIN instance i "
+            "ON i.sop_uid = f.sop_uid AND i.sha256 = f.sha256 ORDER BY f.flagged_at")
+        return [(StoredInstance(*r[:-2]), str(r[-2]), float(r[-1])) for r in rows]
+
     def touch_study(self, study_uid: str) -> None:
         """Record an access (retrieve) for lifecycle's not_accessed_days."""
         with self.db.transaction() as cur:

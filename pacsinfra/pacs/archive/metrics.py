@@ -26,6 +26,10 @@ class _ArchiveCollector:
             ("pacs_archive_instances_retrieved", "retrieved", "Instances sent by C-MOVE/C-GET/WADO"),
             ("pacs_archive_metadata_warmed", "metadata_warmed",
              "Instances whose WADO-RS metadata was encoded right after the store"),
+            ("pacs_archive_transcoded", "transcoded",
+             "Instances decoded for a peer that accepted none of their stored syntax"),
+            ("pacs_archive_corrupt_reads", "corrupt_reads",
+             "Reads refused: the stored file no longer matched its checksum"),
         ):
             yield CounterMetricFamily(name, doc, value=getattr(c, attr))
         if self.metadata is not None:

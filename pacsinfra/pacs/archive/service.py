@@ -12,8 +12,10 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FuturesTimeout
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from pacsinfra.pacs.dicom import (
     uid_path,
     valid_uid,
 )
+from pacsinfra.pacs.transcode import Choice, Refusal, accepted_by_class, choices, decodable, prepare
 
 LOG = logging.getLogger("pacsinfra.archive")
 # Query/Retrieve SOP classes (PS3.4 C.6); literal UIDs keep the type checker happy.
@@ -86,11 +89,30 @@ class Counters:
         self.retrieved = 0
         self.deleted = 0
         self.metadata_warmed = 0
+        self.transcoded = 0  # instances decoded for a peer that took none of their syntax
+        self.corrupt_reads = 0  # reads refused: the file no longer hashes to the index's sum
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment counter ``name`` by ``n``."""
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
+
+
+_VERIFIED_KEPT = 100_000  # files remembered as verified (about 20 MB)
+
+
+class CorruptInstance(Exception):
+    """A stored file no longer matches its indexed checksum (it is flagged, never sent)."""
+
+
+def _unsendable(inst: StoredInstance) -> Dataset:
+    """A failed sub-operation for pynetdicom: a data set it cannot send (no transfer syntax),
+    so it counts the failure and lists the instance in Failed SOP Instance UID List
+    (PS3.4 C.4.2.1.4.2), which it leaves empty for anything that is not a data set."""
+    ds = Dataset()
+    ds.SOPClassUID = inst.sop_class_uid
+    ds.SOPInstanceUID = inst.sop_uid
+    return ds
 
 
 class ArchiveService:
@@ -102,6 +124,10 @@ class ArchiveService:
         self.tiers = tiers
         self.default_tier = tiers[config.default_tier or config.tiers[0].name]
         self.counters = Counters()
+        # files verified by :meth:`verify`, oldest first (a viewer reads frames of the
+        # same instances again and again)
+        self._verified: OrderedDict[tuple[str, str, str, int, int], None] = OrderedDict()
+        self._verified_lock = threading.Lock()
         self.audit: Any = None  # set by the server when an audit log is configured
         self.draining = False  # set at shutdown: new associations are refused
         # Striped locks: two associations storing the same SOP Instance UID serialise on
@@ -380,28 +406,94 @@ class ArchiveService:
             "i.tier, i.rel_path, i.size, i.sha256, i.ds_offset"))
         return [StoredInstance(*r) for r in self.index.db.query(q.sql, q.params)]
 
-    def _read(self, inst: StoredInstance) -> Any:
+    def read_verified(self, inst: StoredInstance) -> bytes:
+        """A stored file's bytes, after checking its data set against the indexed SHA-256.
+
+        A mismatch (bit rot, a file changed behind the archive's back) raises
+        :class:`CorruptInstance`: the instance is flagged in the index (``archive check``
+        lists it), logged, audited and counted, and nothing of it leaves the archive."""
+        data = self._tier_of(inst).read(inst.rel_path)
+        self._check_digest(inst, hashlib.sha256(memoryview(data)[inst.ds_offset:]).hexdigest())
+        return data
+
+    def verify(self, inst: StoredInstance) -> None:
+        """Check a stored file against its indexed SHA-256 without holding it in memory,
+        as :meth:`read_verified` does. A file verified before and unchanged since (same
+        size and modification time) is not read again."""
+        tier = self._tier_of(inst)
+        if not isinstance(tier, Tier):  # an object tier: the whole object, once
+            self.read_verified(inst)
+            return
+        path = tier.path(inst.rel_path)
+        st = path.stat()
+        key = (inst.sop_uid, inst.sha256, str(path), st.st_mtime_ns, st.st_size)
+        with self._verified_lock:
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            fh.seek(inst.ds_offset)
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        self._check_digest(inst, h.hexdigest())
+        with self._verified_lock:
+            self._verified[key] = None
+            while len(self._verified) > _VERIFIED_KEPT:
+                self._verified.popitem(last=False)
+
+    def _tier_of(self, inst: StoredInstance) -> Any:
         tier = self.tiers.get(inst.tier)
         if tier is None:
             raise FileNotFoundError(f"tier {inst.tier} is not configured")
-        return dcmread(tier.source(inst.rel_path))
+        return tier
 
-    def _retrieve(self, event: Any, instances: list[StoredInstance]) -> Iterator[tuple[int, Any]]:
+    def _check_digest(self, inst: StoredInstance, digest: str) -> None:
+        if digest == inst.sha256:
+            return
+        reason = (f"checksum mismatch: {inst.tier}/{inst.rel_path} hashes to "
+                  f"{digest[:16]}..., the index holds {inst.sha256[:16]}...")
+        self.counters.add("corrupt_reads")
+        try:
+            self.index.flag(inst, reason)
+        except Exception:  # noqa: BLE001 - the refusal stands even if the flag is lost
+            LOG.exception("could not flag %s", inst.sop_uid)
+        if self.audit is not None:
+            self.audit.corrupt_instance(inst.study_uid, inst.sop_uid, reason)
+        raise CorruptInstance(f"{inst.sop_uid}: {reason}")
+
+    def _read(self, inst: StoredInstance) -> Any:
+        return dcmread(BytesIO(self.read_verified(inst)))
+
+    def _retrieve(self, event: Any, instances: list[StoredInstance],
+                  accepted: Callable[[], dict[str, list[str]]],
+                  to: str) -> Iterator[tuple[int, Any]]:
+        """The sub-operations: each instance read, and decoded when the peer takes none of
+        its stored syntax (``accepted``: SOP class -> syntaxes, once associated)."""
         for study in {i.study_uid for i in instances}:
             try:
                 self.index.touch_study(study)
             except Exception:  # noqa: BLE001 - access time is advisory
                 LOG.warning("could not record access to %s", study)
+        plan: dict[tuple[str, str], Choice | Refusal] | None = None
         for inst in instances:
             if event.is_cancelled:
                 yield int(Status.CANCEL), None
                 return
+            if plan is None:  # the association to the peer is up by the first instance
+                plan = choices(((i.sop_class_uid, i.transfer_syntax) for i in instances),
+                               accepted())
+            choice = plan[(inst.sop_class_uid, inst.transfer_syntax)]
             try:
-                ds = self._read(inst)
+                if isinstance(choice, Refusal):
+                    raise choice
+                ds = prepare(self._read(inst), choice)
             except Exception as exc:  # noqa: BLE001 - a missing/corrupt file fails one sub-op
-                LOG.error("retrieve %s: %s", inst.sop_uid, exc)
-                yield int(Status.PENDING), object()  # not a Dataset: counted as a failure
+                LOG.error("retrieve %s to %s: %s", inst.sop_uid, to, exc)
+                yield int(Status.PENDING), _unsendable(inst)
                 continue
+            if choice.decode:
+                self.counters.add("transcoded")
             self.counters.add("retrieved")
             yield int(Status.PENDING), ds
 
@@ -421,10 +513,23 @@ class ArchiveService:
             yield peer.host, peer.port, associate_kwargs(peer, [])
             yield int(Status.OUT_OF_RESOURCES_MATCHES), None
             return
-        contexts = scu_contexts((i.sop_class_uid, i.transfer_syntax) for i in instances)
-        yield peer.host, peer.port, associate_kwargs(peer, contexts)
+        # Verification too: a destination that takes none of the storage contexts still
+        # associates, and its sub-operations fail one by one (0xA702 with the counts),
+        # instead of "destination unknown" for a destination that is known and running.
+        contexts = scu_contexts(((i.sop_class_uid, i.transfer_syntax) for i in instances),
+                                decodable=decodable, verification=True)
+        store_assoc: list[Any] = []
+        kwargs = associate_kwargs(peer, contexts)
+        # EVT_ACCEPTED fires before the association counts as established, so the
+        # accepted contexts are known when pynetdicom asks for the first instance.
+        kwargs["evt_handlers"] = [*kwargs["evt_handlers"],
+                                  (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc))]
+        yield peer.host, peer.port, kwargs
         yield len(instances)
-        yield from self._retrieve(event, instances)
+        yield from self._retrieve(
+            event, instances,
+            lambda: accepted_by_class(store_assoc[0].accepted_contexts) if store_assoc else {},
+            dest)
 
     def on_get(self, event: Any) -> Iterator[Any]:
         """C-GET: sub-operations on the same association."""
@@ -436,4 +541,8 @@ class ArchiveService:
             yield int(Status.OUT_OF_RESOURCES_MATCHES), None
             return
         yield len(instances)
-        yield from self._retrieve(event, instances)
+        # C-GET's sub-operations go back on the requestor's association, on the storage
+        # contexts it proposed with the SCP role
+        yield from self._retrieve(event, instances,
+                                  lambda: accepted_by_class(event.assoc.accepted_contexts),
+                                  str(event.assoc.requestor.ae_title).strip())

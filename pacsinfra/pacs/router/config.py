@@ -153,8 +153,9 @@ class Destination(Strict):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     max_associations: int = Field(2, ge=1, le=64)
     transfer_syntaxes: list[str] = Field(default_factory=list)  # preferred, in order
-    # Decompress when the destination accepts none of the file's syntax (needs a codec).
-    transcode: bool = False
+    # Decode when the destination accepts none of the file's syntax (needs a codec); false:
+    # such a file is dead-lettered instead.
+    transcode: bool = True
 
     @model_validator(mode="after")
     def _addressable(self) -> Destination:

@@ -3,8 +3,8 @@
 Transfer syntax choice per file: the file's own syntax if the destination accepted
 it (sent byte for byte, never decoded), else the destination's preferred syntaxes,
 then Explicit VR LE, then Implicit VR LE. Uncompressed syntaxes convert into each
-other without touching pixel data; a compressed file is decompressed only when the
-destination has ``transcode: true`` and pydicom has a codec for it.
+other without touching pixel data; a compressed file is decoded
+(:mod:`pacsinfra.pacs.transcode`) unless the destination has ``transcode: false``.
 
 Plain-TCP destinations get a :class:`~pacsinfra.pacs.fastscp.requestor.StreamingRequestor`
 (the file goes from disk to the socket with ``sendfile``, the response is read on
@@ -33,6 +33,7 @@ from pacsinfra.pacs.fastscp.part10 import Part10Meta, read_meta
 from pacsinfra.pacs.fastscp.requestor import AssociationFailed, StreamingRequestor
 from pacsinfra.pacs.fastscp.wire import PeerClosed
 from pacsinfra.pacs.router.config import Destination
+from pacsinfra.pacs.transcode import Choice, Refusal, prepare
 
 LOG = logging.getLogger("pacsinfra.router")
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -225,8 +226,8 @@ class Sender:
                     f"{self.dest.ae_title} does not accept {UID(file_ts).name} and transcoding "
                     "is not enabled for this destination"))
             try:
-                ds.decompress()
-            except Exception as exc:  # noqa: BLE001 - no codec for this syntax
+                prepare(ds, Choice(ExplicitVRLittleEndian, decode=True))
+            except Refusal as exc:
                 return Outcome(False, permanent=True, error=f"cannot decompress: {exc}")
         # pynetdicom re-encodes an uncompressed dataset for the accepted uncompressed syntax.
         return ds

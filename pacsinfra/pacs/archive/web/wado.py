@@ -32,6 +32,7 @@ from pacsinfra.pacs.archive.pixels import (
     is_native,
     native_bytes,
 )
+from pacsinfra.pacs.archive.service import CorruptInstance
 from pacsinfra.pacs.archive.storage import Tier
 from pacsinfra.pacs.archive.web.context import DICOM_JSON, WebContext, blocking, path_uids, web
 from pacsinfra.pacs.archive.web.dicomjson import PLAIN_CHARSETS, element_json
@@ -42,6 +43,8 @@ from pacsinfra.pacs.archive.web.negotiate import Choice, choose, wanted_of
 
 CHUNK = 1 << 20
 MAX_FRAMES = 10_000  # frame numbers in one request
+_DAMAGED = ("the stored file no longer matches its checksum; it is flagged for repair "
+            "(`pacsinfra archive check` lists it)")
 DEFER_BYTES = 64 * 1024  # values larger than this stay on disk until asked for
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
@@ -88,32 +91,54 @@ def _stream(ctx: WebContext, instances: list[StoredInstance], boundary: str) -> 
     yield f"--{boundary}--\r\n".encode()
 
 
-def _readable(ctx: WebContext, instances: list[StoredInstance]) -> None:
-    """Refuse before streaming when a file is gone (a missing file mid-stream could only
-    cut the connection). Blocking."""
+def _readable(ctx: WebContext, instances: list[StoredInstance]) -> list[StoredInstance]:
+    """The instances that may be sent: refuse before streaming when a file is gone (a
+    missing file mid-stream could only cut the connection); leave out the ones whose file
+    no longer matches its checksum (flagged, never sent). Blocking."""
     for inst in instances:
         tier = ctx.service.tiers.get(inst.tier)
         if tier is None or (isinstance(tier, Tier) and not tier.path(inst.rel_path).is_file()):
             raise Refusal(503, "a stored file is not readable right now (run "
                           "`pacsinfra archive check`)", headers={"Retry-After": "60"})
-    for study in {i.study_uid for i in instances}:
+    sound = []
+    for inst in instances:
+        try:
+            ctx.service.verify(inst)
+        except CorruptInstance:
+            continue
+        sound.append(inst)
+    if not sound:
+        raise Refusal(410, _DAMAGED)
+    for study in {i.study_uid for i in sound}:
         ctx.service.index.touch_study(study)  # lifecycle's not_accessed_days
+    return sound
 
 
 async def retrieve(request: Request) -> Response:
-    """GET a study / series / instance: the stored Part 10 files, unchanged."""
+    """GET a study / series / instance: the stored Part 10 files, unchanged (206 with a
+    Warning header when some were left out as damaged)."""
     ctx = web(request)
     instances = await resolve(request)
-    await blocking(_readable, ctx, instances)
-    ctx.service.counters.add("retrieved", len(instances))
+    sound = await blocking(_readable, ctx, instances)
+    ctx.service.counters.add("retrieved", len(sound))
     boundary = uuid.uuid4().hex
-    return StreamingResponse(_stream(ctx, instances, boundary),
+    if len(sound) < len(instances):
+        return StreamingResponse(
+            _stream(ctx, sound, boundary), status_code=206,
+            media_type=related(boundary, "application/dicom"),
+            headers={"Warning": f'299 pacsinfra "{len(instances) - len(sound)} of '
+                                f'{len(instances)} instances left out: {_DAMAGED}"'})
+    return StreamingResponse(_stream(ctx, sound, boundary),
                              media_type=related(boundary, "application/dicom"))
 
 
 def open_instance(ctx: WebContext, inst: StoredInstance) -> tuple[Dataset, str | None]:
     """The instance with its large values left on disk, and its path (None for an object
     tier, whose instance is read into memory whole)."""
+    try:
+        ctx.service.verify(inst)
+    except CorruptInstance:
+        raise Refusal(410, _DAMAGED, sop_instance_uid=inst.sop_uid) from None
     source = ctx.service.tiers[inst.tier].source(inst.rel_path)
     # a deflated dataset is one compressed stream: offsets into it are not file offsets
     if isinstance(source, str) and inst.transfer_syntax != DEFLATED_LE:
