@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from pydicom.uid import (
+    MPEG2MPML,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -12,7 +13,6 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
-    MPEG2MPML,
     RLELossless,
 )
 
