@@ -8,7 +8,7 @@ Run on demand (not part of the test suite)::
 Data: one 512x512 CT-like image (a noisy elliptic phantom, 12 bits stored) compressed by
 DCMTK (``dcmcrle``, ``dcmcjpeg`` lossless SV1 and extended 12-bit, ``dcmcjpls``
 lossless) and by OpenJPEG through pydicom (JPEG 2000 lossless), copied under new UIDs
-into one study per syntax. Both archives receive every study (``storescu``), then
+into one study per syntax. Both archives receive every study (as stored), then
 ``movescu`` moves each study to two DCMTK ``storescp`` destinations: one without
 ``+xa`` (uncompressed only: every instance must be decoded) and one with it (every
 syntax accepted: sent as stored, the fast path). The figure is instances per second
@@ -142,11 +142,25 @@ def storescp(work: Path, aet: str, accept_all: bool) -> tuple[subprocess.Popen[b
 
 
 def store(rcv: Receiver, files: list[Path]) -> None:
-    r = subprocess.run(["/usr/bin/storescu", "+sd", "-aec", rcv.aet, "-aet", "BENCHSCU",
-                        "127.0.0.1", str(rcv.port), str(files[0].parent)],
-                       capture_output=True, text=True, env=dict(os.environ, TCP_NODELAY="1"))
-    if r.returncode:
-        raise RuntimeError(f"storescu to {rcv.name}: {r.stderr[-500:]}")
+    """C-STORE the files as they are, over one association proposing their own syntax."""
+    from pydicom.filereader import read_file_meta_info
+    from pynetdicom import AE
+    from pynetdicom import _config as pnd_config
+
+    pnd_config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes, not re-encoded
+    meta = read_file_meta_info(files[0])
+    ae = AE(ae_title="BENCHSCU")
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", rcv.port, ae_title=rcv.aet)
+    if not assoc.is_established:
+        raise RuntimeError(f"{rcv.name} refused the association")
+    try:
+        for f in files:
+            status = assoc.send_c_store(f)
+            if int(getattr(status, "Status", -1)) != 0:
+                raise RuntimeError(f"storing {f} in {rcv.name}: {status}")
+    finally:
+        assoc.release()
 
 
 def move(rcv: Receiver, dest: str, study: str, out: Path, expected: int) -> float | str:
