@@ -4,7 +4,8 @@ The archive holds pydicom's bundled compressed test files (RLE, JPEG baseline, e
 and lossless, JPEG-LS lossless and near-lossless, JPEG 2000 lossless and lossy,
 deflated), each under a fresh SOP Instance UID in one study. DCMTK's ``storescp``
 without ``+xa`` (uncompressed syntaxes only) is the C-MOVE destination, DCMTK's
-``getscu`` (uncompressed only) the C-GET requestor. The pixels received equal a
+``getscu`` (uncompressed only) the C-GET requestor, dicomweb-client asking for Explicit
+VR Little Endian the WADO-RS client. The pixels received equal a
 reference decoder's: DCMTK's ``dcmdrle`` / ``dcmdjpeg`` / ``dcmdjpls``, the uncompressed
 original a lossless file was made from, or Pillow's OpenJPEG for JPEG 2000 — exactly,
 except 12-bit JPEG extended, where two IDCT implementations may differ by one.
@@ -69,6 +70,7 @@ CASES = [
 ]
 # pylibjpeg refuses this one (DCMTK decodes it): its sub-operation must fail alone
 UNDECODABLE = "JPEG-lossy.dcm"
+TOKEN = "transcode-test-token-0123456789"
 
 
 def _reference(case: Case, tmp: Path) -> np.ndarray:
@@ -154,8 +156,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     plain, plain_port = _storescp(plain_out, "PLAINDEST")       # uncompressed only
     anything, any_port = _storescp(any_out, "ANYDEST", "+xa")   # every syntax
     picky = PickySCP()
-    arch = Archive(root / "data", peers={"PLAINDEST": plain_port, "ANYDEST": any_port,
-                                         "PICKY": picky.port}).start()
+    http = free_port()
+    (root / "token").write_text(TOKEN)
+    arch = Archive(root / "data", config={
+        "peers": {aet: {"ae_title": aet, "host": "127.0.0.1", "port": p} for aet, p in (
+            ("PLAINDEST", plain_port), ("ANYDEST", any_port), ("PICKY", picky.port))},
+        "dicomweb": {"enabled": True, "bind": "127.0.0.1", "port": http,
+                     "token": {"file": str(root / "token")}},
+    }).start()
+    wait_port(http, proc=arch.proc)
     try:
         files = root / "files"
         files.mkdir()
@@ -171,7 +180,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         paths.append(path)
         assert send_files(arch.port, paths) == [0] * len(paths)
         yield {"archive": arch, "study": study, "plain": plain_out, "any": any_out,
-               "picky": picky, "root": root}
+               "picky": picky, "root": root, "http": f"http://127.0.0.1:{http}"}
     finally:
         assert arch.stop() == 0, arch.logs()
         picky.stop()
@@ -313,3 +322,29 @@ def test_moves_in_parallel_are_each_complete(lab: dict[str, Any]) -> None:
         t.join(120)
     assert [f.Status for f in finals] == [0, 0]
     assert all(f.NumberOfCompletedSuboperations == len(CASES) for f in finals)
+
+
+def test_wado_rs_decodes_when_asked_for_explicit_le(lab: dict[str, Any], tmp_path: Path) -> None:
+    need_module("dicomweb_client")
+    from dicomweb_client.api import DICOMwebClient
+
+    study: Study = lab["study"]
+    client = DICOMwebClient(url=lab["http"], headers={"Authorization": f"Bearer {TOKEN}"})
+    got = client.retrieve_series(study.study_uid, study.series,
+                                 media_types=(("application/dicom", ExplicitVRLittleEndian),))
+    assert all(d.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian for d in got)
+    _check_pixels({str(d.SOPInstanceUID): d for d in got}, study, tmp_path)
+    # "*": as stored, byte for byte
+    stored = client.retrieve_series(study.study_uid, study.series,
+                                    media_types=(("application/dicom", "*"),))
+    assert {str(d.SOPInstanceUID): str(d.file_meta.TransferSyntaxUID) for d in stored} == {
+        u: ts for u, ts in study.stored_syntax.items() if u in study.cases}
+    # another compressed syntax is never made: 406 with what to ask for
+    import requests
+
+    r = requests.get(f"{lab['http']}/studies/{study.study_uid}/series/{study.series}",
+                     headers={"Authorization": f"Bearer {TOKEN}", "Accept":
+                              'multipart/related; type="application/dicom"; '
+                              "transfer-syntax=1.2.840.10008.1.2.4.50"}, timeout=30)
+    assert r.status_code == 406, r.text[:300]
+    assert "transfer-syntax=*" in r.json()["error"]

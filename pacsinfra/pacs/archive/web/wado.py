@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
@@ -20,6 +21,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
+from pydicom.uid import UID
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -39,7 +41,10 @@ from pacsinfra.pacs.archive.web.dicomjson import PLAIN_CHARSETS, element_json
 from pacsinfra.pacs.archive.web.errors import Refusal
 from pacsinfra.pacs.archive.web.forwarded import public_base
 from pacsinfra.pacs.archive.web.metacache import BASE, with_base
-from pacsinfra.pacs.archive.web.negotiate import Choice, choose, wanted_of
+from pacsinfra.pacs.archive.web.negotiate import Choice, Wanted, choose, wanted_of
+from pacsinfra.pacs.transcode import EXPLICIT_LE, IMPLICIT_LE, decodable, prepare
+from pacsinfra.pacs.transcode import Choice as TranscodeChoice
+from pacsinfra.pacs.transcode import Refusal as TranscodeRefusal
 
 CHUNK = 1 << 20
 MAX_FRAMES = 10_000  # frame numbers in one request
@@ -75,9 +80,56 @@ def related(boundary: str, type_: str) -> str:
     return f'multipart/related; type="{type_}"; boundary={boundary}'
 
 
-def _stream(ctx: WebContext, instances: list[StoredInstance], boundary: str) -> Iterator[bytes]:
-    """The multipart body of stored files (Starlette iterates it in a worker thread)."""
+def instance_syntaxes(wanted: list[Wanted]) -> list[str]:
+    """The transfer syntaxes a retrieve of whole instances may answer in, best first
+    (``*``: as stored). A media type without a transfer-syntax parameter means "as
+    stored", as most archives answer; PS3.18 names Explicit VR Little Endian as the
+    default, which a client gets by asking for it."""
+    out = [w.syntax or "*" for w in wanted if w.media in ("application/dicom", "*/*")]
+    return out or ["*"]
+
+
+def target_syntax(stored: str, syntaxes: list[str]) -> str | None:
+    """The syntax to send an instance stored in ``stored`` in (None: as stored), or 406."""
+    for syntax in syntaxes:
+        if syntax in ("*", stored):
+            return None
+        if syntax in (EXPLICIT_LE, IMPLICIT_LE) and decodable(stored) \
+                and UID(stored).is_little_endian:
+            return syntax
+    raise Refusal(406, f"an instance is stored as {stored} and the request accepts none of "
+                  f"it, {EXPLICIT_LE} or {IMPLICIT_LE} (Accept: multipart/related; "
+                  f'type="application/dicom"; transfer-syntax=*)')
+
+
+def _converted(ctx: WebContext, inst: StoredInstance, syntax: str) -> bytes:
+    """An instance as a Part 10 file in an uncompressed ``syntax``, decoded if it must be."""
+    ds = dcmread(BytesIO(ctx.service.read_verified(inst)))
+    if UID(inst.transfer_syntax).is_compressed:
+        prepare(ds, TranscodeChoice(EXPLICIT_LE, decode=True))
+        ctx.service.counters.add("transcoded")
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _stream(ctx: WebContext, instances: list[StoredInstance], boundary: str,
+            targets: dict[str, str | None]) -> Iterator[bytes]:
+    """The multipart body of stored files (Starlette iterates it in a worker thread);
+    ``targets``: SOP Instance UID -> the syntax to convert to (None: as stored)."""
     for inst in instances:
+        target = targets.get(inst.sop_uid)
+        if target is not None:
+            try:
+                body = _converted(ctx, inst, target)
+            except (CorruptInstance, TranscodeRefusal) as exc:
+                # the answer has started: the only way to say so is to cut it short
+                raise RuntimeError(f"retrieve {inst.sop_uid}: {exc}") from None
+            yield multipart_head(boundary, f"application/dicom; transfer-syntax={target}")
+            yield body
+            yield b"\r\n"
+            continue
         yield multipart_head(boundary, f"application/dicom; transfer-syntax="
                                         f"{inst.transfer_syntax}")
         tier = ctx.service.tiers.get(inst.tier)
@@ -115,20 +167,24 @@ def _readable(ctx: WebContext, instances: list[StoredInstance]) -> list[StoredIn
 
 
 async def retrieve(request: Request) -> Response:
-    """GET a study / series / instance: the stored Part 10 files, unchanged (206 with a
-    Warning header when some were left out as damaged)."""
+    """GET a study / series / instance: the stored Part 10 files, unchanged unless the
+    Accept header asks for an uncompressed syntax (then decoded); 206 with a Warning
+    header when some were left out as damaged."""
     ctx = web(request)
+    syntaxes = instance_syntaxes(wanted_of(request.query_params.get("accept"),
+                                           request.headers.get("accept")))
     instances = await resolve(request)
+    targets = {i.sop_uid: target_syntax(i.transfer_syntax, syntaxes) for i in instances}
     sound = await blocking(_readable, ctx, instances)
     ctx.service.counters.add("retrieved", len(sound))
     boundary = uuid.uuid4().hex
     if len(sound) < len(instances):
         return StreamingResponse(
-            _stream(ctx, sound, boundary), status_code=206,
+            _stream(ctx, sound, boundary, targets), status_code=206,
             media_type=related(boundary, "application/dicom"),
             headers={"Warning": f'299 pacsinfra "{len(instances) - len(sound)} of '
                                 f'{len(instances)} instances left out: {_DAMAGED}"'})
-    return StreamingResponse(_stream(ctx, sound, boundary),
+    return StreamingResponse(_stream(ctx, sound, boundary, targets),
                              media_type=related(boundary, "application/dicom"))
 
 
