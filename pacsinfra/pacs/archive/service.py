@@ -31,6 +31,7 @@ from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
 from pacsinfra.pacs.compat import (
     STORAGE_SOP_CLASSES,
     association_server,
+    keep_responses,
     received_dataset,
     reject_association,
 )
@@ -519,11 +520,15 @@ class ArchiveService:
         contexts = scu_contexts(((i.sop_class_uid, i.transfer_syntax) for i in instances),
                                 decodable=decodable, verification=True)
         store_assoc: list[Any] = []
+
+        def accepted(event: Any) -> None:
+            # EVT_ACCEPTED fires before the association counts as established, so the
+            # accepted contexts are known when pynetdicom asks for the first instance.
+            keep_responses(event.assoc)  # as for every association that sends C-STOREs
+            store_assoc.append(event.assoc)
+
         kwargs = associate_kwargs(peer, contexts)
-        # EVT_ACCEPTED fires before the association counts as established, so the
-        # accepted contexts are known when pynetdicom asks for the first instance.
-        kwargs["evt_handlers"] = [*kwargs["evt_handlers"],
-                                  (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc))]
+        kwargs["evt_handlers"] = [*kwargs["evt_handlers"], (evt.EVT_ACCEPTED, accepted)]
         yield peer.host, peer.port, kwargs
         yield len(instances)
         yield from self._retrieve(
