@@ -58,6 +58,9 @@ def request(called: str, *, calling: str = "FUZZER", pynetdicom_path: bool = Fal
         contexts=tuple(contexts), max_pdu=max_pdu, implementation_uid="1.2.3.4.5"))
 
 
+ANSWER_TIMEOUT = 30.0
+
+
 def connect(port: int, source: str = "127.0.0.2", timeout: float = 5.0) -> socket.socket:
     """A TCP connection to the target from ``source``."""
     sock = socket.socket()
@@ -94,10 +97,13 @@ def read_pdu(sock: socket.socket) -> tuple[int, bytes] | None:
 def associate(port: int, called: str, *, pynetdicom_path: bool = False,
               calling: str = "FUZZER", source: str = "127.0.0.2") -> socket.socket:
     """An established association (AssertionError if not accepted)."""
-    sock = connect(port, source)
+    # An answer is expected: wait as long as a loaded 2-core machine may take to start a
+    # pynetdicom association (over 5 s measured beside stress-ng --cpu 2 and the suite).
+    sock = connect(port, source, timeout=ANSWER_TIMEOUT)
     sock.sendall(request(called, calling=calling, pynetdicom_path=pynetdicom_path))
     reply = read_pdu(sock)
     assert reply is not None and reply[0] == codec.A_ASSOCIATE_AC, f"not accepted: {reply}"
+    sock.settimeout(5.0)
     return sock
 
 

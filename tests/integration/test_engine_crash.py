@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HARNESS = Path(__file__).resolve().parents[2] / "bench" / "crash_apply.py"
 # each run draws new kill moments; more trials: bench/crash_apply.py --trials N
 TRIALS = 12
-MIN_TRIALS = 8  # what must fit in the budget even beside the rest of the suite
+# what must fit in the budget beside the rest of the suite: 11 ran there, 7 with
+# stress-ng --cpu 2 besides
+MIN_TRIALS = 5
 
 
 def _harness(*args: str) -> str:
