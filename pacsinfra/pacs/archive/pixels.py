@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
+from pacsinfra.pacs.transcode import decodable
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -89,16 +91,10 @@ def can_decode(syntax: str) -> bool:
     if syntax in VIDEO_MEDIA or media_type(syntax) in VIDEO_MEDIA:
         return False
     try:
-        import numpy  # noqa: F401
-        from pydicom.pixels import get_decoder
+        import numpy  # noqa: F401 - even native frames become arrays
     except ImportError:
         return False
-    if is_native(syntax):
-        return True
-    try:
-        return bool(get_decoder(UID(syntax)).is_available)
-    except (NotImplementedError, ValueError):
-        return False
+    return decodable(syntax)
 
 
 @dataclass(frozen=True)
