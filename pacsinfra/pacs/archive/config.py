@@ -214,6 +214,26 @@ class StagingConfig(Strict):
         return self
 
 
+class ScrubConfig(Strict):
+    """Background re-verification of every stored file against its indexed checksum.
+
+    A pass reads the instances in SOP Instance UID order at ``rate_mb_s``, flags any whose
+    file no longer matches (as a retrieve would: ``archive check`` lists them, the audit
+    trail and the metrics record them), then rests ``pause_hours`` before the next. Its
+    place is kept in ``<data_dir>/scrub.json``, so a restart goes on where it stopped.
+    Only the first worker process scrubs.
+
+    Attributes:
+        rate_mb_s: Megabytes (10^6 bytes) read per second; 0 turns scrubbing off.
+        pause_hours: Rest between the end of a pass and the start of the next.
+        start_after_s: Seconds after start-up before the first file is read.
+    """
+
+    rate_mb_s: float = Field(10.0, ge=0, le=100_000)
+    pause_hours: float = Field(24.0, ge=0, le=24 * 365)
+    start_after_s: float = Field(600.0, ge=0, le=86_400)
+
+
 class ArchiveConfig(DicomListener):
     """Everything the archive needs to run; also ``services.archive`` in a blueprint.
 
@@ -237,6 +257,7 @@ class ArchiveConfig(DicomListener):
         workers: Archive processes sharing the DICOM port; each connection goes to the first
             idle one. Association limits apply per process.
         dicomweb: QIDO-RS / WADO-RS / STOW-RS for viewers.
+        scrub: Background re-verification of every stored file.
     """
 
     ae_title: AETitle = "ARCHIVE"
@@ -257,6 +278,7 @@ class ArchiveConfig(DicomListener):
     workers: int = Field(1, ge=1, le=64)
     staging: StagingConfig = Field(default_factory=lambda: StagingConfig())
     dicomweb: DicomWebConfig = Field(default_factory=DicomWebConfig)
+    scrub: ScrubConfig = Field(default_factory=ScrubConfig)
 
     @model_validator(mode="after")
     def _tiers_consistent(self) -> ArchiveConfig:
@@ -286,6 +308,7 @@ __all__ = [
     "DicomWebConfig",
     "IndexConfig",
     "LifecycleRule",
+    "ScrubConfig",
     "StagingConfig",
     "TierConfig",
     "TlsConfig",

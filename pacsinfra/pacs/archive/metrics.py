@@ -30,6 +30,13 @@ class _ArchiveCollector:
              "Instances decoded for a peer that accepted none of their stored syntax"),
             ("pacs_archive_corrupt_reads", "corrupt_reads",
              "Reads refused: the stored file no longer matched its checksum"),
+            ("pacs_archive_scrub_bytes", "scrub_bytes", "Bytes re-verified by the scrub"),
+            ("pacs_archive_scrub_instances", "scrub_instances",
+             "Instances re-verified by the scrub"),
+            ("pacs_archive_scrub_found", "scrub_found",
+             "Changed files the scrub found (flagged)"),
+            ("pacs_archive_scrub_passes", "scrub_passes",
+             "Scrub passes over the whole archive completed since start-up"),
         ):
             yield CounterMetricFamily(name, doc, value=getattr(c, attr))
         if self.metadata is not None:

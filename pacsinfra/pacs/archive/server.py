@@ -69,6 +69,8 @@ class ArchiveServer:
         self._web: Any = None
         self._refusals: RefusalLog | None = None
         self._stopped = threading.Event()
+        self._scrub_stop = threading.Event()  # set first at stop: the scrub reads the index
+        self._scrub: threading.Thread | None = None
         self._lock_fd: int | None = None  # the data directory's lock, held shared
 
     def start(self) -> None:
@@ -134,6 +136,13 @@ class ArchiveServer:
             self._lifecycle = threading.Thread(target=self._lifecycle_loop, name="lifecycle",
                                                daemon=True)
             self._lifecycle.start()
+        if cfg.scrub.rate_mb_s > 0 and primary:
+            from pacsinfra.pacs.archive.scrub import Scrubber
+
+            scrubber = Scrubber(self.service, cfg.scrub, self.data_dir / "scrub.json",
+                                self._scrub_stop)
+            self._scrub = threading.Thread(target=scrubber.run, name="scrub", daemon=True)
+            self._scrub.start()
         if cfg.dicomweb.enabled and primary:
             # imported here: starlette/uvicorn are needed only when DICOMweb is on
             from pacsinfra.pacs.archive.dicomweb import DicomWeb
@@ -169,6 +178,10 @@ class ArchiveServer:
         An aborted C-STORE is never acknowledged, so it is simply not stored (or is
         stored and indexed if its commit already happened); nothing is half-indexed.
         """
+        self._scrub_stop.set()
+        if self._scrub is not None:
+            self._scrub.join(10)  # it saves its place and stops between two files
+            self._scrub = None
         srv = self._server
         if srv is not None:
             assert self.service is not None

@@ -92,6 +92,10 @@ class Counters:
         self.metadata_warmed = 0
         self.transcoded = 0  # instances decoded for a peer that took none of their syntax
         self.corrupt_reads = 0  # reads refused: the file no longer hashes to the index's sum
+        self.scrub_bytes = 0  # read by the background scrub
+        self.scrub_instances = 0
+        self.scrub_found = 0  # files the scrub found changed
+        self.scrub_passes = 0  # passes completed since start-up
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment counter ``name`` by ``n``."""
@@ -417,21 +421,21 @@ class ArchiveService:
         self._check_digest(inst, hashlib.sha256(memoryview(data)[inst.ds_offset:]).hexdigest())
         return data
 
-    def verify(self, inst: StoredInstance) -> None:
+    def verify(self, inst: StoredInstance, *, again: bool = False) -> int:
         """Check a stored file against its indexed SHA-256 without holding it in memory,
-        as :meth:`read_verified` does. A file verified before and unchanged since (same
-        size and modification time) is not read again."""
+        as :meth:`read_verified` does; the bytes read. A file verified before and
+        unchanged since (same size and modification time) is not read again, unless
+        ``again`` (the scrub)."""
         tier = self._tier_of(inst)
         if not isinstance(tier, Tier):  # an object tier: the whole object, once
-            self.read_verified(inst)
-            return
+            return len(self.read_verified(inst))
         path = tier.path(inst.rel_path)
         st = path.stat()
         key = (inst.sop_uid, inst.sha256, str(path), st.st_mtime_ns, st.st_size)
         with self._verified_lock:
-            if key in self._verified:
+            if key in self._verified and not again:
                 self._verified.move_to_end(key)
-                return
+                return 0
         h = hashlib.sha256()
         with path.open("rb") as fh:
             fh.seek(inst.ds_offset)
@@ -442,6 +446,7 @@ class ArchiveService:
             self._verified[key] = None
             while len(self._verified) > _VERIFIED_KEPT:
                 self._verified.popitem(last=False)
+        return st.st_size
 
     def _tier_of(self, inst: StoredInstance) -> Any:
         tier = self.tiers.get(inst.tier)
