@@ -22,6 +22,32 @@ def pytest_configure(config: pytest.Config) -> None:
     if why:
         raise pytest.UsageError(why)
     scheduling.register(config)
+    _keep_responses_in_test_clients()
+
+
+def _keep_responses_in_test_clients() -> None:
+    """Every pynetdicom association a test opens gets the workaround pacsinfra's own senders
+    use (``pacsinfra.pacs.compat.keep_responses``): without it pynetdicom's reactor can
+    swallow a C-STORE response ("Received unexpected C-STORE service message") and the
+    test's client waits out its DIMSE timeout, which a loaded machine made happen."""
+    try:
+        from pynetdicom.ae import ApplicationEntity
+
+        from pacsinfra.pacs.compat import keep_responses
+    except ImportError:  # pynetdicom missing: the tests that need it say so
+        return
+    original = ApplicationEntity.associate
+    if getattr(original, "_keeps_responses", False):
+        return
+
+    def associate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        assoc = original(self, *args, **kwargs)
+        if assoc.is_established:
+            keep_responses(assoc)
+        return assoc
+
+    associate._keeps_responses = True  # type: ignore[attr-defined]
+    ApplicationEntity.associate = associate  # type: ignore[method-assign]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
