@@ -9,9 +9,11 @@ Data: one 512x512 CT-like image (a noisy elliptic phantom, 12 bits stored) compr
 DCMTK (``dcmcrle``, ``dcmcjpeg`` lossless SV1 and extended 12-bit, ``dcmcjpls``
 lossless) and by OpenJPEG through pydicom (JPEG 2000 lossless), copied under new UIDs
 into one study per syntax. Both archives receive every study (as stored), then
-``movescu`` moves each study to two DCMTK ``storescp`` destinations: one without
-``+xa`` (uncompressed only: every instance must be decoded) and one with it (every
-syntax accepted: sent as stored, the fast path). The figure is instances per second
+``movescu`` moves each study to three DCMTK ``storescp`` destinations: one without
+``+xa`` (uncompressed only: every instance must be decoded), one with it (every syntax
+accepted: sent as stored, the fast path), both with ``TCP_NODELAY=1``, and one with
+``+xa`` as DCMTK is installed (no ``TCP_NODELAY``: its responses wait for the sender's
+ACK). The figure is instances per second
 from the C-MOVE request to its final response, best of ``--repeat``; each destination's
 received count is checked. Orthanc (Debian's 1.10, DCMTK codecs built in, no GDCM
 plugin) may refuse a syntax it cannot decode: its row then says so.
@@ -129,13 +131,17 @@ def start_orthanc(work: Path, dests: dict[str, int]) -> Receiver:
     return Receiver("Orthanc", "ORTHANC", port, proc, work)
 
 
-def storescp(work: Path, aet: str, accept_all: bool) -> tuple[subprocess.Popen[bytes], int, Path]:
+def storescp(work: Path, aet: str, accept_all: bool, nodelay: bool = True
+             ) -> tuple[subprocess.Popen[bytes], int, Path]:
     out = work / aet
     out.mkdir()
     port = free_port()
     flags = ["+xa"] if accept_all else []
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
     proc = subprocess.Popen(["/usr/bin/storescp", *flags, "-aet", aet, "-od", str(out), str(port)],
-                            env=dict(os.environ, TCP_NODELAY="1"),
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port, out
@@ -201,8 +207,11 @@ def main() -> None:
                    for name, files in sets.items()}
         plain, plain_port, plain_out = storescp(base, "PLAINDEST", accept_all=False)
         anything, any_port, any_out = storescp(base, "ANYDEST", accept_all=True)
-        procs += [plain, anything]
-        dests = {"PLAINDEST": plain_port, "ANYDEST": any_port}
+        # DCMTK as installed: no TCP_NODELAY, so its responses wait for the sender's ACK
+        stock, stock_port, stock_out = storescp(base, "STOCKDEST", accept_all=True,
+                                                nodelay=False)
+        procs += [plain, anything, stock]
+        dests = {"PLAINDEST": plain_port, "ANYDEST": any_port, "STOCKDEST": stock_port}
         for start in (start_archive, start_orthanc):
             work = Path(tempfile.mkdtemp(dir=base, prefix="rcv-"))
             rcv = start(work, dests)
@@ -212,7 +221,8 @@ def main() -> None:
         rows = []
         for name, study in studies.items():
             for dest, out, label in (("PLAINDEST", plain_out, "decoded"),
-                                     ("ANYDEST", any_out, "as stored")):
+                                     ("ANYDEST", any_out, "as stored"),
+                                     ("STOCKDEST", stock_out, "as stored, stock storescp")):
                 rates: list[float | str] = []
                 for rcv in receivers:
                     best: float | str = "failed"

@@ -397,6 +397,18 @@ def tcp_socket_of(assoc: Any) -> Any:
     return getattr(getattr(assoc.dul, "socket", None), "socket", None)
 
 
+def before_each_read(assoc: Any, hook: Callable[[], None]) -> None:
+    """Call ``hook`` before every read pynetdicom makes from the association's socket."""
+    sock = assoc.dul.socket
+    recv = sock.recv
+
+    def _recv(nr_bytes: int) -> Any:
+        hook()
+        return recv(nr_bytes)
+
+    sock.recv = _recv
+
+
 def set_dul_loop_delay(assoc: Any, seconds: float) -> None:
     """How long the association's DUL thread naps when idle (pynetdicom's default 1 ms
     adds up on every C-STORE, which crosses it several times)."""

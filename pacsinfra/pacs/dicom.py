@@ -11,7 +11,8 @@ the socket it is given:
 - :func:`scu_contexts` — SCU contexts for sending stored files, as stored or decoded.
 - :func:`ssl_context` — a TLS 1.2+ :class:`ssl.SSLContext` from a :class:`TlsConfig`.
 - :func:`valid_uid` / :func:`uid_path` — UID syntax check and a traversal-proof file path.
-- :func:`tune_socket` / :data:`TCP_TUNING_HANDLER` — TCP_NODELAY (and bigger buffers) per connection.
+- :func:`tune_socket` / :data:`TCP_TUNING_HANDLER` — TCP_NODELAY (and bigger buffers) per connection;
+  a requestor also ACKs at once (:func:`quick_ack`) before each read.
 - :func:`make_ae` — an :class:`~pynetdicom.AE` with the limits and timeouts of a :class:`Limits`.
 - :func:`association_limit` — whether one more association would exceed a listener's limits.
 - :func:`associate` — open an association to a :class:`Peer` (TLS when the peer says so).
@@ -38,7 +39,12 @@ from pydicom.uid import (
 from pynetdicom import AE, Association, build_context, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 
-from pacsinfra.pacs.compat import keep_responses, set_dul_loop_delay, tcp_socket_of
+from pacsinfra.pacs.compat import (
+    before_each_read,
+    keep_responses,
+    set_dul_loop_delay,
+    tcp_socket_of,
+)
 from pacsinfra.pacs.config_common import Limits, Peer, TlsConfig
 
 
@@ -266,6 +272,23 @@ def tune_socket(sock: socket.socket) -> None:
         pass
 
 
+def quick_ack(sock: socket.socket) -> None:
+    """ACK what the peer sent right away (TCP_QUICKACK; Linux drops it on its own, so a
+    sender sets it again before every read of a response).
+
+    A sender waits for each C-STORE response. A peer without TCP_NODELAY (DCMTK's
+    default) writes its response in two pieces, and Nagle holds the second until the
+    first is acknowledged, which Linux delays up to 40 ms on a connection that looks
+    interactive: 40 ms per instance, whatever its size (20 instances/s measured)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except (OSError, TypeError):  # closed under us (the read reports it), or not Linux
+        pass
+
+
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 12)
+
+
 def _on_conn_open(event: evt.Event) -> None:
     raw = tcp_socket_of(event.assoc)
     if raw is not None:
@@ -275,6 +298,8 @@ def _on_conn_open(event: evt.Event) -> None:
     # then wakes up 2,000 times a second: 0.5 ms is the compromise (0.2 ms measured
     # faster on one association, and burns visibly more CPU when many are open).
     set_dul_loop_delay(event.assoc, DUL_LOOP_DELAY)
+    if raw is not None and event.assoc.is_requestor:
+        before_each_read(event.assoc, lambda: quick_ack(raw))
 
 
 DUL_LOOP_DELAY = 0.0005
@@ -340,6 +365,7 @@ __all__ = [
     "scu_contexts",
     "ssl_context",
     "storage_contexts",
+    "quick_ack",
     "tune_socket",
     "uid_path",
     "valid_uid",

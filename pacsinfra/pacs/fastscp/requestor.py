@@ -31,7 +31,7 @@ from pacsinfra.pacs.compat import (
     decode_associate_ac,
     encode_associate_rq,
 )
-from pacsinfra.pacs.dicom import tune_socket
+from pacsinfra.pacs.dicom import quick_ack, tune_socket
 from pacsinfra.pacs.fastscp import codec, wire
 from pacsinfra.pacs.fastscp.codec import Command, MessageAssembler, ProtocolError
 from pacsinfra.pacs.fastscp.negotiate import DICOM_APPLICATION_CONTEXT
@@ -193,6 +193,7 @@ class StreamingRequestor:
         messages = MessageAssembler(contexts=set(self.accepted.values()))
         while True:
             try:
+                quick_ack(self.sock)  # a peer without TCP_NODELAY waits for our ACK
                 kind, body = wire.read_pdu(self.sock, self._limit)
                 self.state.received(kind)
             except ProtocolError:
