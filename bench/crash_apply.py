@@ -217,6 +217,10 @@ def _serial(state: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+# draws per trial until a kill lands inside the operation
+KILL_ATTEMPTS = 3
+
+
 def _kill_during(
     op: str, bp: Path, state: Path, parallelism: int, after_steps: int, extra: float
 ) -> str:
@@ -386,9 +390,17 @@ def main(argv: list[str] | None = None) -> int:
         # start from nothing (apply) or from everything (destroy), so the kill hits real work
         _run("apply" if op == "destroy" else "destroy", bp, state, args.parallelism)
         per_step = (work_s if op == "apply" else destroy_s) / steps
-        how = _kill_during(
-            op, bp, state, args.parallelism, rng.randrange(steps), rng.uniform(0.0, per_step)
-        )
+        # Steps are uneven (the first domain start can take most of an apply), so a delay
+        # drawn from the mean step can overshoot the end: a kill that missed is drawn
+        # again, each time with a shorter delay, the last time right at the write.
+        for attempt in range(1, KILL_ATTEMPTS + 1):
+            delay = 0.0 if attempt == KILL_ATTEMPTS else rng.uniform(0.0, per_step / attempt)
+            how = _kill_during(op, bp, state, args.parallelism, rng.randrange(steps), delay)
+            if how.startswith("killed") or attempt == KILL_ATTEMPTS:
+                break
+            _run("apply" if op == "destroy" else "destroy", bp, state, args.parallelism)
+        if attempt > 1:
+            how += f" (try {attempt})"
         rc, out, err = _run("apply", bp, state, args.parallelism)
         if rc != 0:
             failed = [ln.strip() for ln in err.splitlines() if ln.strip().startswith("failed")]
@@ -411,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         f"crash test: {args.machines} machines x {args.disks} disks, parallelism {args.parallelism}, seed {seed}, "
         f"full apply {full:.2f}s incl. start-up, {work_s:.3f}s of work (destroy {destroy_s:.3f}s); kills after a random number of recorded steps"
     )
-    print(f"{'trial':>5}  {'killed op':<9}  {'kill':<30}  {'result':<6}  detail")
+    print(f"{'trial':>5}  {'killed op':<9}  {'kill':<40}  {'result':<6}  detail")
     for trial, op, how, verdict, detail in rows:
-        print(f"{trial:>5}  {op:<9}  {how:<30}  {verdict:<6}  {detail}")
+        print(f"{trial:>5}  {op:<9}  {how:<40}  {verdict:<6}  {detail}")
     print(
         f"{len(rows)} trials, {len(rows) - failures} converged, {failures} failed, "
         f"{time.monotonic() - started:.1f}s"
