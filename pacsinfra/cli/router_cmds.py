@@ -165,7 +165,7 @@ def _open(config: Path) -> Any:
 
 @queue.command("list")
 @click.option("--config", "config", required=True, type=click.Path(path_type=Path))
-@click.option("--state", type=click.Choice(["held", "pending", "inflight", "done", "dead"]))
+@click.option("--state", type=click.Choice(["held", "pending", "inflight", "committing", "done", "dead"]))
 @click.option("--dest", help="destination or group")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
               help="rows to show (the total is always counted)")

@@ -327,9 +327,13 @@ def associate(
     contexts: list[PresentationContext] | None = None,
     max_pdu: int | None = None,
     evt_handlers: list[tuple[Any, Any]] | None = None,
+    ext_neg: list[Any] | None = None,
 ) -> Association:
-    """Open an association to ``peer`` (TLS when ``peer.tls.enabled``), TCP-tuned."""
+    """Open an association to ``peer`` (TLS when ``peer.tls.enabled``), TCP-tuned;
+    ``ext_neg``: extended negotiation items (e.g. SCP/SCU role selection)."""
     kwargs: dict[str, Any] = {"ae_title": peer.ae_title}
+    if ext_neg:
+        kwargs["ext_neg"] = ext_neg
     if contexts is not None:
         kwargs["contexts"] = contexts
     if max_pdu is not None:

@@ -234,6 +234,28 @@ class ScrubConfig(Strict):
     start_after_s: float = Field(600.0, ge=0, le=86_400)
 
 
+class CommitmentConfig(Strict):
+    """Storage Commitment Push Model as an SCP (PS3.4 J).
+
+    A request is recorded durably before its N-ACTION is answered; each referenced
+    instance is then checked (indexed, and its file re-read and hashed against the
+    index) and the result sent as an N-EVENT-REPORT on the requester's association if it
+    is still open, otherwise on a new association to the requester's AE title in
+    ``peers``. A report the requester does not take is sent again, waiting ``retry_s``
+    and doubling up to ten minutes, until ``expire_hours`` after the request.
+
+    Attributes:
+        enabled: Accept Storage Commitment requests at all.
+        retry_s: First wait before a report that could not be delivered is sent again.
+        expire_hours: A report still undelivered this long after its request is dropped
+            (logged as an error).
+    """
+
+    enabled: bool = True
+    retry_s: float = Field(10.0, gt=0, le=3600)
+    expire_hours: float = Field(24.0, gt=0, le=24 * 30)
+
+
 class ArchiveConfig(DicomListener):
     """Everything the archive needs to run; also ``services.archive`` in a blueprint.
 
@@ -258,6 +280,7 @@ class ArchiveConfig(DicomListener):
             idle one. Association limits apply per process.
         dicomweb: QIDO-RS / WADO-RS / STOW-RS for viewers.
         scrub: Background re-verification of every stored file.
+        commitment: Storage Commitment (push model) as an SCP.
     """
 
     ae_title: AETitle = "ARCHIVE"
@@ -279,6 +302,7 @@ class ArchiveConfig(DicomListener):
     staging: StagingConfig = Field(default_factory=lambda: StagingConfig())
     dicomweb: DicomWebConfig = Field(default_factory=DicomWebConfig)
     scrub: ScrubConfig = Field(default_factory=ScrubConfig)
+    commitment: CommitmentConfig = Field(default_factory=CommitmentConfig)
 
     @model_validator(mode="after")
     def _tiers_consistent(self) -> ArchiveConfig:
@@ -305,6 +329,7 @@ class ArchiveConfig(DicomListener):
 
 __all__ = [
     "ArchiveConfig",
+    "CommitmentConfig",
     "DicomWebConfig",
     "IndexConfig",
     "LifecycleRule",

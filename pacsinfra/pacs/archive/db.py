@@ -113,6 +113,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 flagged_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (sop_uid, sha256))""",
         ],
     ),
+    (
+        6,
+        [
+            # Storage commitment requests (PS3.4 J) accepted but not yet reported: the row
+            # is written before the N-ACTION is answered and leaves once the requester
+            # acknowledged the N-EVENT-REPORT, so a restart in between still reports.
+            """CREATE TABLE commitment (
+                transaction_uid TEXT PRIMARY KEY, calling_ae TEXT NOT NULL,
+                refs TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, next_try DOUBLE PRECISION NOT NULL,
+                last_error TEXT)""",
+        ],
+    ),
 ]
 
 

@@ -37,6 +37,14 @@ class _ArchiveCollector:
              "Changed files the scrub found (flagged)"),
             ("pacs_archive_scrub_passes", "scrub_passes",
              "Scrub passes over the whole archive completed since start-up"),
+            ("pacs_archive_commitment_requests", "commitment_requests",
+             "Storage Commitment requests accepted"),
+            ("pacs_archive_commitment_reports", "commitment_reports",
+             "Storage Commitment reports delivered"),
+            ("pacs_archive_commitment_failed_instances", "commitment_failed_instances",
+             "Instances reported as not committed"),
+            ("pacs_archive_commitment_expired", "commitment_expired",
+             "Storage Commitment reports given up undelivered"),
         ):
             yield CounterMetricFamily(name, doc, value=getattr(c, attr))
         if self.metadata is not None:

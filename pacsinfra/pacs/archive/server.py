@@ -71,6 +71,7 @@ class ArchiveServer:
         self._stopped = threading.Event()
         self._scrub_stop = threading.Event()  # set first at stop: the scrub reads the index
         self._scrub: threading.Thread | None = None
+        self._committer: threading.Thread | None = None
         self._lock_fd: int | None = None  # the data directory's lock, held shared
 
     def start(self) -> None:
@@ -118,6 +119,8 @@ class ArchiveServer:
             while not go.wait(0.5):
                 if self._stopped.is_set():
                     return  # stopped before serving: serve_forever's stop() closes up
+        if cfg.commitment.enabled:
+            self._start_committer()
         self._sink = ArchiveSink(self.service)
         audit = self.service.audit
         self._refusals = RefusalLog(audit.refused if audit is not None else None)
@@ -151,6 +154,20 @@ class ArchiveServer:
             self._web.start()
             LOG.info("DICOMweb on %s:%d", cfg.dicomweb.bind, cfg.dicomweb.port)
 
+    def _start_committer(self) -> None:
+        """Storage commitment: every process answers N-ACTIONs and delivers reports."""
+        from pacsinfra.pacs.archive.commitment import CommitmentStore, Committer
+
+        assert self.service is not None and self.index is not None
+        store = CommitmentStore(self.index.db)
+        if self.worker is None:
+            store.release_claims()  # a crash's claims: report at once, not after they lapse
+        committer = Committer(self.config, store, self.service.committed, self.service.counters)
+        self.service.committer = committer
+        self._committer = threading.Thread(target=committer.run, args=(self._scrub_stop,),
+                                           name="commitment", daemon=True)
+        self._committer.start()
+
     def _lifecycle_loop(self, interval: float = 3600.0) -> None:
         from pacsinfra.pacs.archive.lifecycle import run_lifecycle
 
@@ -178,7 +195,7 @@ class ArchiveServer:
         An aborted C-STORE is never acknowledged, so it is simply not stored (or is
         stored and indexed if its commit already happened); nothing is half-indexed.
         """
-        self._scrub_stop.set()
+        self._scrub_stop.set()  # the scrub and the committer: both read the index
         if self._scrub is not None:
             self._scrub.join(10)  # it saves its place and stops between two files
             self._scrub = None
@@ -197,6 +214,9 @@ class ArchiveServer:
                 assoc.abort()
             srv.shutdown()
             self._server = None
+        if self._committer is not None:
+            self._committer.join(10)  # a report in flight: delivered, or retried after restart
+            self._committer = None
         if self._sink is not None:
             self._sink.close()
             self._sink = None
@@ -275,6 +295,10 @@ def supervise(config: ArchiveConfig) -> None:
         swept = sweep_pending(index, tiers)
         if swept:
             LOG.info("removed %d files of interrupted deletions", swept)
+        if config.commitment.enabled:
+            from pacsinfra.pacs.archive.commitment import CommitmentStore
+
+            CommitmentStore(index.db).release_claims()  # reported by whichever worker
     finally:
         index.close()
     ctx = multiprocessing.get_context("spawn")

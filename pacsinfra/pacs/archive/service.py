@@ -28,6 +28,12 @@ from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.index import Index, InstanceRecord, StoredInstance
 from pacsinfra.pacs.archive.query import LEVELS, QueryError, compile_query, response
 from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
+from pacsinfra.pacs.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT,
+    PROCESSING_FAILURE,
+    STORAGE_COMMITMENT,
+)
 from pacsinfra.pacs.compat import (
     STORAGE_SOP_CLASSES,
     association_server,
@@ -96,6 +102,10 @@ class Counters:
         self.scrub_instances = 0
         self.scrub_found = 0  # files the scrub found changed
         self.scrub_passes = 0  # passes completed since start-up
+        self.commitment_requests = 0  # Storage Commitment requests accepted
+        self.commitment_reports = 0  # reports delivered
+        self.commitment_failed_instances = 0  # instances reported as not committed
+        self.commitment_expired = 0  # reports given up undelivered
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment counter ``name`` by ``n``."""
@@ -141,6 +151,11 @@ class ArchiveService:
         # Called with each newly stored instance after it is durable and indexed (before
         # the answer is sent): enqueue, never block, never raise.
         self.on_stored: list[Callable[[StoredInstance], None]] = []
+        # Storage commitment (set by the server when enabled: it needs the index's table)
+        self.committer: Any = None
+        self.supported = dict(_SUPPORTED)
+        if config.commitment.enabled:
+            self.supported[STORAGE_COMMITMENT] = _QR_SYNTAXES
 
     # -- pynetdicom wiring -------------------------------------------------------------------
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -153,6 +168,7 @@ class ArchiveService:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_N_ACTION, self.on_n_action),
         ]
 
     def make_ae(self) -> Any:
@@ -192,8 +208,30 @@ class ArchiveService:
             return
         # Storage: both roles (we are the Storage SCP for C-STORE, and the Storage SCU on
         # a C-GET association when the requestor proposes role selection).
-        accept_proposed(assoc, _SUPPORTED, both_roles=_STORAGE_UIDS, other_syntaxes=(
+        accept_proposed(assoc, self.supported, both_roles=_STORAGE_UIDS, other_syntaxes=(
             TRANSFER_SYNTAXES if self.config.accept_unknown_sop_classes else None))
+
+    def on_n_action(self, event: Any) -> tuple[Any, Any]:
+        """N-ACTION: Storage Commitment requests (see :mod:`.commitment`)."""
+        if self.committer is None:
+            return 0x0123, None  # no such action
+        result: tuple[Any, Any] = self.committer.on_action(event)
+        return result
+
+    def committed(self, sop_class: str, sop_uid: str) -> int | None:
+        """Whether an instance is committed now: None when it is indexed under
+        ``sop_class`` and its file hashes to the indexed sum, else the Failure Reason."""
+        inst = self.index.get(sop_uid)
+        if inst is None:
+            return NO_SUCH_OBJECT
+        if inst.sop_class_uid != sop_class:
+            return CLASS_INSTANCE_CONFLICT
+        try:
+            self.verify(inst, again=True)
+        except (CorruptInstance, OSError) as exc:
+            LOG.error("storage commitment: %s is not committed: %s", sop_uid, exc)
+            return PROCESSING_FAILURE
+        return None
 
     def on_echo(self, event: Any) -> int:
         """C-ECHO: always Success while the service is up."""

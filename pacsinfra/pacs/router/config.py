@@ -144,6 +144,14 @@ class Destination(Strict):
         max_associations: Associations open to it at once, each with its own sending worker.
         transfer_syntaxes: Transfer syntax UIDs offered after the file's own, in order of
             preference.
+        transcode: Decode a compressed instance the destination accepts no syntax of
+            (false: dead-letter it).
+        storage_commitment: Keep each instance until the destination commits it (Storage
+            Commitment Push Model): after a batch is stored, an N-ACTION asks for its
+            commitment; the destination's N-EVENT-REPORT (on the router's listener, so the
+            destination must know the router's AE title, host and port) ends the rows.
+        commitment_timeout: Seconds to wait for the report; then the instances are sent
+            again (counted as a failed attempt).
     """
 
     ae_title: AETitle
@@ -156,6 +164,8 @@ class Destination(Strict):
     # Decode when the destination accepts none of the file's syntax (needs a codec); false:
     # such a file is dead-lettered instead.
     transcode: bool = True
+    storage_commitment: bool = False
+    commitment_timeout: float = Field(600, gt=0, le=7 * 86400)
 
     @model_validator(mode="after")
     def _addressable(self) -> Destination:

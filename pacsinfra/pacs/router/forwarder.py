@@ -16,9 +16,11 @@ import random
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacsinfra.pacs.router.commitment import Commitments, request
 from pacsinfra.pacs.router.config import Destination, RouterConfig
 from pacsinfra.pacs.router.queue import Item, Queue
 from pacsinfra.pacs.router.sender import Sender
@@ -28,6 +30,7 @@ LOG = logging.getLogger("pacsinfra.router")
 BATCH = 32
 SKIP_STUDIES = 8  # studies a group worker looks past when their member is busy
 IDLE_RELEASE = 1.0  # seconds without work before a worker releases its associations
+COMMIT_REQUESTS = 4  # storage commitment requests in flight at once
 
 
 @dataclass
@@ -108,6 +111,9 @@ class Forwarder:
                                      max(keep, grp.resend_window), grp.health_check_interval)
         self._pick_lock = threading.Lock()
         self._rr = 0
+        self.commitments = Commitments(queue, self._commit_done, self._commit_failed)
+        self._commit_pool = ThreadPoolExecutor(max_workers=COMMIT_REQUESTS,
+                                               thread_name_prefix="commitment")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +139,8 @@ class Forwarder:
             t.wake.set()
         for th in self._threads:
             th.join(timeout=10)
+        # requests not yet sent end as overdue reports, and their rows are sent again
+        self._commit_pool.shutdown(wait=True, cancel_futures=True)
 
     def wake(self, names: set[str] | None = None) -> None:
         """New rows were queued for these targets: let their workers look now."""
@@ -246,6 +254,7 @@ class Forwarder:
             sender = senders[node] = Sender(node, self.nodes[node].dest, self.cfg.ae_title,
                                             self.cfg.limits)
         delivered: list[int] = []
+        refs: list[tuple[str, str]] = []  # (SOP class, SOP instance) of what was delivered
         n = self.nodes[node]
         n.outstanding += len(items)
         try:
@@ -253,13 +262,13 @@ class Forwarder:
                 out = sender.send(self.spool.path(item.spool))
                 if out.ok:
                     delivered.append(item.id)
+                    refs.append((out.sop_class, item.sop_uid))
                     self.spool.drop_cache(item.spool)
                     if self.audit is not None:
                         self.audit.forwarded(node, n.dest.ae_title, item.study_uid, item.sop_uid)
                     continue
-                self.queue.done(delivered, target.keep_seconds, node)
-                self.stats.add("sent", node, len(delivered))
-                delivered = []
+                self._delivered(target, node, delivered, refs)
+                delivered, refs = [], []
                 now = time.time()
                 others = [m for m in target.members if m != node and self.nodes[m].healthy]
                 at = self._retry_at(item, now, permanent=out.permanent)
@@ -281,10 +290,72 @@ class Forwarder:
                 if out.transport and target.strategy is not None:
                     self.mark_down(target, node, out.error)
                 return
-            self.queue.done(delivered, target.keep_seconds, node)
-            self.stats.add("sent", node, len(delivered))
+            self._delivered(target, node, delivered, refs)
         finally:
             n.outstanding -= len(items)
+
+    # -- storage commitment ------------------------------------------------------------------
+    def _delivered(self, target: Target, node: str, ids: list[int],
+                   refs: list[tuple[str, str]]) -> None:
+        """Rows the destination stored: done, or (a destination that commits) waiting for
+        its commitment, asked for here."""
+        if not ids:
+            return
+        self.stats.add("sent", node, len(ids))
+        dest = self.nodes[node].dest
+        if not dest.storage_commitment:
+            self.queue.done(ids, target.keep_seconds, node)
+            return
+        txn = self.commitments.new_transaction()
+        # recorded before the N-ACTION: a report may come back before it returns; a
+        # request lost to a crash from here on ends as an overdue report (sent again)
+        self.queue.committing(ids, txn, time.time() + dest.commitment_timeout, node)
+        # off the sending thread: the N-ACTION waits a moment for a report on its own
+        # association, and sending goes on meanwhile
+        self._commit_pool.submit(self._request_commitment, node, dest, txn, refs)
+
+    def _request_commitment(self, node: str, dest: Destination, txn: str,
+                            refs: list[tuple[str, str]]) -> None:
+        try:
+            problem = request(dest, self.cfg.ae_title, self.cfg.limits, txn, refs,
+                              self.commitments.report)
+        except Exception as exc:  # noqa: BLE001 - a request that broke is a failed attempt
+            LOG.exception("%s: storage commitment request failed", node)
+            problem = f"storage commitment request failed: {exc}"
+        if problem:
+            LOG.warning("%s: %s", node, problem)
+            for item in self.queue.awaiting(txn):
+                self._commit_failed(item, None, problem)
+
+    def _commit_done(self, items: list[Item]) -> None:
+        by_key: dict[tuple[str, str | None], list[int]] = {}
+        for it in items:
+            by_key.setdefault((it.dest, it.node), []).append(it.id)
+        for (dest, node), ids in by_key.items():
+            target = self.targets.get(dest)
+            keep = target.keep_seconds if target else self.cfg.queue.keep_done_seconds
+            self.queue.done(ids, keep, node)
+
+    def _commit_failed(self, item: Item, status: int | None, error: str) -> None:
+        """A row the destination did not commit: a failed attempt, sent again later."""
+        now = time.time()
+        # 0x0119: stored under another SOP class there; sending again changes nothing
+        at = self._retry_at(item, now, permanent=status == 0x0119)
+        self.queue.failed(item.id, status=status, error=error, next_at=at, node=item.node)
+        node = item.node or item.dest
+        self.stats.add("failed", node)
+        if at is None:
+            self.stats.add("dead", node)
+            LOG.error("dead-letter: %s -> %s: %s", item.sop_uid, node, error)
+            if self.audit is not None:
+                dest = self.nodes[node].dest.ae_title if node in self.nodes else node
+                self.audit.dead_lettered(node, dest, item.study_uid, item.sop_uid, error)
+        else:
+            LOG.warning("%s -> %s: %s (attempt %d, retry in %.1fs)", item.sop_uid, node, error,
+                        item.attempts + 1, at - now)
+        target = self.targets.get(item.dest)
+        if target is not None:
+            target.wake.set()
 
     # -- health ------------------------------------------------------------------------------
     def mark_down(self, target: Target, node: str, why: str) -> None:

@@ -36,7 +36,7 @@ def render(queue: Queue, fwd: Forwarder, received: int, dropped: int) -> str:
     ]
     stats = queue.stats()
     for dest, d in sorted(stats.items()):
-        for state in ("held", "pending", "inflight", "dead", "done"):
+        for state in ("held", "pending", "inflight", "committing", "dead", "done"):
             lines.append(f'pacsinfra_router_queue_depth{{dest="{_esc(dest)}",state="{state}"}} '
                          f"{int(d.get(state, 0))}")
     lines.append("# TYPE pacsinfra_router_oldest_item_age_seconds gauge")

@@ -2,7 +2,10 @@
 
 Row life: ``held`` (per-study rule, waiting for the study to go quiet) → ``pending``
 → ``inflight`` (claimed by a sender) → ``done`` | back to ``pending`` with a backoff |
-``dead`` (dead-letter). Rows in ``inflight`` when the process died are put back to
+``dead`` (dead-letter). For a destination that commits, a delivered row is
+``committing`` until the destination's storage commitment report says it is committed
+(``done``) or not (a failed attempt), or the report is overdue (a failed attempt); its
+spool file stays meanwhile. Rows in ``inflight`` when the process died are put back to
 ``pending`` at start (at-least-once delivery).
 
 Per-destination order by study: a sender may only claim the oldest active row of a
@@ -63,6 +66,11 @@ _SCHEMA = [
         error TEXT, next_at {real})""",
     "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (item_id)",
     "CREATE TABLE IF NOT EXISTS studies (study_uid TEXT PRIMARY KEY, last_seen {real} NOT NULL)",
+    # Rows delivered to a destination that commits (state 'committing'): the Transaction
+    # UID their commitment was asked under, and when to give up waiting for the report.
+    """CREATE TABLE IF NOT EXISTS commitments (
+        item_id INTEGER PRIMARY KEY, txn TEXT NOT NULL, deadline {real} NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS commitments_txn ON commitments (txn)",
     """CREATE TABLE IF NOT EXISTS affinity (
         dest TEXT NOT NULL, study_uid TEXT NOT NULL, node TEXT NOT NULL,
         PRIMARY KEY (dest, study_uid))""",
@@ -352,6 +360,7 @@ class Queue:
                 (now + keep_seconds, now, *ids))
             cur.executemany("INSERT INTO attempts (item_id, at, node, status) VALUES (?,?,?,0)",
                             [(i, now, node) for i in ids])
+            cur.execute(f"DELETE FROM commitments WHERE item_id IN ({_in(ids)})", tuple(ids))
 
     def failed(self, item_id: int, *, status: int | None, error: str, next_at: float | None,
                node: str | None, now: float | None = None) -> None:
@@ -367,6 +376,40 @@ class Queue:
             cur.execute(
                 "INSERT INTO attempts (item_id, at, node, status, error, next_at) "
                 "VALUES (?,?,?,?,?,?)", (item_id, now, node, status, error[:500], next_at))
+            cur.execute("DELETE FROM commitments WHERE item_id = ?", (item_id,))
+
+    def committing(self, ids: Sequence[int], txn: str, deadline: float, node: str | None,
+                   now: float | None = None) -> None:
+        """Rows delivered to ``node``, whose commitment was asked under ``txn``."""
+        now = time.time() if now is None else now
+        if not ids:
+            return
+        with self._db.tx() as cur:
+            cur.execute(f"UPDATE items SET state = 'committing', node = ?, updated_at = ?, "
+                        f"last_status = 0, last_error = NULL WHERE id IN ({_in(ids)})",
+                        (node, now, *ids))
+            cur.executemany("INSERT INTO commitments (item_id, txn, deadline) VALUES (?,?,?) "
+                            "ON CONFLICT (item_id) DO UPDATE SET txn = excluded.txn, "
+                            "deadline = excluded.deadline", [(i, txn, deadline) for i in ids])
+
+    def awaiting(self, txn: str) -> list[Item]:
+        """The rows still waiting for the report of ``txn``."""
+        cols = ", ".join(f"i.{c.strip()}" for c in _COLS.split(","))
+        with self._db.tx(durable=False) as cur:
+            rows = cur.execute(f"SELECT {cols} FROM items i JOIN commitments c ON c.item_id = i.id "
+                               "WHERE c.txn = ? AND i.state = 'committing' ORDER BY i.id",
+                               (txn,)).fetchall()
+        return [Item(*r) for r in rows]
+
+    def overdue(self, now: float | None = None, limit: int = 500) -> list[tuple[Item, str]]:
+        """Rows whose commitment report is past its deadline, with their Transaction UID."""
+        now = time.time() if now is None else now
+        cols = ", ".join(f"i.{c.strip()}" for c in _COLS.split(","))
+        with self._db.tx(durable=False) as cur:
+            rows = cur.execute(f"SELECT {cols}, c.txn FROM items i JOIN commitments c ON "
+                               "c.item_id = i.id WHERE i.state = 'committing' AND "
+                               "c.deadline <= ? ORDER BY i.id LIMIT ?", (now, limit)).fetchall()
+        return [(Item(*r[:-1]), str(r[-1])) for r in rows]
 
     def release(self, ids: Sequence[int], now: float | None = None) -> None:
         """Give claimed rows back untouched (not attempted)."""
@@ -519,7 +562,7 @@ class Queue:
     def purge(self, *, state: str = "dead", ids: Sequence[int] = (),
               dest: str | None = None) -> tuple[int, list[str]]:
         """Delete rows in ``state``; returns (rows deleted, spool files now unreferenced)."""
-        if state in ("pending", "inflight", "held"):
+        if state in ("pending", "inflight", "held", "committing"):
             raise ValueError("only dead or done rows can be purged")
         sql = "FROM items WHERE state = ?"
         params: list[Any] = [state]

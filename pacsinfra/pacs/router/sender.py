@@ -63,6 +63,7 @@ class Outcome:
     error: str = ""
     permanent: bool = False
     transport: bool = False  # the destination could not be reached / association failed
+    sop_class: str = ""  # of the instance sent (for a storage commitment request)
 
 
 class Sender:
@@ -190,7 +191,7 @@ class Sender:
             return Outcome(False, error="association lost (no C-STORE response)", transport=True)
         code = int(status.Status)
         if is_success(code):
-            return Outcome(True, status=code)
+            return Outcome(True, status=code, sop_class=sop)
         return Outcome(False, status=code, error=f"C-STORE status 0x{code:04X}",
                        permanent=is_permanent(code))
 
@@ -214,7 +215,7 @@ class Sender:
             self.close()
             return Outcome(False, error=f"send failed: {exc}", transport=True)
         if is_success(code):
-            return Outcome(True, status=code)
+            return Outcome(True, status=code, sop_class=sop)
         return Outcome(False, status=code, error=f"C-STORE status 0x{code:04X}",
                        permanent=is_permanent(code))
 

@@ -62,6 +62,7 @@ class RouterServer:
         self.forwarder = Forwarder(cfg, self.queue, self.spool, self.audit)
         self.service = RouterService(cfg, self.spool, self.queue, self.audit,
                                      self.forwarder.wake)
+        self.service.on_commitment_report = self.forwarder.commitments.report
         self._server: Any = None
         self._sink: RouterSink | None = None
         self._metrics: Any = None
@@ -151,6 +152,8 @@ class RouterServer:
                     last_clean = time.monotonic()
                     for rel in self.queue.expired_spools():
                         self.spool.remove(rel)
+                    if self.forwarder.commitments.expire():
+                        self.forwarder.wake()
                     if self._lease() and self.queue.recover(older_than=self._lease()):
                         self.forwarder.wake()
             except Exception:  # noqa: BLE001 - housekeeping retries on its next round

@@ -25,6 +25,7 @@ from pydicom.tag import Tag
 from pynetdicom import AE, evt
 
 from pacsinfra.pacs.archive.attrs import DatasetUnreadable, read_header
+from pacsinfra.pacs.commitment import STORAGE_COMMITMENT, SYNTAXES, Report, parse_report
 from pacsinfra.pacs.compat import (
     STORAGE_SOP_CLASSES,
     association_server,
@@ -74,6 +75,8 @@ class RouterService:
         self.received = 0
         self.dropped = 0
         self._count_lock = threading.Lock()
+        #: storage commitment reports from destinations (set by the server)
+        self.on_commitment_report: Callable[[Report], Any] | None = None
 
     # -- pynetdicom wiring -------------------------------------------------------------------
     def make_ae(self) -> AE:
@@ -84,6 +87,9 @@ class RouterService:
         ae.add_supported_context(VERIFICATION)
         for sop in sorted(STORAGE_SOP_CLASSES):
             ae.add_supported_context(sop, TRANSFER_SYNTAXES)
+        if any(d.storage_commitment for d in self.cfg.destinations.values()):
+            # reports come on new associations, the destination proposing the SCP role
+            ae.add_supported_context(STORAGE_COMMITMENT, SYNTAXES, scu_role=True, scp_role=True)
         return ae
 
     def streaming_contexts(self) -> dict[str, list[str]]:
@@ -95,7 +101,26 @@ class RouterService:
     def handlers(self) -> list[tuple[Any, Any]]:
         """Event handlers for the pynetdicom side of the listener."""
         return [TCP_TUNING_HANDLER, (evt.EVT_REQUESTED, self.on_requested),
-                (evt.EVT_C_ECHO, lambda e: 0), (evt.EVT_C_STORE, self.on_store)]
+                (evt.EVT_C_ECHO, lambda e: 0), (evt.EVT_C_STORE, self.on_store),
+                (evt.EVT_N_EVENT_REPORT, self.on_event_report)]
+
+    def on_event_report(self, event: Any) -> tuple[int, None]:
+        """N-EVENT-REPORT: a destination's storage commitment report."""
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if self.on_commitment_report is None or str(
+                event.request.AffectedSOPClassUID) != STORAGE_COMMITMENT:
+            return 0x0112, None  # no such SOP instance: nothing here takes such reports
+        try:
+            report = parse_report(event.event_information)
+        except Exception as exc:  # noqa: BLE001 - an undecodable report is the sender's fault
+            LOG.warning("storage commitment report from %s unusable: %s", calling, exc)
+            return 0x0115, None  # invalid argument value
+        try:
+            self.on_commitment_report(report)
+        except Exception:  # noqa: BLE001 - not applied: the sender may send it again
+            LOG.exception("storage commitment report from %s not applied", calling)
+            return 0x0110, None
+        return 0x0000, None
 
     def on_requested(self, event: Any) -> None:
         """Per-calling-AE association limit (same rule as the archive)."""
