@@ -28,9 +28,11 @@ _EVENTS = {
     "authentication": ("110114", "DCM", "User Authentication"),
     "security": ("110113", "DCM", "Security Alert"),
     "corrupt": ("110113", "DCM", "Security Alert"),
+    "rejected": ("110103", "DCM", "DICOM Instances Accessed"),
 }
 _ACTION = {"stored": "C", "query": "E", "accessed": "R", "deleted": "D",
-           "authentication": "E", "security": "E", "corrupt": "E"}
+           "authentication": "E", "security": "E", "corrupt": "E",
+           "rejected": "U"}
 # PS3.15 A.5.3.11 / A.5.3.9 event type codes of the refusals (CID 402 / 403)
 _EVENT_TYPES = {
     "authentication": ("110122", "DCM", "Login"),
@@ -109,6 +111,18 @@ class AuditLog:
             "ParticipantObjectIDTypeCode": {"code": "110180", "displayName": "Study Instance UID"},
             "ParticipantObjectID": study_uid,
             "ParticipantObjectDescription": {"SOPInstanceUID": sop_uid},
+        }], 0)
+
+    def rejected(self, actor: str, study_uid: str, instances: int, code: str,
+                 title: str) -> None:
+        """Instances of a study were rejected by a rejection note (IHE IOCM: DICOM
+        Instances Accessed, action Update)."""
+        self._emit("rejected", actor, [{
+            "ParticipantObjectTypeCode": 2, "ParticipantObjectTypeCodeRole": 3,
+            "ParticipantObjectIDTypeCode": {"code": "110180", "displayName": "Study Instance UID"},
+            "ParticipantObjectID": study_uid,
+            "ParticipantObjectDescription": {"NumberOfInstances": instances,
+                                             "RejectionCode": code, "Rejection": title},
         }], 0)
 
     def study_deleted(self, actor: str, study_uid: str, instances: int) -> None:

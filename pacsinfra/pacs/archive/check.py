@@ -63,6 +63,7 @@ class CheckReport:
     young: list[Problem] = field(default_factory=list)  # unindexed, newer than min_age
     flagged: list[Problem] = field(default_factory=list)  # reads refused: changed files
     pending: int = 0  # files of interrupted deletions (the next start removes them)
+    rejected: int = 0  # files of instances hidden by rejection notes (kept for a restore)
     removed: int = 0
 
     @property
@@ -88,7 +89,8 @@ class CheckReport:
             "wrong_size": rows(self.wrong_size), "bad_checksum": rows(self.bad_checksum),
             "flagged": rows(self.flagged),
             "orphans": rows(self.orphans), "young_unindexed": rows(self.young),
-            "pending_deletions": self.pending, "orphans_removed": self.removed,
+            "pending_deletions": self.pending, "rejected_files": self.rejected,
+            "orphans_removed": self.removed,
         }
 
 
@@ -183,9 +185,11 @@ class _Checker:
     time, whatever the size of the archive."""
 
     def __init__(self, index: Index, name: str, tier: Tier, report: CheckReport, *,
-                 verify: bool, cutoff: float, pending: set[tuple[str, str]]) -> None:
+                 verify: bool, cutoff: float, pending: set[tuple[str, str]],
+                 rejected: set[tuple[str, str]]) -> None:
         self.index, self.name, self.tier, self.report = index, name, tier, report
         self.verify, self.cutoff, self.pending = verify, cutoff, pending
+        self.rejected = rejected
         self.studies = _study_dirs(index, name)
         self.key: str | None = None
         self.rows: dict[str, _Indexed] = {}
@@ -230,6 +234,8 @@ class _Checker:
         if row is None:
             if (name, rel) in self.pending:
                 report.pending += 1
+            elif (name, rel) in self.rejected:
+                report.rejected += 1
             elif mtime > self.cutoff:
                 report.young.append(Problem(name, rel, detail=f"{size} bytes"))
             else:
@@ -268,9 +274,13 @@ def check_archive(index: Index, tiers: dict[str, Tier], *, verify: bool = False,
             f"SELECT sop_uid, tier, rel_path FROM instance WHERE tier NOT IN ({placeholders})",
             tuple(tiers)))
     pending = {(t, r) for t, r in index.db.query("SELECT tier, rel_path FROM pending_unlink")}
+    # the files of instances rejection notes hid are known, not orphans
+    rejected = {(t, r) for t, r in index.db.query(
+        "SELECT tier, rel_path FROM rejection WHERE rel_path IS NOT NULL")}
     cutoff = now() - min_age
     for name, tier in tiers.items():
-        _Checker(index, name, tier, report, verify=verify, cutoff=cutoff, pending=pending).run()
+        _Checker(index, name, tier, report, verify=verify, cutoff=cutoff, pending=pending,
+                 rejected=rejected).run()
     # Instances a retrieve refused to send since (checked again by ``verify``).
     report.flagged.extend(Problem(inst.tier, inst.rel_path, inst.sop_uid, reason)
                           for inst, reason, _ in index.flagged())

@@ -126,6 +126,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 last_error TEXT)""",
         ],
     ),
+    (
+        8,
+        [
+            # Instances taken away by rejection notes (IHE IOCM), also those named before
+            # they arrived; tier/rel_path: where the file of a hidden one still is (NULL
+            # once deleted, or never received).
+            """CREATE TABLE rejection (
+                sop_uid TEXT PRIMARY KEY, study_uid TEXT, series_uid TEXT,
+                code TEXT NOT NULL, note_uid TEXT NOT NULL,
+                rejected_at DOUBLE PRECISION NOT NULL, tier TEXT, rel_path TEXT)""",
+            "CREATE INDEX rejection_note ON rejection(note_uid)",
+        ],
+    ),
 ]
 
 

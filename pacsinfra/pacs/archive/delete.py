@@ -72,6 +72,13 @@ def _unlink_one(index: Index, tiers: dict[str, Tier], tier: str, rel: str,
         return removed
 
 
+def unlink_journalled(index: Index, tiers: dict[str, Tier], tier: str, rel: str,
+                      sop_uid: str | None, lock_for: LockFor | None = None) -> bool:
+    """Unlink a file journalled in ``pending_unlink`` (in the transaction that removed its
+    row), unless a row points at it again; True when it was removed."""
+    return _unlink_one(index, tiers, tier, rel, sop_uid, lock_for)
+
+
 def delete_instances(index: Index, tiers: dict[str, Tier], instances: list[StoredInstance],
                      *, study_uid: str, lock_for: LockFor | None = None) -> DeleteReport:
     """Remove ``instances`` from the index in one transaction, then unlink their files."""

@@ -27,6 +27,7 @@ from pacsinfra.pacs.archive.attrs import Buffer, DatasetUnreadable, read_indexed
 from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.index import Index, InstanceRecord, StoredInstance
 from pacsinfra.pacs.archive.query import LEVELS, QueryError, compile_query, response
+from pacsinfra.pacs.archive.rejection import KOS, TITLES, Rejections, parse_note
 from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
 from pacsinfra.pacs.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -151,6 +152,7 @@ class ArchiveService:
         # Called with each newly stored instance after it is durable and indexed (before
         # the answer is sent): enqueue, never block, never raise.
         self.on_stored: list[Callable[[StoredInstance], None]] = []
+        self.rejections = Rejections(index, tiers, self.lock_for)
         # Storage commitment (set by the server when enabled: it needs the index's table)
         self.committer: Any = None
         self.supported = dict(_SUPPORTED)
@@ -282,7 +284,39 @@ class ArchiveService:
                       room_needed: int, persist: Callable[[Path], None]) -> Status:
         """Check, write (``persist(final_path)``), index: the whole store, whoever received
         the bytes. ``raw`` is the dataset, ``sha`` its sha256; ``room_needed``: bytes the
-        write will still add to the tier (0 when they are already there)."""
+        write will still add to the tier (0 when they are already there). A rejection
+        note is applied before its Success is answered."""
+        status = self._store_checked(
+            sop_class=sop_class, sop_uid=sop_uid, transfer_syntax=transfer_syntax, raw=raw,
+            calling=calling, sha=sha, meta_tag=meta_tag, ds_offset=ds_offset, size=size,
+            room_needed=room_needed, persist=persist)
+        if status == Status.SUCCESS and sop_class == KOS:
+            # also for a note sent again: applying is idempotent, and finishes one that
+            # failed half-way (its store succeeded, the answer said it did not)
+            return self._apply_rejection(sop_uid, calling)
+        return status
+
+    def _apply_rejection(self, sop_uid: str, calling: str) -> Status:
+        inst = self.index.get(sop_uid)
+        if inst is None:  # deleted meanwhile: nothing to apply
+            return Status.SUCCESS
+        try:
+            note = parse_note(dcmread(BytesIO(self.read_verified(inst))))
+        except Exception as exc:  # noqa: BLE001 - a KOS that is not a usable note is stored
+            LOG.warning("key object %s: not read as a rejection note: %s", sop_uid, exc)
+            return Status.SUCCESS
+        if note is None:
+            return Status.SUCCESS
+        try:
+            self.rejections.apply(note, calling, audit=self.audit)
+        except Exception:  # noqa: BLE001 - not applied: the sender is told, and sends again
+            LOG.exception("rejection note %s could not be applied", sop_uid)
+            return Status.OUT_OF_RESOURCES
+        return Status.SUCCESS
+
+    def _store_checked(self, *, sop_class: str, sop_uid: str, transfer_syntax: str,
+                       raw: Buffer, calling: str, sha: str, meta_tag: str, ds_offset: int,
+                       size: int, room_needed: int, persist: Callable[[Path], None]) -> Status:
         ts = transfer_syntax
         if sop_class not in _STORAGE_UIDS and not self.config.accept_unknown_sop_classes:
             return Status.SOP_CLASS_NOT_SUPPORTED
@@ -310,6 +344,12 @@ class ArchiveService:
         rel = str(uid_path(Path(), study, series, sop_uid))[: -len(".dcm")] + f".{tag}.dcm"
         with self._locks[hash(sop_uid) & 255]:
             existing = self.index.get(sop_uid)
+            rejected = self.rejections.rejected(sop_uid) if existing is None else None
+            if rejected is not None:
+                # taken away by a rejection note: it stays away, whoever sends it again
+                LOG.warning("C-STORE %s from %s refused: rejected (%s %s)", sop_uid, calling,
+                            rejected, TITLES.get(rejected, ""))
+                return Status.DUPLICATE_SOP_INSTANCE
             if existing is not None:
                 self.counters.add("duplicates")
                 policy = self.config.duplicates
