@@ -23,8 +23,8 @@ from typing import Any
 from pacsinfra.pacs.router.commitment import Commitments, request
 from pacsinfra.pacs.router.config import Destination, RouterConfig
 from pacsinfra.pacs.router.queue import Item, Queue
-from pacsinfra.pacs.router.sender import Sender
-from pacsinfra.pacs.router.spool import Spool
+from pacsinfra.pacs.router.sender import Outcome, Sender
+from pacsinfra.pacs.router.spool import Spool, file_crc
 
 LOG = logging.getLogger("pacsinfra.router")
 BATCH = 32
@@ -257,9 +257,10 @@ class Forwarder:
         refs: list[tuple[str, str]] = []  # (SOP class, SOP instance) of what was delivered
         n = self.nodes[node]
         n.outstanding += len(items)
+        sums = self.queue.sums_of(sorted({i.spool for i in items}))
         try:
             for pos, item in enumerate(items):
-                out = sender.send(self.spool.path(item.spool))
+                out = self._verified_send(sender, item, sums.get(item.spool))
                 if out.ok:
                     delivered.append(item.id)
                     refs.append((out.sop_class, item.sop_uid))
@@ -293,6 +294,23 @@ class Forwarder:
             self._delivered(target, node, delivered, refs)
         finally:
             n.outstanding -= len(items)
+
+    def _verified_send(self, sender: Sender, item: Item, recorded: tuple[int, int] | None
+                       ) -> Outcome:
+        """Send one spool file once it reads back as it was received."""
+        path = self.spool.path(item.spool)
+        if recorded is not None:
+            try:
+                now = file_crc(path)
+            except OSError as exc:
+                return Outcome(False, error=f"spool file unreadable: {exc}", permanent=True)
+            if now != recorded:
+                LOG.error("spool file %s of %s changed since it was received (CRC-32 %08x, "
+                          "%d bytes; received %08x, %d bytes): not sent", item.spool,
+                          item.sop_uid, now[0], now[1], *recorded)
+                return Outcome(False, permanent=True, error=(
+                    "spool file changed since it was received (CRC-32 mismatch): not sent"))
+        return sender.send(path)
 
     # -- storage commitment ------------------------------------------------------------------
     def _delivered(self, target: Target, node: str, ids: list[int],

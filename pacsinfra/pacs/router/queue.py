@@ -71,6 +71,10 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS commitments (
         item_id INTEGER PRIMARY KEY, txn TEXT NOT NULL, deadline {real} NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS commitments_txn ON commitments (txn)",
+    # The CRC-32 and size of each spool file as received: a sender reads it back against
+    # them, so a file changed on disk is never forwarded.
+    "CREATE TABLE IF NOT EXISTS spool_sums (spool TEXT PRIMARY KEY, crc32 BIGINT NOT NULL, "
+    "size BIGINT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS affinity (
         dest TEXT NOT NULL, study_uid TEXT NOT NULL, node TEXT NOT NULL,
         PRIMARY KEY (dest, study_uid))""",
@@ -275,11 +279,17 @@ class Queue:
         return self._db.exclusive(f"pacsinfra-router:{dest}")
 
     # -- receive side ------------------------------------------------------------------------
-    def enqueue(self, items: Sequence[NewItem], now: float | None = None) -> list[int]:
-        """Insert rows (and note the study as just seen) in one committed transaction."""
+    def enqueue(self, items: Sequence[NewItem], now: float | None = None,
+                sums: dict[str, tuple[int, int]] | None = None) -> list[int]:
+        """Insert rows (and note the study as just seen) in one committed transaction;
+        ``sums``: spool file -> (CRC-32, size) as received."""
         now = time.time() if now is None else now
         ids: list[int] = []
         with self._db.tx() as cur:
+            if sums:
+                cur.executemany("INSERT INTO spool_sums (spool, crc32, size) VALUES (?,?,?) "
+                                "ON CONFLICT (spool) DO NOTHING",
+                                [(k, crc, size) for k, (crc, size) in sums.items()])
             for it in items:
                 row = cur.execute(
                     "INSERT INTO items (dest, study_uid, sop_uid, spool, rule, state, next_at, "
@@ -334,6 +344,16 @@ class Queue:
                 break
             batch.append(it)
         return batch
+
+    def sums_of(self, spools: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(CRC-32, size) recorded for these spool files (files from before sums were
+        recorded have none)."""
+        if not spools:
+            return {}
+        with self._db.tx(durable=False) as cur:
+            rows = cur.execute(f"SELECT spool, crc32, size FROM spool_sums WHERE spool IN "
+                               f"({_in(spools)})", tuple(spools)).fetchall()
+        return {str(s): (int(c), int(n)) for s, c, n in rows}
 
     def claim(self, ids: Sequence[int], node: str | None, now: float | None = None) -> list[int]:
         """Mark rows in flight to ``node``; returns the ids actually claimed (still pending)."""
@@ -492,6 +512,7 @@ class Queue:
                 cur.execute("DELETE FROM attempts WHERE item_id IN "
                             "(SELECT id FROM items WHERE spool = ?)", (s,))
                 cur.execute("DELETE FROM items WHERE spool = ?", (s,))
+                cur.execute("DELETE FROM spool_sums WHERE spool = ?", (s,))
             cur.execute("DELETE FROM affinity WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
                         "items.dest = affinity.dest AND items.study_uid = affinity.study_uid)")
             cur.execute("DELETE FROM studies WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
@@ -578,4 +599,6 @@ class Queue:
             n = len(cur.execute(f"DELETE {sql} RETURNING id", params).fetchall())
             orphans = [s for s in spools if cur.execute(
                 "SELECT 1 FROM items WHERE spool = ? LIMIT 1", (s,)).fetchone() is None]
+            for s in orphans:
+                cur.execute("DELETE FROM spool_sums WHERE spool = ?", (s,))
         return n, orphans

@@ -45,7 +45,7 @@ from pacsinfra.pacs.router.audit import AuditLog
 from pacsinfra.pacs.router.config import RouterConfig, TagEdit
 from pacsinfra.pacs.router.queue import NewItem, Queue
 from pacsinfra.pacs.router.rules import Subject, TagValues, apply_edits, route, rule_tags
-from pacsinfra.pacs.router.spool import Spool
+from pacsinfra.pacs.router.spool import Spool, file_crc
 
 LOG = logging.getLogger("pacsinfra.router")
 SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
@@ -213,9 +213,12 @@ class RouterService:
                     files[key] = self.spool.write([self._morphed(read_received(), d.edits)])
             if () in keys:
                 files[()] = keep_received()
+            # read back from the page cache: what the senders will check before sending
+            sums = {rel: file_crc(self.spool.path(rel)) for rel in files.values()}
             self.queue.enqueue([NewItem(d.target, study, sop_uid, files[key], d.rule,
                                         held=d.per_study)
-                                for d, key in zip(decision.deliveries, keys, strict=True)])
+                                for d, key in zip(decision.deliveries, keys, strict=True)],
+                               sums=sums)
         except Exception as exc:  # noqa: BLE001 - disk full, queue trouble: refuse, keep nothing
             LOG.error("C-STORE %s: could not queue: %s", sop_uid, exc)
             for rel in files.values():
