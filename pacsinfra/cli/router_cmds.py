@@ -80,15 +80,32 @@ def _checked(what: str, fn: Any) -> Any:
 @click.option("--config", "config", required=True, type=click.Path(path_type=Path))
 @click.option("--calling-ae", default="", help="calling AE title to assume")
 @click.option("--called-ae", default="", help="called AE title to assume (default: the router's)")
-@click.argument("file", type=click.Path(path_type=Path))
-def explain(config: Path, calling_ae: str, called_ae: str, file: Path) -> None:
-    """Show which rules match FILE and why, and where it would go."""
+@click.option("--study", "study_uid", help="say why this held study is or is not complete "
+              "(reads the running router's queue)")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+def explain(config: Path, calling_ae: str, called_ae: str, study_uid: str | None,
+            file: Path | None) -> None:
+    """Show which rules match FILE and why, and where it would go; or (--study) whether
+    a study the rules hold is complete, and what happens to it next."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     from pacsinfra.pacs.router.rules import Subject, route
 
+    if (file is None) == (study_uid is None):
+        raise UsageError("give a FILE to route, or --study UID (not both)")
     cfg = load_config(config)
+    if study_uid is not None:
+        from pacsinfra.pacs.router.completion import Completer
+
+        _, q = _open(config)
+        try:
+            for line in Completer(cfg, q).explain(study_uid):
+                click.echo(line)
+        finally:
+            q.close()
+        return
+    assert file is not None
     try:
         ds = dcmread(file, stop_before_pixels=True)
     except (OSError, InvalidDicomError) as exc:
@@ -112,6 +129,12 @@ def explain(config: Path, calling_ae: str, called_ae: str, file: Path) -> None:
                 acts.append("forward to " + ", ".join(t.rule.forward))
             if t.rule.per_study:
                 acts.append("once the study is stable")
+            if t.rule.complete is not None:
+                c = t.rule.complete
+                acts.append(f"once the {c.level} is complete (quiet {c.quiet_seconds:g} s"
+                            + (f", series {', '.join(c.expect_series)}" if c.expect_series
+                               else "")
+                            + f"; after {c.timeout_seconds:g} s: {c.when_incomplete})")
             if t.rule.stop:
                 acts.append("stop")
             click.echo("  actions: " + ("; ".join(acts) or "none"))

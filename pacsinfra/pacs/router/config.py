@@ -6,6 +6,7 @@ conditions on tags and AE titles; actions forward, drop, morph tags and stop.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -107,6 +108,47 @@ class TagEdit(Strict):
         return self
 
 
+class Completion(Strict):
+    """When the study (or series) a rule holds is complete enough to forward.
+
+    DICOM has no "study complete" signal; a study is complete when it has been quiet for
+    ``quiet_seconds`` and (study level) every pattern of ``expect_series`` matches the
+    SeriesDescription of at least one of its series. ``timeout_seconds`` after its first
+    instance an incomplete study (or series) gets ``when_incomplete``.
+
+    Attributes:
+        level: ``study``: the whole study goes at once; ``series``: each series on its own.
+        quiet_seconds: Nothing new for this long (on this rule's instances).
+        expect_series: SeriesDescription patterns (``*`` and ``?`` wildcards, case-
+            insensitive; ``re:`` for a regular expression), each of which some series must
+            match. Study level only.
+        timeout_seconds: Seconds after the first instance when an incomplete study is
+            decided by ``when_incomplete``.
+        when_incomplete: ``send`` what is there; ``hold`` on, until it completes;
+            ``discard`` (its rows are dead-lettered with the reason, ``queue retry``
+            sends them after all).
+    """
+
+    level: Literal["study", "series"] = "study"
+    quiet_seconds: float = Field(30, ge=0)
+    expect_series: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(3600, gt=0)
+    when_incomplete: Literal["send", "hold", "discard"] = "send"
+
+    @model_validator(mode="after")
+    def _patterns(self) -> Completion:
+        if self.expect_series and self.level != "study":
+            raise ValueError("expect_series needs level: study (a series cannot expect series)")
+        for p in self.expect_series:
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as exc:
+                    raise ValueError(f"expect_series {p!r}: not a regular expression: {exc}"
+                                     ) from exc
+        return self
+
+
 class Rule(Strict):
     """Match, then act. Rules run in order; ``stop`` ends evaluation after a match.
 
@@ -120,7 +162,8 @@ class Rule(Strict):
         edits: Tag edits; they accumulate over the matched rules, in order.
         stop: End evaluation after this rule when it matches.
         per_study: Hold this rule's deliveries until the study has received nothing for
-            ``stable_study_seconds``.
+            ``stable_study_seconds`` (``complete`` with only that quiet time).
+        complete: Hold this rule's deliveries until the study or series is complete.
     """
 
     name: str
@@ -130,6 +173,14 @@ class Rule(Strict):
     edits: list[TagEdit] = Field(default_factory=list)
     stop: bool = False
     per_study: bool = False  # act once the study is stable
+    complete: Completion | None = None
+
+    @model_validator(mode="after")
+    def _one_hold(self) -> Rule:
+        if self.per_study and self.complete is not None:
+            raise ValueError(f"rule {self.name!r}: per_study and complete both hold the "
+                             "study; keep complete (per_study is its quiet time alone)")
+        return self
 
 
 class Destination(Strict):

@@ -75,6 +75,15 @@ _SCHEMA = [
     # them, so a file changed on disk is never forwarded.
     "CREATE TABLE IF NOT EXISTS spool_sums (spool TEXT PRIMARY KEY, crc32 BIGINT NOT NULL, "
     "size BIGINT NOT NULL)",
+    # What held rows wait on (rules with a completion): the series each held row
+    # belongs to, and per series of a study its description and when it was first and
+    # last seen.
+    "CREATE TABLE IF NOT EXISTS item_series (item_id INTEGER PRIMARY KEY, "
+    "series_uid TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS series_seen (
+        study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, description TEXT,
+        first_seen {real} NOT NULL, last_seen {real} NOT NULL, instances INTEGER NOT NULL,
+        PRIMARY KEY (study_uid, series_uid))""",
     """CREATE TABLE IF NOT EXISTS affinity (
         dest TEXT NOT NULL, study_uid TEXT NOT NULL, node TEXT NOT NULL,
         PRIMARY KEY (dest, study_uid))""",
@@ -114,6 +123,8 @@ class NewItem:
     spool: str
     rule: str
     held: bool = False
+    series_uid: str = ""  # for held rows: what completion is judged on
+    series_description: str = ""
 
 
 class _Backend(abc.ABC):
@@ -297,6 +308,17 @@ class Queue:
                     (it.dest, it.study_uid, it.sop_uid, it.spool, it.rule,
                      "held" if it.held else "pending", now, now, now)).fetchone()
                 ids.append(int(row[0]))
+                if it.held:
+                    cur.execute("INSERT INTO item_series (item_id, series_uid) VALUES (?, ?)",
+                                (ids[-1], it.series_uid))
+            for it in {i.sop_uid: i for i in items if i.held}.values():  # once per instance
+                cur.execute(
+                    "INSERT INTO series_seen (study_uid, series_uid, description, first_seen, "
+                    "last_seen, instances) VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (study_uid, "
+                    "series_uid) DO UPDATE SET last_seen = excluded.last_seen, "
+                    "instances = series_seen.instances + 1, "
+                    "description = COALESCE(series_seen.description, excluded.description)",
+                    (it.study_uid, it.series_uid, it.series_description or None, now, now))
             for study in {it.study_uid for it in items}:
                 cur.execute(
                     "INSERT INTO studies (study_uid, last_seen) VALUES (?, ?) "
@@ -314,6 +336,47 @@ class Queue:
                 "(SELECT study_uid FROM studies WHERE last_seen <= ?) RETURNING id",
                 (now, now, now - quiet_seconds)).fetchall()
         return len(rows)
+
+    def held(self) -> list[tuple[int, str, str, str]]:
+        """Every held row: (id, rule, study, series)."""
+        with self._db.tx(durable=False) as cur:
+            rows = cur.execute(
+                "SELECT i.id, i.rule, i.study_uid, COALESCE(s.series_uid, '') FROM items i "
+                "LEFT JOIN item_series s ON s.item_id = i.id WHERE i.state = 'held' "
+                "ORDER BY i.id").fetchall()
+        return [(int(i), str(r), str(st), str(se)) for i, r, st, se in rows]
+
+    def series_seen(self, study_uid: str) -> list[tuple[str, str | None, float, float, int]]:
+        """The series of a study its held rows came in: (series, description, first
+        seen, last seen, instances)."""
+        with self._db.tx(durable=False) as cur:
+            rows = cur.execute("SELECT series_uid, description, first_seen, last_seen, "
+                               "instances FROM series_seen WHERE study_uid = ? "
+                               "ORDER BY first_seen", (study_uid,)).fetchall()
+        return [(str(a), None if b is None else str(b), float(c), float(d), int(e))
+                for a, b, c, d, e in rows]
+
+    def unhold(self, ids: Sequence[int], now: float | None = None) -> int:
+        """Held rows become pending (their study or series is complete, or timed out)."""
+        now = time.time() if now is None else now
+        if not ids:
+            return 0
+        with self._db.tx() as cur:
+            return len(cur.execute(
+                f"UPDATE items SET state = 'pending', next_at = ?, updated_at = ? "
+                f"WHERE state = 'held' AND id IN ({_in(ids)}) RETURNING id",
+                (now, now, *ids)).fetchall())
+
+    def discard(self, ids: Sequence[int], error: str, now: float | None = None) -> int:
+        """Held rows are dead-lettered with ``error`` (incomplete at their timeout)."""
+        now = time.time() if now is None else now
+        if not ids:
+            return 0
+        with self._db.tx() as cur:
+            return len(cur.execute(
+                f"UPDATE items SET state = 'dead', updated_at = ?, last_error = ? "
+                f"WHERE state = 'held' AND id IN ({_in(ids)}) RETURNING id",
+                (now, error[:500], *ids)).fetchall())
 
     # -- send side ---------------------------------------------------------------------------
     def next_batch(self, dest: str, limit: int, now: float | None = None,
@@ -517,6 +580,10 @@ class Queue:
                         "items.dest = affinity.dest AND items.study_uid = affinity.study_uid)")
             cur.execute("DELETE FROM studies WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
                         "items.study_uid = studies.study_uid)")
+            cur.execute("DELETE FROM series_seen WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
+                        "items.study_uid = series_seen.study_uid)")
+            cur.execute("DELETE FROM item_series WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
+                        "items.id = item_series.item_id)")
         return spools
 
     def referenced_spools(self) -> set[str]:

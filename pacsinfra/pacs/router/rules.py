@@ -252,7 +252,7 @@ class Delivery:
     target: str
     edits: tuple[TagEdit, ...]
     rule: str
-    per_study: bool
+    per_study: bool  # held until its study (or series) is complete
 
 
 @dataclass
@@ -291,7 +291,8 @@ def route(rules: Sequence[Rule], subj: Subject) -> Decision:
             if (target, key_edits) in seen:
                 continue
             seen.add((target, key_edits))
-            deliveries.append(Delivery(target, frozen, rule.name, rule.per_study))
+            deliveries.append(Delivery(target, frozen, rule.name,
+                                       rule.per_study or rule.complete is not None))
         stopped = rule.stop
     return Decision(deliveries, None, trace)
 

@@ -26,6 +26,7 @@ from pacsinfra.pacs.fastscp.fastpath import FastPath, ListenerLimits
 from pacsinfra.pacs.fastscp.server import start_server
 from pacsinfra.pacs.refusals import RefusalLog
 from pacsinfra.pacs.router.audit import AuditLog
+from pacsinfra.pacs.router.completion import Completer
 from pacsinfra.pacs.router.config import RouterConfig
 from pacsinfra.pacs.router.forwarder import Forwarder
 from pacsinfra.pacs.router.queue import Queue
@@ -63,6 +64,9 @@ class RouterServer:
         self.service = RouterService(cfg, self.spool, self.queue, self.audit,
                                      self.forwarder.wake)
         self.service.on_commitment_report = self.forwarder.commitments.report
+        audit = self.audit
+        self.completer = Completer(cfg, self.queue, None if audit is None else (
+            lambda study, why, n: audit.dropped(cfg.ae_title, study, f"{n} instance(s)", why)))
         self._server: Any = None
         self._sink: RouterSink | None = None
         self._metrics: Any = None
@@ -146,7 +150,7 @@ class RouterServer:
         last_clean = 0.0
         while not self._stopped.wait(0.5):
             try:
-                if self.queue.release_held(self.cfg.stable_study_seconds):
+                if self.completer.step():
                     self.forwarder.wake()
                 if time.monotonic() - last_clean > 5:
                     last_clean = time.monotonic()

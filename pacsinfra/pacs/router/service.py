@@ -50,6 +50,8 @@ from pacsinfra.pacs.router.spool import Spool, file_crc
 LOG = logging.getLogger("pacsinfra.router")
 SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
+SERIES_INSTANCE_UID = Tag(0x0020, 0x000E)
+SERIES_DESCRIPTION = Tag(0x0008, 0x103E)
 VERIFICATION = "1.2.840.10008.1.1"
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -72,6 +74,9 @@ class RouterService:
         #: what the receive path reads of each instance: the UIDs and the rules' tags
         self.header_tags = rule_tags(cfg.rules) | {int(SOP_INSTANCE_UID),
                                                    int(STUDY_INSTANCE_UID)}
+        if any(r.per_study or r.complete for r in cfg.rules):
+            # what completion is judged on
+            self.header_tags |= {int(SERIES_INSTANCE_UID), int(SERIES_DESCRIPTION)}
         self.received = 0
         self.dropped = 0
         self._count_lock = threading.Lock()
@@ -215,8 +220,13 @@ class RouterService:
                 files[()] = keep_received()
             # read back from the page cache: what the senders will check before sending
             sums = {rel: file_crc(self.spool.path(rel)) for rel in files.values()}
+            series = described = ""
+            if any(d.per_study for d in decision.deliveries):  # read only when held
+                series = _first(subject.values(SERIES_INSTANCE_UID))
+                described = _first(subject.values(SERIES_DESCRIPTION))
             self.queue.enqueue([NewItem(d.target, study, sop_uid, files[key], d.rule,
-                                        held=d.per_study)
+                                        held=d.per_study, series_uid=series,
+                                        series_description=described)
                                 for d, key in zip(decision.deliveries, keys, strict=True)],
                                sums=sums)
         except Exception as exc:  # noqa: BLE001 - disk full, queue trouble: refuse, keep nothing
