@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from pacsinfra.cli.archive_cluster import cluster
 from pacsinfra.cli.archive_config import load_config
 from pacsinfra.cli.archive_rejections import rejections
 from pacsinfra.errors import PacsinfraError, UsageError
@@ -216,3 +217,4 @@ def _print_check(report: object) -> None:
 
 
 archive.add_command(rejections)
+archive.add_command(cluster)

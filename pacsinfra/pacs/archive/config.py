@@ -256,6 +256,37 @@ class CommitmentConfig(Strict):
     expire_hours: float = Field(24.0, gt=0, le=24 * 30)
 
 
+class ClusterConfig(Strict):
+    """Several archive nodes as one archive, on one PostgreSQL index and one store.
+
+    Every node of a cluster has the same ``index`` (PostgreSQL) and the same tiers (a
+    filesystem tier on a path every node mounts); each keeps its own ``data_dir``. Each
+    node accepts stores and answers queries and retrieves for every instance of the
+    cluster. Jobs that must run once (lifecycle, retention, scrub) run on the node that
+    holds the leader lease; when it stops renewing it, another takes over.
+
+    Attributes:
+        enabled: This archive is a node of a cluster.
+        node: This node's name, unique in the cluster (default: host name and DICOM port).
+        heartbeat_seconds: How often a node records that it is alive and renews its lease.
+        lease_seconds: How long the leader lease lasts unrenewed: a dead leader's jobs
+            move to another node after at most this long.
+    """
+
+    enabled: bool = False
+    node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+    lease_seconds: float = Field(30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self) -> ClusterConfig:
+        if self.enabled and self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"cluster.lease_seconds ({self.lease_seconds:g}) must be at least "
+                             f"twice heartbeat_seconds ({self.heartbeat_seconds:g}), or the "
+                             "leader loses its lease between two renewals")
+        return self
+
+
 class ArchiveConfig(DicomListener):
     """Everything the archive needs to run; also ``services.archive`` in a blueprint.
 
@@ -281,6 +312,7 @@ class ArchiveConfig(DicomListener):
         dicomweb: QIDO-RS / WADO-RS / STOW-RS for viewers.
         scrub: Background re-verification of every stored file.
         commitment: Storage Commitment (push model) as an SCP.
+        cluster: This archive as one node of several on one index and one store.
     """
 
     ae_title: AETitle = "ARCHIVE"
@@ -303,6 +335,7 @@ class ArchiveConfig(DicomListener):
     dicomweb: DicomWebConfig = Field(default_factory=DicomWebConfig)
     scrub: ScrubConfig = Field(default_factory=ScrubConfig)
     commitment: CommitmentConfig = Field(default_factory=CommitmentConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _tiers_consistent(self) -> ArchiveConfig:
@@ -324,11 +357,21 @@ class ArchiveConfig(DicomListener):
             for t in (rule.from_tier, rule.to_tier):
                 if t not in names:
                     raise ValueError(f"lifecycle rule names unknown tier {t!r}; tiers are {names}")
+        if self.cluster.enabled:
+            if self.index.backend != "postgresql":
+                raise ValueError("a cluster's nodes share one index: cluster.enabled needs "
+                                 "index.backend: postgresql")
+            for tier in self.tiers:
+                if tier.kind == "filesystem" and not (tier.path and tier.path.startswith("/")):
+                    raise ValueError(
+                        f"tier {tier.name!r}: a cluster's nodes share their files: give it an "
+                        "absolute path on a file system every node mounts (tiers[].path)")
         return self
 
 
 __all__ = [
     "ArchiveConfig",
+    "ClusterConfig",
     "CommitmentConfig",
     "DicomWebConfig",
     "IndexConfig",

@@ -139,6 +139,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX rejection_note ON rejection(note_uid)",
         ],
     ),
+    (
+        9,
+        [
+            # Archive clusters: each node's heartbeat, and the leases that pick the one
+            # node running once-only jobs (lifecycle, retention, scrub).
+            """CREATE TABLE cluster_node (
+                node TEXT PRIMARY KEY, address TEXT, version TEXT,
+                started_at DOUBLE PRECISION NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL,
+                stored BIGINT NOT NULL DEFAULT 0)""",
+            """CREATE TABLE cluster_lease (
+                job TEXT PRIMARY KEY, holder TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL, token BIGINT NOT NULL)""",
+        ],
+    ),
 ]
 
 
@@ -319,19 +333,44 @@ def open_database(cfg: IndexConfig, data_dir: Path) -> Database:
 def schema_version(db: Database) -> int:
     """The highest applied migration (0 on an empty database)."""
     with db.transaction() as cur:
+        if db.backend == "postgresql":  # two nodes creating it at once would collide
+            cur.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
         cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
         row = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
+# The advisory lock PostgreSQL migrations hold (transaction-scoped: safe behind a
+# connection pooler, released at commit even if the node dies).
+_MIGRATION_LOCK = 0x7061637369  # "pacsi"
+
+
+class SchemaTooNew(IndexError_):
+    """The index was migrated by a newer pacsinfra than this one."""
+
+
 def migrate(db: Database) -> int:
-    """Apply pending migrations, each in its own transaction; return the new version."""
+    """Apply pending migrations, each in its own transaction; return the new version.
+
+    Several archive processes (workers, cluster nodes) may start at once on one index:
+    each migration runs under the write lock (SQLite) or an advisory transaction lock
+    (PostgreSQL), and is skipped by whoever gets there second. An index newer than this
+    code is refused: an older node must not write to a schema it does not know.
+    """
     current = schema_version(db)
+    known = MIGRATIONS[-1][0]
+    if current > known:
+        raise SchemaTooNew(
+            f"the archive index has schema version {current}, newer than this pacsinfra "
+            f"{_version()} knows (up to {known}): another node runs a newer pacsinfra; "
+            "upgrade this node to the same version before starting it")
     for version, statements in MIGRATIONS:
         if version <= current:
             continue
         with db.transaction() as cur:
-            # Re-check under the write lock: another archive process may have migrated.
+            if db.backend == "postgresql":
+                cur.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            # Re-check under the lock: another archive process may have migrated.
             row = cur.execute(
                 "SELECT COUNT(*) FROM schema_version WHERE version = ?", (version,)
             ).fetchone()
@@ -342,3 +381,13 @@ def migrate(db: Database) -> int:
             cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
         current = version
     return current
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pacsinfra")
+    except PackageNotFoundError:
+        return "(unknown version)"
+

@@ -36,8 +36,13 @@ LOG = logging.getLogger("pacsinfra.archive")
 READY_TIMEOUT_S = 120.0  # workers' start-up (index, tiers) before the port opens anyway
 
 
-def _sweep(tier: Tier) -> None:
-    swept = sweep_temp_files(tier.root / ".incoming")
+# A cluster's nodes write temp files into the same shared .incoming: a starting node
+# removes only those no write can still be busy with.
+CLUSTER_SWEEP_AGE_S = 3600.0
+
+
+def _sweep(tier: Tier, min_age: float = 0.0) -> None:
+    swept = sweep_temp_files(tier.root / ".incoming", min_age)
     if swept:
         LOG.info("tier %s: removed %d interrupted writes", tier.name, swept)
 
@@ -72,6 +77,9 @@ class ArchiveServer:
         self._scrub_stop = threading.Event()  # set first at stop: the scrub reads the index
         self._scrub: threading.Thread | None = None
         self._committer: threading.Thread | None = None
+        self.cluster: Any = None  # a cluster node's heartbeat and lease (primary process)
+        self._cluster_thread: threading.Thread | None = None
+        self._leading = False  # this node holds the leader lease
         self._lock_fd: int | None = None  # the data directory's lock, held shared
 
     def start(self) -> None:
@@ -89,7 +97,7 @@ class ArchiveServer:
             if self.worker is None:
                 # Workers never sweep: a sibling's in-flight temp files live there too;
                 # the supervisor sweeps once before any worker starts.
-                _sweep(tier)
+                _sweep(tier, CLUSTER_SWEEP_AGE_S if cfg.cluster.enabled else 0.0)
         self.index = Index(open_database(cfg.index, self.data_dir))
         self.service = ArchiveService(cfg, self.index, self.tiers)
         if self.worker is None:
@@ -139,13 +147,10 @@ class ArchiveServer:
             self._lifecycle = threading.Thread(target=self._lifecycle_loop, name="lifecycle",
                                                daemon=True)
             self._lifecycle.start()
-        if cfg.scrub.rate_mb_s > 0 and primary:
-            from pacsinfra.pacs.archive.scrub import Scrubber
-
-            scrubber = Scrubber(self.service, cfg.scrub, self.data_dir / "scrub.json",
-                                self._scrub_stop)
-            self._scrub = threading.Thread(target=scrubber.run, name="scrub", daemon=True)
-            self._scrub.start()
+        if cfg.scrub.rate_mb_s > 0 and primary and not cfg.cluster.enabled:
+            self._start_scrub(self._scrub_stop)
+        if cfg.cluster.enabled and primary:
+            self._start_cluster()
         if cfg.dicomweb.enabled and primary:
             # imported here: starlette/uvicorn are needed only when DICOMweb is on
             from pacsinfra.pacs.archive.dicomweb import DicomWeb
@@ -154,14 +159,63 @@ class ArchiveServer:
             self._web.start()
             LOG.info("DICOMweb on %s:%d", cfg.dicomweb.bind, cfg.dicomweb.port)
 
+    def _start_scrub(self, stop: threading.Event) -> None:
+        from pacsinfra.pacs.archive.scrub import Scrubber
+
+        assert self.service is not None
+        scrubber = Scrubber(self.service, self.config.scrub, self.data_dir / "scrub.json", stop)
+        self._scrub = threading.Thread(target=scrubber.run, name="scrub", daemon=True)
+        self._scrub.start()
+
+    def _start_cluster(self) -> None:
+        """Heartbeat, and the leader lease that decides where once-only jobs run."""
+        from pacsinfra.pacs.archive.cluster import Cluster
+        from pacsinfra.pacs.archive.db import _version
+
+        assert self.index is not None
+        self.cluster = Cluster(self.index.db, self.config, version=_version())
+        self._cluster_thread = threading.Thread(target=self._cluster_loop, name="cluster",
+                                                daemon=True)
+        self._cluster_thread.start()
+
+    def _cluster_loop(self) -> None:
+        cluster, cfg = self.cluster, self.config
+        assert cluster is not None and self.service is not None
+        scrub_stop: threading.Event | None = None
+        while True:
+            try:
+                cluster.heartbeat(self.service.counters.stored)
+                self._leading = cluster.lead()
+            except Exception as exc:  # noqa: BLE001 - the index is away: not leading now
+                LOG.warning("cluster heartbeat failed: %s", exc)
+                self._leading = False
+            if cfg.scrub.rate_mb_s > 0:
+                if self._leading and scrub_stop is None:
+                    scrub_stop = threading.Event()
+                    self._start_scrub(scrub_stop)
+                elif not self._leading and scrub_stop is not None:
+                    scrub_stop.set()  # another node scrubs now
+                    scrub_stop = None
+            if self._scrub_stop.wait(cfg.cluster.heartbeat_seconds):
+                break
+        if scrub_stop is not None:
+            scrub_stop.set()
+        try:
+            if self._leading:
+                cluster.resign()  # another node takes the jobs over at once
+        except Exception as exc:  # noqa: BLE001 - it lapses on its own
+            LOG.warning("could not give the lease up: %s", exc)
+
     def _start_committer(self) -> None:
         """Storage commitment: every process answers N-ACTIONs and delivers reports."""
         from pacsinfra.pacs.archive.commitment import CommitmentStore, Committer
 
         assert self.service is not None and self.index is not None
         store = CommitmentStore(self.index.db)
-        if self.worker is None:
-            store.release_claims()  # a crash's claims: report at once, not after they lapse
+        if self.worker is None and not self.config.cluster.enabled:
+            # a crash's claims: report at once, not after they lapse (in a cluster they
+            # may be another node's, and lapse on their own)
+            store.release_claims()
         committer = Committer(self.config, store, self.service.committed, self.service.counters)
         self.service.committer = committer
         self._committer = threading.Thread(target=committer.run, args=(self._scrub_stop,),
@@ -177,6 +231,9 @@ class ArchiveServer:
             index = self.index
             if index is None:
                 return
+            if self.config.cluster.enabled and not self._leading:
+                wait = self.config.cluster.heartbeat_seconds  # another node runs it
+                continue
             try:
                 report = run_lifecycle(self.config, index, self.tiers, service=self.service)
                 if report.deleted_studies:
@@ -196,7 +253,7 @@ class ArchiveServer:
         stored and indexed if its commit already happened); nothing is half-indexed.
         """
         self._scrub_stop.set()  # the scrub and the committer: both read the index
-        if self._scrub is not None:
+        if self._scrub is not None and self._cluster_thread is None:
             self._scrub.join(10)  # it saves its place and stops between two files
             self._scrub = None
         srv = self._server
@@ -217,6 +274,12 @@ class ArchiveServer:
         if self._committer is not None:
             self._committer.join(10)  # a report in flight: delivered, or retried after restart
             self._committer = None
+        if self._cluster_thread is not None:
+            self._cluster_thread.join(10)  # resigns the lease on its way out
+            self._cluster_thread = None
+        if self._scrub is not None:
+            self._scrub.join(10)
+            self._scrub = None
         if self._sink is not None:
             self._sink.close()
             self._sink = None
@@ -287,7 +350,7 @@ def supervise(config: ArchiveConfig) -> None:
     for tier in tiers.values():
         if not isinstance(tier, ObjectTier):
             ensure_dir(tier.root / ".incoming")
-            _sweep(tier)
+            _sweep(tier, CLUSTER_SWEEP_AGE_S if config.cluster.enabled else 0.0)
     index = Index(open_database(config.index, data_dir))
     try:
         from pacsinfra.pacs.archive.delete import sweep_pending
@@ -295,7 +358,7 @@ def supervise(config: ArchiveConfig) -> None:
         swept = sweep_pending(index, tiers)
         if swept:
             LOG.info("removed %d files of interrupted deletions", swept)
-        if config.commitment.enabled:
+        if config.commitment.enabled and not config.cluster.enabled:
             from pacsinfra.pacs.archive.commitment import CommitmentStore
 
             CommitmentStore(index.db).release_claims()  # reported by whichever worker

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -178,13 +179,17 @@ def dataset_sha256(path: Path, ds_offset: int) -> str:
     return h.hexdigest()
 
 
-def sweep_temp_files(root: Path) -> int:
-    """Remove ``*.tmp-*`` leftovers of interrupted writes in directory ``root``; return how many."""
+def sweep_temp_files(root: Path, min_age: float = 0.0) -> int:
+    """Remove ``*.tmp-*`` leftovers of interrupted writes in directory ``root``; return how
+    many. ``min_age``: spare younger ones (a directory other processes write into too)."""
     n = 0
     if not root.exists():
         return 0
+    cutoff = time.time() - min_age
     for entry in os.scandir(root):
         if TMP_MARK in entry.name and entry.is_file():
+            if min_age and entry.stat().st_mtime > cutoff:
+                continue
             os.unlink(entry.path)
             n += 1
     return n
