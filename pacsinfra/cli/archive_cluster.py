@@ -38,19 +38,20 @@ def status(config: Path, as_json: bool) -> None:
         raise PacsinfraError(f"cannot open the cluster's index: {exc}") from exc
     try:
         now, nodes, leases = cl.status(db)
+        queued = cl.queues(db)
     finally:
         db.close()
-    report = cl.describe(now, nodes, leases, cfg.cluster.heartbeat_seconds)
+    report = cl.describe(now, nodes, leases, cfg.cluster.heartbeat_seconds, queued)
     if as_json:
         click.echo(json.dumps(report))
     else:
         click.echo(f"{'node':<24} {'address':<24} {'version':<10} {'heartbeat':>10} "
-                   f"{'up':>8} {'stored':>8}  role")
+                   f"{'up':>8} {'stored':>8} {'to upload':>9}  role")
         for n in report["nodes"]:
             role = "leader" if n["leader"] else ("" if n["alive"] else "NOT BEATING")
             click.echo(f"{n['node']:<24} {n['address'] or '-':<24} {n['version'] or '-':<10} "
                        f"{n['heartbeat_age_s']:>9.1f}s {n['up_s']:>7.0f}s "
-                       f"{n['stored_since_start']:>8}  {role}")
+                       f"{n['stored_since_start']:>8} {n['not_uploaded']:>9}  {role}")
         click.echo(f"leader: {report['leader'] or 'none (the lease is free or expired)'}")
     if not report["leader"] or not all(n["alive"] for n in report["nodes"]):
         raise SystemExit(1)

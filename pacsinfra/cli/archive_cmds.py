@@ -60,12 +60,12 @@ def lifecycle(config: Path) -> None:
     from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.index import Index
     from pacsinfra.pacs.archive.lifecycle import run_lifecycle
-    from pacsinfra.pacs.archive.objects import open_tiers
+    from pacsinfra.pacs.archive.objects import archive_tiers
 
     cfg = load_config(config, None, None, None, (), None)
     assert isinstance(cfg, ArchiveConfig)
     data = Path(cfg.data_dir)
-    tiers = open_tiers(cfg.tiers, data)
+    tiers = archive_tiers(cfg, data)
     index = Index(open_database(cfg.index, data))
     audit = _audit(cfg)
     try:
@@ -106,7 +106,7 @@ def delete(config: Path | None, data: Path | None, series_uid: str | None,
     from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.delete import delete_study
     from pacsinfra.pacs.archive.index import Index
-    from pacsinfra.pacs.archive.objects import open_tiers
+    from pacsinfra.pacs.archive.objects import archive_tiers
     from pacsinfra.pacs.dicom import valid_uid
 
     for uid in (study_uid, series_uid):
@@ -115,7 +115,7 @@ def delete(config: Path | None, data: Path | None, series_uid: str | None,
     cfg = load_config(config, None, None, data, (), None)
     assert isinstance(cfg, ArchiveConfig)
     data_dir = Path(cfg.data_dir)
-    tiers = open_tiers(cfg.tiers, data_dir)
+    tiers = archive_tiers(cfg, data_dir)
     try:
         index = Index(open_database(cfg.index, data_dir))
     except OSError as exc:
@@ -158,14 +158,14 @@ def check(config: Path | None, data: Path | None, verify: bool, remove_orphans: 
     from pacsinfra.pacs.archive.datalock import ArchiveRunning, exclusive
     from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.index import Index
-    from pacsinfra.pacs.archive.objects import open_tiers
+    from pacsinfra.pacs.archive.objects import archive_tiers
 
     cfg = load_config(config, None, None, data, (), None)
     assert isinstance(cfg, ArchiveConfig)
     data_dir = Path(cfg.data_dir)
     if not data_dir.is_dir():
         raise UsageError(f"{data_dir}: no such data directory")
-    tiers = open_tiers(cfg.tiers, data_dir)
+    tiers = archive_tiers(cfg, data_dir)
     try:
         index = Index(open_database(cfg.index, data_dir))
     except OSError as exc:
@@ -211,6 +211,9 @@ def _print_check(report: object) -> None:
                    "still be in flight): left alone")
     if report.pending:
         click.echo(f"{report.pending} files of interrupted deletions: the next start removes them")
+    for node, n in sorted(report.elsewhere.items()):
+        click.echo(f"{n} instances not uploaded yet, in node {node}'s receive cache "
+                   "(start that node, or one rebuilt with its name and cache, to upload them)")
     if report.removed:
         click.echo(f"removed {report.removed} orphans")
     click.echo("clean" if report.clean else "problems found")

@@ -22,7 +22,7 @@ def _opened(config: Path | None, data: Path | None) -> Iterator[Any]:
     from pacsinfra.pacs.archive.config import ArchiveConfig
     from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.index import Index
-    from pacsinfra.pacs.archive.objects import open_tiers
+    from pacsinfra.pacs.archive.objects import archive_tiers
     from pacsinfra.pacs.archive.rejection import Rejections
 
     cfg = load_config(config, None, None, data, (), None)
@@ -30,7 +30,7 @@ def _opened(config: Path | None, data: Path | None) -> Iterator[Any]:
     data_dir = Path(cfg.data_dir)
     if not data_dir.is_dir():
         raise UsageError(f"{data_dir}: no such data directory")
-    tiers = open_tiers(cfg.tiers, data_dir)
+    tiers = archive_tiers(cfg, data_dir)
     try:
         index = Index(open_database(cfg.index, data_dir))
     except OSError as exc:

@@ -64,6 +64,8 @@ class CheckReport:
     flagged: list[Problem] = field(default_factory=list)  # reads refused: changed files
     pending: int = 0  # files of interrupted deletions (the next start removes them)
     rejected: int = 0  # files of instances hidden by rejection notes (kept for a restore)
+    # cluster: instances still in other nodes' receive caches (node -> count)
+    elsewhere: dict[str, int] = field(default_factory=dict)
     removed: int = 0
 
     @property
@@ -90,6 +92,7 @@ class CheckReport:
             "flagged": rows(self.flagged),
             "orphans": rows(self.orphans), "young_unindexed": rows(self.young),
             "pending_deletions": self.pending, "rejected_files": self.rejected,
+            "not_uploaded_by_node": self.elsewhere,
             "orphans_removed": self.removed,
         }
 
@@ -269,10 +272,14 @@ def check_archive(index: Index, tiers: dict[str, Tier], *, verify: bool = False,
     report = CheckReport()
     report.instances = int(index.db.query("SELECT COUNT(*) FROM instance")[0][0])
     placeholders = ",".join("?" * len(tiers)) or "''"
-    report.missing.extend(
-        Problem(t, rel, sop, "tier not configured") for sop, t, rel in index.db.query(
+    for sop, t, rel in index.db.query(
             f"SELECT sop_uid, tier, rel_path FROM instance WHERE tier NOT IN ({placeholders})",
-            tuple(tiers)))
+            tuple(tiers)):
+        if "@" in t:  # another cluster node's receive cache: not uploaded yet
+            node = t.split("@", 1)[1]
+            report.elsewhere[node] = report.elsewhere.get(node, 0) + 1
+        else:
+            report.missing.append(Problem(t, rel, sop, "tier not configured"))
     pending = {(t, r) for t, r in index.db.query("SELECT tier, rel_path FROM pending_unlink")}
     # the files of instances rejection notes hid are known, not orphans
     rejected = {(t, r) for t, r in index.db.query(

@@ -115,6 +115,16 @@ class Cluster:
         self.token = None
 
 
+def queues(db: Database) -> dict[str, int]:
+    """Instances each node has not uploaded yet (its receive cache's rows)."""
+    out: dict[str, int] = {}
+    for tier, n in db.query("SELECT tier, COUNT(*) FROM instance WHERE tier LIKE ? "
+                            "GROUP BY tier", ("%@%",)):
+        node = str(tier).split("@", 1)[1]
+        out[node] = out.get(node, 0) + int(n)
+    return out
+
+
 def status(db: Database) -> tuple[float, list[NodeRow], list[LeaseRow]]:
     """(the database's now, nodes, leases) for ``archive cluster status``."""
     with db.transaction() as cur:
@@ -129,8 +139,10 @@ def status(db: Database) -> tuple[float, list[NodeRow], list[LeaseRow]]:
 
 
 def describe(now: float, nodes: list[NodeRow], leases: list[LeaseRow],
-             heartbeat_seconds: float) -> dict[str, Any]:
-    """The status as JSON-ready data: each node alive or not, who leads."""
+             heartbeat_seconds: float, queued: dict[str, int] | None = None) -> dict[str, Any]:
+    """The status as JSON-ready data: each node alive or not, who leads, what each has
+    not uploaded yet (``queued``, from :func:`queues`)."""
+    queued = queued or {}
     leader = next((lease for lease in leases if lease.job == LEADER), None)
     live_leader = leader.holder if leader is not None and leader.expires_at > now else None
     return {
@@ -139,7 +151,7 @@ def describe(now: float, nodes: list[NodeRow], leases: list[LeaseRow],
             "heartbeat_age_s": round(now - n.heartbeat_at, 1),
             "alive": now - n.heartbeat_at <= 3 * heartbeat_seconds,
             "up_s": round(now - n.started_at, 1), "stored_since_start": n.stored,
-            "leader": n.node == live_leader,
+            "leader": n.node == live_leader, "not_uploaded": queued.get(n.node, 0),
         } for n in nodes],
         "leader": live_leader,
         "leases": [{"job": lease.job, "holder": lease.holder,
@@ -148,4 +160,5 @@ def describe(now: float, nodes: list[NodeRow], leases: list[LeaseRow],
     }
 
 
-__all__ = ["LEADER", "Cluster", "LeaseRow", "NodeRow", "describe", "node_name", "status"]
+__all__ = ["LEADER", "Cluster", "LeaseRow", "NodeRow", "describe", "node_name", "queues",
+           "status"]

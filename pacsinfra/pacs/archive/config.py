@@ -271,12 +271,17 @@ class ClusterConfig(Strict):
         heartbeat_seconds: How often a node records that it is alive and renews its lease.
         lease_seconds: How long the leader lease lasts unrenewed: a dead leader's jobs
             move to another node after at most this long.
+        upload_to: An ``s3`` tier: the default tier is then each node's own receive cache
+            (any local path); an instance is acknowledged once it is durable there and
+            indexed, and uploaded to this tier in the background, after which every node
+            reads it from there.
     """
 
     enabled: bool = False
     node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     heartbeat_seconds: float = Field(5.0, gt=0, le=300)
     lease_seconds: float = Field(30.0, gt=0, le=3600)
+    upload_to: str | None = None
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeat(self) -> ClusterConfig:
@@ -361,7 +366,15 @@ class ArchiveConfig(DicomListener):
             if self.index.backend != "postgresql":
                 raise ValueError("a cluster's nodes share one index: cluster.enabled needs "
                                  "index.backend: postgresql")
+            cache = default.name if self.cluster.upload_to else None
+            if self.cluster.upload_to is not None:
+                target = next((t for t in self.tiers if t.name == self.cluster.upload_to), None)
+                if target is None or target.kind != "s3":
+                    raise ValueError(f"cluster.upload_to {self.cluster.upload_to!r} must name an "
+                                     f"s3 tier; tiers are {names}")
             for tier in self.tiers:
+                if tier.name == cache:
+                    continue  # each node's own receive cache
                 if tier.kind == "filesystem" and not (tier.path and tier.path.startswith("/")):
                     raise ValueError(
                         f"tier {tier.name!r}: a cluster's nodes share their files: give it an "

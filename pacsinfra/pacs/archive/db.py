@@ -151,6 +151,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """CREATE TABLE cluster_lease (
                 job TEXT PRIMARY KEY, holder TEXT NOT NULL,
                 expires_at DOUBLE PRECISION NOT NULL, token BIGINT NOT NULL)""",
+            # each node's upload queue is its receive cache's rows (tier "<tier>@<node>")
+            "CREATE INDEX instance_tier ON instance(tier)",
         ],
     ),
 ]

@@ -62,7 +62,7 @@ def _sha_of(data: bytes, offset: int) -> str:
     return hashlib.sha256(data[offset:]).hexdigest()
 
 
-def _move_instance(index: Index, inst: StoredInstance, src: Tier, dst: Tier) -> None:
+def move_instance(index: Index, inst: StoredInstance, src: Tier, dst: Tier) -> None:
     """Copy, verify, repoint, delete. Raises ValueError when the source does not verify."""
     data = src.read(inst.rel_path)
     if _sha_of(data, inst.ds_offset) != inst.sha256:
@@ -124,7 +124,7 @@ def run_lifecycle(config: ArchiveConfig, index: Index, tiers: dict[str, Tier],
             instances = index.instances("study_uid = ? AND tier = ?", (study, src.name))
             try:
                 for inst in instances:
-                    _move_instance(index, inst, src, dst)
+                    move_instance(index, inst, src, dst)
                     report.moved_instances += 1
             except (ValueError, FileNotFoundError) as exc:
                 # The source itself is bad: park it for a human, never retry in a loop.

@@ -45,6 +45,10 @@ class _ArchiveCollector:
              "Instances reported as not committed"),
             ("pacs_archive_commitment_expired", "commitment_expired",
              "Storage Commitment reports given up undelivered"),
+            ("pacs_archive_uploaded", "uploaded",
+             "Cluster: instances uploaded from this node's receive cache to the store"),
+            ("pacs_archive_upload_failures", "upload_failures",
+             "Cluster: uploads that failed (retried with backoff)"),
         ):
             yield CounterMetricFamily(name, doc, value=getattr(c, attr))
         if self.metadata is not None:

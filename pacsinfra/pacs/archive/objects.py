@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pacsinfra import s3util
-from pacsinfra.pacs.archive.config import TierConfig
+from pacsinfra.pacs.archive.config import ArchiveConfig, TierConfig
 from pacsinfra.pacs.archive.storage import Tier
 
 
@@ -86,6 +86,29 @@ class ObjectTier(Tier):
         except Exception as exc:  # noqa: BLE001
             raise OSError(f"tier {self.name}: deleting {self.key(rel)} failed: "
                           f"{type(exc).__name__}") from exc
+
+
+def archive_tiers(cfg: ArchiveConfig, data_dir: Path) -> dict[str, Tier]:
+    """The tiers of an archive as it names them in its index: as :func:`open_tiers`,
+    except that a cluster node's receive cache (the default tier, with
+    ``cluster.upload_to``) is named ``<tier>@<node>``: its files are on this node only."""
+    tiers = open_tiers(cfg.tiers, data_dir)
+    cache = receive_cache(cfg)
+    if cache is not None:
+        base = cfg.default_tier or cfg.tiers[0].name
+        tier = tiers.pop(base)
+        tier.name = cache
+        tiers[cache] = tier
+    return tiers
+
+
+def receive_cache(cfg: ArchiveConfig) -> str | None:
+    """The index's name of this node's receive cache, or None (not an uploading node)."""
+    if not (cfg.cluster.enabled and cfg.cluster.upload_to):
+        return None
+    from pacsinfra.pacs.archive.cluster import node_name
+
+    return f"{cfg.default_tier or cfg.tiers[0].name}@{node_name(cfg)}"
 
 
 def open_tiers(configs: list[TierConfig], data_dir: Path) -> dict[str, Tier]:

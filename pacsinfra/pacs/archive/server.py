@@ -17,7 +17,7 @@ from pacsinfra.pacs.archive.config import ArchiveConfig
 from pacsinfra.pacs.archive.datalock import hold_shared
 from pacsinfra.pacs.archive.db import open_database
 from pacsinfra.pacs.archive.index import Index
-from pacsinfra.pacs.archive.objects import ObjectTier, open_tiers
+from pacsinfra.pacs.archive.objects import ObjectTier, archive_tiers
 from pacsinfra.pacs.archive.service import ArchiveService
 from pacsinfra.pacs.archive.sink import ArchiveSink
 from pacsinfra.pacs.archive.storage import TMP_MARK, Tier, ensure_dir, sweep_temp_files
@@ -79,6 +79,7 @@ class ArchiveServer:
         self._committer: threading.Thread | None = None
         self.cluster: Any = None  # a cluster node's heartbeat and lease (primary process)
         self._cluster_thread: threading.Thread | None = None
+        self._uploader: threading.Thread | None = None
         self._leading = False  # this node holds the leader lease
         self._lock_fd: int | None = None  # the data directory's lock, held shared
 
@@ -88,7 +89,7 @@ class ArchiveServer:
         ensure_dir(self.data_dir)
         restrict(self.data_dir, PRIVATE_DIR)  # made by hand or an older version: 0750
         self._lock_fd = hold_shared(self.data_dir)
-        for tier in open_tiers(cfg.tiers, self.data_dir).values():
+        for tier in archive_tiers(cfg, self.data_dir).values():
             self.tiers[tier.name] = tier
             if isinstance(tier, ObjectTier):
                 continue
@@ -151,6 +152,8 @@ class ArchiveServer:
             self._start_scrub(self._scrub_stop)
         if cfg.cluster.enabled and primary:
             self._start_cluster()
+            if cfg.cluster.upload_to:
+                self._start_uploader()
         if cfg.dicomweb.enabled and primary:
             # imported here: starlette/uvicorn are needed only when DICOMweb is on
             from pacsinfra.pacs.archive.dicomweb import DicomWeb
@@ -177,6 +180,19 @@ class ArchiveServer:
         self._cluster_thread = threading.Thread(target=self._cluster_loop, name="cluster",
                                                 daemon=True)
         self._cluster_thread.start()
+
+    def _start_uploader(self) -> None:
+        """Move this node's receive cache to the object store, in the background."""
+        from pacsinfra.pacs.archive.upload import Uploader
+
+        assert self.service is not None and self.index is not None
+        store = self.tiers[str(self.config.cluster.upload_to)]
+        uploader = Uploader(self.index, self.service.default_tier, store, self.service.lock_for,
+                            self.service.counters)
+        self.service.on_stored.append(lambda stored: uploader.wake.set())
+        self._uploader = threading.Thread(target=uploader.run, args=(self._scrub_stop,),
+                                          name="upload", daemon=True)
+        self._uploader.start()
 
     def _cluster_loop(self) -> None:
         cluster, cfg = self.cluster, self.config
@@ -277,6 +293,9 @@ class ArchiveServer:
         if self._cluster_thread is not None:
             self._cluster_thread.join(10)  # resigns the lease on its way out
             self._cluster_thread = None
+        if self._uploader is not None:
+            self._uploader.join(30)  # finishes the instance it is uploading
+            self._uploader = None
         if self._scrub is not None:
             self._scrub.join(10)
             self._scrub = None
@@ -346,7 +365,7 @@ def supervise(config: ArchiveConfig) -> None:
     hold_shared(data_dir)  # for this process's life (workers take it too)
     listener = _listen_socket(config)  # a port in use fails here, before any worker starts
     tiers: dict[str, Tier] = {}
-    tiers.update(open_tiers(config.tiers, data_dir))  # interrupted deletes swept in all
+    tiers.update(archive_tiers(config, data_dir))  # interrupted deletes swept in all
     for tier in tiers.values():
         if not isinstance(tier, ObjectTier):
             ensure_dir(tier.root / ".incoming")

@@ -107,6 +107,8 @@ class Counters:
         self.commitment_reports = 0  # reports delivered
         self.commitment_failed_instances = 0  # instances reported as not committed
         self.commitment_expired = 0  # reports given up undelivered
+        self.uploaded = 0  # cluster: instances moved from the receive cache to the store
+        self.upload_failures = 0
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment counter ``name`` by ``n``."""
@@ -138,7 +140,10 @@ class ArchiveService:
         self.config = config
         self.index = index
         self.tiers = tiers
-        self.default_tier = tiers[config.default_tier or config.tiers[0].name]
+        default = config.default_tier or config.tiers[0].name
+        # a cluster node's receive cache is named <tier>@<node> (objects.archive_tiers)
+        self.default_tier = tiers.get(default) or next(
+            t for name, t in tiers.items() if name.startswith(default + "@"))
         self.counters = Counters()
         # files verified by :meth:`verify`, oldest first (a viewer reads frames of the
         # same instances again and again)
@@ -529,6 +534,9 @@ class ArchiveService:
     def _tier_of(self, inst: StoredInstance) -> Any:
         tier = self.tiers.get(inst.tier)
         if tier is None:
+            if "@" in inst.tier:
+                raise FileNotFoundError(f"{inst.sop_uid} is on node {inst.tier.split('@', 1)[1]}'s "
+                                        "receive cache, not uploaded yet")
             raise FileNotFoundError(f"tier {inst.tier} is not configured")
         return tier
 
