@@ -2,7 +2,7 @@
 
 The nodes start at once on an empty database (one of them migrates, the others wait).
 DCMTK's storescu sends a study to node 1; node 2 finds it with C-FIND; node 3 sends it
-by C-MOVE to DCMTK's storescp, byte for byte. Two nodes storing series of one study at
+by C-MOVE to DCMTK's storescp, byte for byte. Three nodes storing series of one study at
 the same moment leave one study with exact counts. One node leads the once-only jobs;
 ``archive cluster status`` shows it; when it is killed another node takes the lease
 within the lease time. A node with a schema older than the index's refuses to start.
@@ -116,29 +116,29 @@ def test_three_nodes_one_archive(postgres: PgCluster, tmp_path: Path) -> None:  
         want = {str(dcmread(f).SOPInstanceUID): dataset_bytes(f) for f in files}
         assert got == want
 
-        # two nodes, one study, at the same moment: one study row, exact counts
+        # three nodes, one study, at the same moment: one study row, exact counts
         study2 = generate_uid()
         batches = []
-        for k in range(2):
+        for k in range(3):
             se = generate_uid()
             batches.append([write(make_instance(study_uid=study2, series_uid=se,
                                                 instance_number=i + 1, rows=8, cols=8),
                                   tmp_path / f"c{k}-{i}.dcm") for i in range(20)])
-        results: list[list[int | None]] = [[], []]
+        results: list[list[int | None]] = [[], [], []]
 
         def send(k: int) -> None:
             results[k] = send_files(nodes[k].port, batches[k])
 
-        threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert results == [[0] * 20, [0] * 20]
+        assert results == [[0] * 20] * 3
         (m,), _ = find(nodes[2].port, q("STUDY", StudyInstanceUID=study2,
                                          NumberOfStudyRelatedInstances="",
                                          NumberOfStudyRelatedSeries=""))
-        assert (int(m.NumberOfStudyRelatedInstances), int(m.NumberOfStudyRelatedSeries)) == (40, 2)
+        assert (int(m.NumberOfStudyRelatedInstances), int(m.NumberOfStudyRelatedSeries)) == (60, 3)
 
         # one leader; kill it, another takes over within the lease
         rc, st = _status(nodes[0])

@@ -9,6 +9,7 @@ durable.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from concurrent.futures import Future
@@ -89,6 +90,10 @@ _STORED_COLS = (
     "sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax, tier, rel_path, size, "
     "sha256, ds_offset"
 )
+
+
+# PostgreSQL: serialization_failure, deadlock_detected (another node's transaction won)
+_RETRYABLE = ("40001", "40P01")
 
 
 def _insert_hierarchy(cur: Cursor, r: InstanceRecord) -> None:
@@ -255,11 +260,7 @@ class Index:
         except Exception:  # noqa: BLE001 - retry one by one so one bad row fails alone
             for p in batch:
                 try:
-                    with self.db.transaction() as cur:
-                        if p.replace:
-                            _delete_instance(cur, p.record.sop_uid)
-                        _insert_hierarchy(cur, p.record)
-                    self.commits += 1
+                    self._write_one(p)
                 except Exception as exc:  # noqa: BLE001 - reported to that store's caller
                     p.future.set_exception(exc)
                 else:
@@ -267,6 +268,23 @@ class Index:
             return
         for p in batch:
             p.future.set_result(None)
+
+    def _write_one(self, p: _Pending, attempts: int = 5) -> None:
+        """One row in its own transaction. Several archive nodes writing one study's
+        counts can deadlock (PostgreSQL aborts one) or, under stricter isolation, fail
+        to serialise: such a transaction is tried again, with a short random backoff."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.db.transaction() as cur:
+                    if p.replace:
+                        _delete_instance(cur, p.record.sop_uid)
+                    _insert_hierarchy(cur, p.record)
+                self.commits += 1
+                return
+            except Exception as exc:
+                if attempt == attempts or getattr(exc, "sqlstate", None) not in _RETRYABLE:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
 
     def close(self) -> None:
         """Commit anything still queued (timed-out callers' rows), then close."""
