@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages pacsinfra's tests talk to (libvirt, QEMU, DCMTK, Orthanc and its
-# DICOMweb plugin, sshd, Go + govmomi for the vSphere simulator, nginx and Chromium for the web
+# DICOMweb and PostgreSQL plugins, sshd, Go + govmomi for the vSphere simulator, nginx and Chromium for the web
 # viewer). Idempotent: does nothing when all are present.
 set -euo pipefail
 
@@ -9,7 +9,7 @@ PKGS=(
   dcmtk orthanc openssh-server iproute2 genisoimage xorriso busybox-static graphviz
   golang-go golang-github-vmware-govmomi-dev dnsmasq-base
   postgresql systemd openssl
-  orthanc-dicomweb nginx-light chromium chromium-driver nodejs
+  orthanc-dicomweb orthanc-postgresql nginx-light chromium chromium-driver nodejs
 )
 
 missing=()
