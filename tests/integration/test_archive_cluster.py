@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import free_port, need_module
 from pg_fixture import PgCluster, postgres  # noqa: F401 - fixture
-from test_archive_support import REPO, Archive, dcmtk, wait_port
+from test_archive_support import REPO, Archive, dcmtk, study_counts, wait_port
 
 pytestmark = pytest.mark.integration
 need_module("pynetdicom")
@@ -140,6 +140,23 @@ def test_three_nodes_one_archive(postgres: PgCluster, tmp_path: Path) -> None:  
                                          NumberOfStudyRelatedSeries=""))
         assert (int(m.NumberOfStudyRelatedInstances), int(m.NumberOfStudyRelatedSeries)) == (60, 3)
 
+        # a backup taken from any node while all serve holds the whole cluster
+        cfg2 = nodes[1].data.parent / f"{nodes[1].data.name}.yaml"
+        r = subprocess.run([sys.executable, "-m", "pacsinfra", "backup", "--archive-config",
+                            str(cfg2), "--to", str(tmp_path / "backup"), "--json"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["instances"] == 66
+        r = subprocess.run([sys.executable, "-m", "pacsinfra", "restore", "--from",
+                            str(tmp_path / "backup"), "--data", str(tmp_path / "restored")],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 0, r.stderr
+        single = Archive(tmp_path / "restored").start()
+        try:
+            assert study_counts(single.port) == {study: 6, study2: 60}
+        finally:
+            assert single.stop() == 0
+
         # one leader; kill it, another takes over within the lease
         rc, st = _status(nodes[0])
         assert rc == 0, st
@@ -188,3 +205,42 @@ def test_a_node_older_than_the_index_refuses_to_start(postgres: PgCluster,  # no
     assert older.proc is not None and older.proc.wait(30) != 0
     log = older.logs()
     assert "schema version 999" in log and "upgrade this node" in log, log[-2000:]
+
+
+def test_a_router_balances_a_thousand_instances_over_three_nodes(
+        postgres: PgCluster, tmp_path: Path) -> None:  # noqa: F811
+    from test_router_support import Router, instance, send, wait_for
+
+    index = _fresh_database(postgres, "cluster_c")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    nodes = [_node(tmp_path, f"n{i}", index, shared) for i in (1, 2, 3)]
+    _start_all(nodes)
+    router = Router(tmp_path / "router", {
+        "destinations": {f"n{i}": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": n.port}
+                         for i, n in enumerate(nodes, 1)},
+        "groups": {"archive": {"members": ["n1", "n2", "n3"],
+                               "strategy": "least_outstanding"}},
+        "rules": [{"name": "all", "forward": ["archive"]}]})
+    router.start()
+    try:
+        studies = [str(generate_uid()) for _ in range(10)]
+        dss = [instance(study=studies[k % 10], number=k // 10 + 1) for k in range(1000)]
+        acks = send(router.port, dss)
+        assert len(acks) == 1000 and set(acks.values()) == {0}
+        wait_for(lambda: router.states() == {"done": 1000}, 120, "all forwarded")
+        counts = study_counts(nodes[2].port)
+        assert {s: counts.get(s) for s in studies} == {s: 100 for s in studies}
+        stored: dict[str, int] = {}
+
+        def beaten() -> bool:  # the counts reach the index with each node's heartbeat
+            stored.update({n["node"]: n["stored_since_start"] for n in _status(nodes[0])[1]
+                           ["nodes"]})
+            return sum(stored.values()) == 1000
+
+        wait_for(beaten, 10, "every node's heartbeat with its count")
+        assert all(v > 0 for v in stored.values()), stored  # each node took a share
+    finally:
+        router.stop()
+        for n in nodes:
+            assert n.stop() == 0, n.logs()[-3000:]
