@@ -1,7 +1,7 @@
 """A cluster on an object store: each node receives into its own cache and uploads.
 
-Two nodes, one PostgreSQL index, moto's S3 server. A study stored at node 1 is uploaded
-in the background and retrieved byte for byte from node 2. Then node 1's uploads fail
+Three nodes, one PostgreSQL index, moto's S3 server. A study stored at node 1 is uploaded
+in the background, found by C-FIND at node 2 and retrieved byte for byte from node 3. Then node 1's uploads fail
 (its store endpoint is unreachable) and it is killed with instances not uploaded:
 node 2 still finds them, ``archive check`` names node 1 as holding them, and a C-MOVE
 from node 2 fails just those. Node 1 started again on its disk uploads them, and node 2
@@ -93,10 +93,11 @@ def test_receive_cache_upload_and_a_lost_node(postgres: PgCluster,  # noqa: F811
     env = s3_server.env()
     n1 = _node(tmp_path, "n1", index, s3_server.endpoint, peers)
     n2 = _node(tmp_path, "n2", index, s3_server.endpoint, peers)
-    for n in (n1, n2):
+    n3 = _node(tmp_path, "n3", index, s3_server.endpoint, peers)
+    for n in (n1, n2, n3):
         n.extra_env = env
         n.start()
-    nodes = [n1, n2]
+    nodes = [n1, n2, n3]
     try:
         study, series = generate_uid(), generate_uid()
         files = [write(make_instance(study_uid=study, series_uid=series, instance_number=i + 1,
@@ -106,7 +107,9 @@ def test_receive_cache_upload_and_a_lost_node(postgres: PgCluster,  # noqa: F811
         assert send_files(n1.port, files) == [0] * 5
         _wait_uploaded(postgres, sops)
         assert list((n1.data / "cache").rglob("*.dcm")) == []  # the cache is emptied
-        assert _move(n2.port, study).returncode == 0
+        matches, status = find(n2.port, q("IMAGE", StudyInstanceUID=study, SOPInstanceUID=""))
+        assert status == 0 and {str(m.SOPInstanceUID) for m in matches} == set(sops)
+        assert _move(n3.port, study).returncode == 0
         got = {str(dcmread(p).SOPInstanceUID): dataset_bytes(p) for p in out.iterdir()}
         assert got == {str(dcmread(f).SOPInstanceUID): dataset_bytes(f) for f in files}
 
