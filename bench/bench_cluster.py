@@ -179,6 +179,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per row (medians shown)")
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "pacsinfra-bench",
+                    help="where the generated instances are kept between runs")
     args = ap.parse_args()
     orthanc = not args.no_orthanc
     if orthanc and not (shutil.which("Orthanc") and Path(ORTHANC_PG).exists()):
@@ -187,8 +189,7 @@ def main() -> int:
         return 2
     base = Path(tempfile.mkdtemp(prefix="pxcl-", dir="/tmp"))
     os.chmod(base, 0o755)  # the postgres user walks into it
-    data = REPO / ".bench-data"
-    parts = make_set(data, "ct", args.count)
+    parts = make_set(args.data, "ct", args.count)
     n = sum(len(list(p.iterdir())) for p in parts)
     pg, prefix = start_cluster(base / "pg")
     rows: list[list[str]] = []
