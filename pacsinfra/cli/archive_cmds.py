@@ -11,6 +11,7 @@ import click
 from pacsinfra.cli.archive_cluster import cluster
 from pacsinfra.cli.archive_config import load_config
 from pacsinfra.cli.archive_rejections import rejections
+from pacsinfra.cli.archive_worklist import worklist
 from pacsinfra.errors import PacsinfraError, UsageError
 
 __all__ = ["archive", "load_config"]
@@ -221,3 +222,4 @@ def _print_check(report: object) -> None:
 
 archive.add_command(rejections)
 archive.add_command(cluster)
+archive.add_command(worklist)

@@ -256,6 +256,23 @@ class CommitmentConfig(Strict):
     expire_hours: float = Field(24.0, gt=0, le=24 * 30)
 
 
+class WorklistConfig(Strict):
+    """Modality Worklist (C-FIND) and UPS-RS workitems kept in the archive index.
+
+    An open item (SCHEDULED or IN PROGRESS) becomes COMPLETED once its study, found by
+    the item's Study Instance UID or else its Accession Number, has instances and has
+    received none for ``complete_after_s``. Only the first worker process checks.
+
+    Attributes:
+        enabled: Offer the Modality Worklist SOP class at association.
+        complete_after_s: Quiet seconds after the study's last instance before its item
+            is completed; 0 turns automatic completion off.
+    """
+
+    enabled: bool = True
+    complete_after_s: float = Field(600.0, ge=0, le=7 * 86_400)
+
+
 class ClusterConfig(Strict):
     """Several archive nodes as one archive, on one PostgreSQL index and one store.
 
@@ -318,6 +335,7 @@ class ArchiveConfig(DicomListener):
         scrub: Background re-verification of every stored file.
         commitment: Storage Commitment (push model) as an SCP.
         cluster: This archive as one node of several on one index and one store.
+        worklist: Modality Worklist and UPS-RS workitems, and their automatic completion.
     """
 
     ae_title: AETitle = "ARCHIVE"
@@ -341,6 +359,7 @@ class ArchiveConfig(DicomListener):
     scrub: ScrubConfig = Field(default_factory=ScrubConfig)
     commitment: CommitmentConfig = Field(default_factory=CommitmentConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    worklist: WorklistConfig = Field(default_factory=WorklistConfig)
 
     @model_validator(mode="after")
     def _tiers_consistent(self) -> ArchiveConfig:

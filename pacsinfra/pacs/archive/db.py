@@ -127,6 +127,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
+        7,
+        [
+            # Worklist items (Modality Worklist and UPS-RS): the data set as DICOM JSON,
+            # and the columns the index filters and auto-completion joins on.
+            """CREATE TABLE worklist (
+                uid TEXT PRIMARY KEY, state TEXT NOT NULL, patient_id TEXT,
+                accession TEXT, study_uid TEXT, start_date TEXT, modality TEXT,
+                station_ae TEXT, created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL, transaction_uid TEXT,
+                dataset TEXT NOT NULL)""",
+            "CREATE INDEX worklist_state ON worklist(state, start_date)",
+        ],
+    ),
+    (
         8,
         [
             # Instances taken away by rejection notes (IHE IOCM), also those named before
@@ -366,8 +380,9 @@ def migrate(db: Database) -> int:
             f"the archive index has schema version {current}, newer than this pacsinfra "
             f"{_version()} knows (up to {known}): another node runs a newer pacsinfra; "
             "upgrade this node to the same version before starting it")
+    applied = _applied(db)
     for version, statements in MIGRATIONS:
-        if version <= current:
+        if version in applied:  # by set, not by maximum: a gap filled later still runs
             continue
         with db.transaction() as cur:
             if db.backend == "postgresql":
@@ -381,8 +396,13 @@ def migrate(db: Database) -> int:
             for stmt in statements:
                 cur.execute(stmt)
             cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        current = version
+        current = max(current, version)
     return current
+
+
+def _applied(db: Database) -> set[int]:
+    """The migration versions already applied."""
+    return {int(r[0]) for r in db.query("SELECT version FROM schema_version")}
 
 
 def _version() -> str:

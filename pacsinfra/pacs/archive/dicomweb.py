@@ -4,7 +4,8 @@
 The endpoints live in :mod:`pacsinfra.pacs.archive.web` (one module per job); this
 module puts them together: routes, the per-client limiter, refusal handling, and the
 uvicorn server with the connection guard. Which scope each route needs: QIDO-RS and
-WADO-RS ``read``, STOW-RS ``write``, DELETE ``delete``, metrics ``metrics``.
+WADO-RS ``read``, STOW-RS ``write``, DELETE ``delete``, metrics ``metrics``; UPS-RS
+workitems ``read`` to search and read, ``write`` to create and change.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from starlette.routing import Route
 
 from pacsinfra.pacs.archive.config import DicomWebConfig
 from pacsinfra.pacs.archive.service import ArchiveService
-from pacsinfra.pacs.archive.web import admin, bulk, qido, rendered, stow, wado
+from pacsinfra.pacs.archive.web import admin, bulk, qido, rendered, stow, wado, workitems
 from pacsinfra.pacs.archive.web.auth import Authenticator
 from pacsinfra.pacs.archive.web.context import WebContext
 from pacsinfra.pacs.archive.web.errors import RefusalLog, exception_handlers
@@ -56,6 +57,8 @@ def routes() -> list[Route]:
     ]
     out += [Route(s + path, endpoint, methods=["GET"])
             for path, endpoint in (*wado.ROUTES, *bulk.ROUTES, *rendered.ROUTES)]
+    out += [Route(path, endpoint, methods=[method])
+            for path, endpoint, method in workitems.ROUTES]
     return out
 
 

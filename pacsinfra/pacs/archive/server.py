@@ -77,6 +77,7 @@ class ArchiveServer:
         self._scrub_stop = threading.Event()  # set first at stop: the scrub reads the index
         self._scrub: threading.Thread | None = None
         self._committer: threading.Thread | None = None
+        self._worklist: Any = None  # the worklist's auto-completion (primary process)
         self.cluster: Any = None  # a cluster node's heartbeat and lease (primary process)
         self._cluster_thread: threading.Thread | None = None
         self._uploader: threading.Thread | None = None
@@ -154,6 +155,11 @@ class ArchiveServer:
             self._start_cluster()
             if cfg.cluster.upload_to:
                 self._start_uploader()
+        if cfg.worklist.enabled and cfg.worklist.complete_after_s and primary:
+            from pacsinfra.pacs.archive.worklist import AutoCompleter
+
+            self._worklist = AutoCompleter(self.service.worklist, cfg.worklist.complete_after_s)
+            self._worklist.start()
         if cfg.dicomweb.enabled and primary:
             # imported here: starlette/uvicorn are needed only when DICOMweb is on
             from pacsinfra.pacs.archive.dicomweb import DicomWeb
@@ -269,6 +275,9 @@ class ArchiveServer:
         stored and indexed if its commit already happened); nothing is half-indexed.
         """
         self._scrub_stop.set()  # the scrub and the committer: both read the index
+        if self._worklist is not None:
+            self._worklist.stop()
+            self._worklist = None
         if self._scrub is not None and self._cluster_thread is None:
             self._scrub.join(10)  # it saves its place and stops between two files
             self._scrub = None

@@ -29,6 +29,7 @@ from pacsinfra.pacs.archive.index import Index, InstanceRecord, StoredInstance
 from pacsinfra.pacs.archive.query import LEVELS, QueryError, compile_query, response
 from pacsinfra.pacs.archive.rejection import KOS, TITLES, Rejections, parse_note
 from pacsinfra.pacs.archive.storage import Tier, remove_durable, write_durable
+from pacsinfra.pacs.archive.worklist import MODALITY_WORKLIST_FIND, Worklist, mwl_find
 from pacsinfra.pacs.commitment import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT,
@@ -163,6 +164,10 @@ class ArchiveService:
         self.supported = dict(_SUPPORTED)
         if config.commitment.enabled:
             self.supported[STORAGE_COMMITMENT] = _QR_SYNTAXES
+        # Modality Worklist: not in streaming_contexts, so pynetdicom serves it (on_find)
+        self.worklist = Worklist(index.db)
+        if config.worklist.enabled:
+            self.supported[MODALITY_WORKLIST_FIND] = _QR_SYNTAXES
 
     # -- pynetdicom wiring -------------------------------------------------------------------
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -428,6 +433,11 @@ class ArchiveService:
             LOG.exception("C-FIND failed")
             self.counters.add("finds")
             yield int(Status.CANNOT_UNDERSTAND), None
+            return
+        if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
+            self.counters.add("finds")
+            yield from mwl_find(self.worklist, ident,
+                                cancelled=lambda: bool(event.is_cancelled))
             return
         yield from self.find(ident, str(event.request.AffectedSOPClassUID),
                              str(event.assoc.requestor.ae_title).strip(),
