@@ -264,7 +264,8 @@ class WorklistConfig(Strict):
     received none for ``complete_after_s``. Only the first worker process checks.
 
     Attributes:
-        enabled: Offer the Modality Worklist SOP class at association.
+        enabled: Offer the Modality Worklist SOP class at association and complete items
+            automatically; UPS-RS serves workitems either way.
         complete_after_s: Quiet seconds after the study's last instance before its item
             is completed; 0 turns automatic completion off.
     """
