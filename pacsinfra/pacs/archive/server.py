@@ -158,7 +158,9 @@ class ArchiveServer:
         if cfg.worklist.enabled and cfg.worklist.complete_after_s and primary:
             from pacsinfra.pacs.archive.worklist import AutoCompleter
 
-            self._worklist = AutoCompleter(self.service.worklist, cfg.worklist.complete_after_s)
+            self._worklist = AutoCompleter(
+                self.service.worklist, cfg.worklist.complete_after_s,
+                may_run=lambda: not cfg.cluster.enabled or self._leading)
             self._worklist.start()
         if cfg.dicomweb.enabled and primary:
             # imported here: starlette/uvicorn are needed only when DICOMweb is on

@@ -286,9 +286,11 @@ def mwl_find(worklist: Worklist, ident: Dataset, *,
 class AutoCompleter:
     """Completes items whose study has gone quiet, checking every few seconds."""
 
-    def __init__(self, worklist: Worklist, quiet_s: float) -> None:
+    def __init__(self, worklist: Worklist, quiet_s: float,
+                 may_run: Callable[[], bool] = lambda: True) -> None:
         self.worklist = worklist
         self.quiet_s = quiet_s
+        self.may_run = may_run  # a cluster node: only while it holds the leader lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worklist", daemon=True)
 
@@ -299,6 +301,8 @@ class AutoCompleter:
     def _run(self) -> None:
         interval = min(max(self.quiet_s / 4, 0.2), 10.0)
         while not self._stop.wait(interval):
+            if not self.may_run():
+                continue
             try:
                 self.worklist.complete_quiet(self.quiet_s)
             except Exception:  # noqa: BLE001 - index trouble: try again next round
