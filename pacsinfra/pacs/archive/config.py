@@ -280,8 +280,9 @@ class ClusterConfig(Strict):
     Every node of a cluster has the same ``index`` (PostgreSQL) and the same tiers (a
     filesystem tier on a path every node mounts); each keeps its own ``data_dir``. Each
     node accepts stores and answers queries and retrieves for every instance of the
-    cluster. Jobs that must run once (lifecycle, retention, scrub) run on the node that
-    holds the leader lease; when it stops renewing it, another takes over.
+    cluster. Jobs that must run once (lifecycle, retention, scrub, worklist completion)
+    run on the node that holds the leader lease; when it stops renewing it, another
+    takes over.
 
     Attributes:
         enabled: This archive is a node of a cluster.
