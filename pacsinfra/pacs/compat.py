@@ -55,7 +55,19 @@ IMPLEMENTATION_VERSION: str = str(pynetdicom.PYNETDICOM_IMPLEMENTATION_VERSION)
 #: Every storage SOP Class UID pynetdicom knows.
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(u) for u in _STORAGE_CLASSES.values())
 
+
+def release_requested(assoc: Any) -> bool:
+    """The peer asked to release ``assoc`` (an A-RELEASE-RQ waits in pynetdicom's DUL
+    queue, not yet handled by the association's reactor)."""
+    try:
+        pdu = assoc.dul.peek_next_pdu()
+    except Exception:  # noqa: BLE001 - pynetdicom internals changed: assume it did not
+        return False
+    return type(pdu).__name__ == "A_RELEASE" and getattr(pdu, "result", 0) is None
+
+
 __all__ = [
+    "release_requested",
     "IMPLEMENTATION_UID",
     "IMPLEMENTATION_VERSION",
     "STORAGE_SOP_CLASSES",

@@ -186,10 +186,14 @@ def test_random_key_ids_do_not_hammer_the_provider_and_rotation_works(
     provider, keys = idp
     time.sleep(2.1)  # past the refetch interval of earlier tests
     before = provider.jwks_fetches
+    t0 = time.monotonic()
     for i in range(30):
         assert _get(url, _token(keys["rsa1"], f"random-{i}", "RS256", provider.issuer,
                                 scope="read")).status_code == 401
-    assert provider.jwks_fetches - before <= 2  # not one fetch per request
+    elapsed = time.monotonic() - t0
+    # not one fetch per request: at most one per refetch interval (2 s) that passed, so a
+    # loaded machine that takes longer over the 30 requests is not a failure
+    assert provider.jwks_fetches - before <= 2 + int(elapsed / 2.0), elapsed
     # the provider rotates in a new key: accepted once the refetch interval has passed
     provider.publish("rsa2", keys["rsa2"], "RS256")
     time.sleep(2.1)

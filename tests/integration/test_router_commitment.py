@@ -94,24 +94,30 @@ def _rows(router: Router) -> list[dict[str, Any]]:
 def test_archive_commits_what_the_router_sent(tmp_path: Path) -> None:
     from test_archive_support import Archive
 
-    arch = Archive(tmp_path / "archive", config={}).start()
+    arch = Archive(tmp_path / "archive", config={})
     router = Router(tmp_path / "router", {
         "destinations": {"pacs": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": arch.port,
                                   "storage_commitment": True}},
         "rules": [{"name": "all", "forward": ["pacs"]}],
         "queue": {"keep_done_seconds": 600}})
+    # a report the router's association no longer waits for (a slow machine) goes to
+    # the router's listener instead
+    arch.config = {"peers": {"ROUTER": {"ae_title": "ROUTER", "host": "127.0.0.1",
+                                        "port": router.port}}}
+    arch.start()
     router.start()
     try:
         study = instance().StudyInstanceUID
         dss = [instance(study=study, number=n) for n in range(1, 6)]
         assert set(send(router.port, dss).values()) == {0}
-        wait_for(lambda: router.states() == {"done": 5}, 30, "5 rows committed")
+        wait_for(lambda: router.states() == {"done": 5}, 60, "5 rows committed")
         log = router.log.read_text()
         committed = [int(n) for n in re.findall(r"(\d+) committed, 0 not", log)]
         assert sum(committed) == 5, log
-        # the archive answered on the N-ACTION's association: the router needs no peer entry
-        wait_for(lambda: arch.logs().count("to ROUTER on its association") == len(committed),
-                 10, "the archive logged each report as delivered on the association")
+        # each report delivered once, on the N-ACTION's association (when the router
+        # still waits there, as it does on an idle machine) or on a new one
+        wait_for(lambda: arch.logs().count("to ROUTER on ") == len(committed),
+                 10, "the archive logged each report as delivered")
     finally:
         router.stop()
         assert arch.stop() == 0, arch.logs()

@@ -43,6 +43,7 @@ from pacsinfra.pacs.commitment import (
     parse_request,
     report_dataset,
 )
+from pacsinfra.pacs.compat import release_requested
 from pacsinfra.pacs.dicom import associate, make_ae
 
 LOG = logging.getLogger("pacsinfra.archive.commitment")
@@ -240,7 +241,7 @@ class Committer:
             # answer; a report sent into its release is never answered. Give the release
             # time to arrive, then look for one before sending.
             time.sleep(max(0.0, SETTLE_S - (time.time() - req.received_at)))
-        if assoc is not None and assoc.is_established and not _releasing(assoc):
+        if assoc is not None and assoc.is_established and not release_requested(assoc):
             status = assoc.send_n_event_report(ds, event_type, STORAGE_COMMITMENT,
                                                WELL_KNOWN_INSTANCE)
             if _ok(status):
@@ -273,15 +274,6 @@ class Committer:
     def _count(self, name: str, n: int = 1) -> None:
         if self.counters is not None and n:
             self.counters.add(name, n)
-
-
-def _releasing(assoc: Any) -> bool:
-    """The requester asked to release (an A-RELEASE-RQ is waiting, not yet handled)."""
-    try:
-        pdu = assoc.dul.peek_next_pdu()
-    except Exception:  # noqa: BLE001 - pynetdicom internals changed: assume it is not
-        return False
-    return type(pdu).__name__ == "A_RELEASE" and getattr(pdu, "result", 0) is None
 
 
 def _status(code: int, comment: str) -> Dataset:

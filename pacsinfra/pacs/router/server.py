@@ -152,12 +152,12 @@ class RouterServer:
             try:
                 if self.completer.step():
                     self.forwarder.wake()
+                if self.forwarder.commitments.expire():  # overdue storage commitment reports
+                    self.forwarder.wake()
                 if time.monotonic() - last_clean > 5:
                     last_clean = time.monotonic()
                     for rel in self.queue.expired_spools():
                         self.spool.remove(rel)
-                    if self.forwarder.commitments.expire():
-                        self.forwarder.wake()
                     if self._lease() and self.queue.recover(older_than=self._lease()):
                         self.forwarder.wake()
             except Exception:  # noqa: BLE001 - housekeeping retries on its next round
