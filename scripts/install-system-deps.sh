@@ -8,7 +8,7 @@ PKGS=(
   pkg-config libvirt-dev libvirt-daemon libvirt-daemon-system qemu-system-x86 qemu-utils
   dcmtk orthanc openssh-server iproute2 genisoimage xorriso busybox-static graphviz
   golang-go golang-github-vmware-govmomi-dev dnsmasq-base
-  postgresql systemd openssl
+  postgresql pgbouncer systemd openssl
   orthanc-dicomweb orthanc-postgresql nginx-light chromium chromium-driver nodejs
 )
 
@@ -25,6 +25,6 @@ echo "system packages: installing ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install; the tests run their own instances on their own ports.
-for svc in orthanc postgresql libvirtd virtlogd ssh nginx; do
+for svc in orthanc postgresql pgbouncer libvirtd virtlogd ssh nginx; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

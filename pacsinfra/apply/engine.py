@@ -9,7 +9,9 @@ Later stages (deploy, DR rebuild) call this, not the CLI::
         plan = engine.plan()
         result = engine.apply(plan, parallelism=10)
 
-Every method that reads or writes state holds the state lock for its duration.
+Every method that reads or writes state holds the state lock for its duration;
+the lock is re-entrant within one thread, so a caller that wraps a plan and its
+apply in ``with engine.locked("apply"):`` holds one lock (one lease) for both.
 A plan records the state lineage and serial it was made against; ``apply``
 refuses it once either moved.
 """
@@ -33,7 +35,7 @@ from pacsinfra.providers import declaration, make_provider
 from pacsinfra.services.layer import SiteDriver, service_steps
 from pacsinfra.services.settings import DeployConfig, service_extras
 from pacsinfra.specs import ServiceSpec
-from pacsinfra.state.local import LocalStateStore, default_state_path
+from pacsinfra.state.select import open_store
 from pacsinfra.state.store import LockInfo, ResourceState, State, StateStore
 
 
@@ -125,8 +127,9 @@ class Engine:
             bp_path = Path(plan.blueprint) if plan.blueprint else Path.cwd() / "plan"
             name, overlay = plan.name, plan.overlay
         if store is None:
-            path = Path(state_path) if state_path else default_state_path(bp_path, name, overlay)
-            store = LocalStateStore(path)
+            section = getattr(blueprint.site, "state", None) if blueprint is not None else None
+            store = open_store(str(state_path) if state_path else None, blueprint_path=bp_path,
+                               name=name, overlay=overlay, section=section)
         self.store: StateStore = store
         self.sink: EventSink = sink or NullSink()
         self.lock_timeout = lock_timeout
@@ -177,6 +180,9 @@ class Engine:
         if self._driver is not None and self._connected:
             self._driver.close()
             self._connected = False
+        close_store = getattr(self.store, "close", None)
+        if close_store is not None:
+            close_store()
 
     def __enter__(self) -> Engine:
         return self

@@ -422,6 +422,53 @@ class DisasterRecovery(_Strict):
     s3: DrS3 | None = None
 
 
+class StateSettings(_Strict):
+    """``state``: where the site's state and its lock live (``--state`` and ``PACSINFRA_STATE``
+    win over it). Each site and each overlay has its own state and its own lock.
+
+    Attributes:
+        backend: ``local`` (a file; the default), ``postgresql`` or ``s3``.
+        path: local: the state file, relative to the blueprint (default
+            ``.pacsinfra/<site>[-<overlay>].state.json``).
+        dsn: postgresql: a secret reference to the libpq connection string.
+        db_schema: postgresql: the schema holding pacsinfra's tables (``schema`` in YAML).
+        bucket: s3: the bucket.
+        prefix: s3: the key prefix.
+        endpoint: s3: the store's URL (default: AWS).
+        region: s3: the region.
+        access_key: s3: a secret reference to the access key (default: the AWS environment).
+        secret_key: s3: a secret reference to the secret key.
+        lease: How long a lock lives without a heartbeat, e.g. ``30s``, ``2m`` (default 2m).
+    """
+
+    backend: Literal["local", "postgresql", "s3"] = "local"
+    path: str | None = None
+    dsn: SecretRef | None = None
+    db_schema: str = Field(default="pacsinfra", alias="schema",
+                           json_schema_extra={"pattern": r"^[a-z_][a-z0-9_]{0,62}$"})
+    bucket: str | None = None
+    prefix: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    access_key: SecretRef | None = None
+    secret_key: SecretRef | None = None
+    lease: str | None = Field(default=None, json_schema_extra={
+        "pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$"})
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> StateSettings:
+        if self.backend == "postgresql" and self.dsn is None:
+            raise ValueError("backend postgresql needs dsn: a secret reference, e.g. "
+                             "{env: PACSINFRA_STATE_DSN}")
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("backend s3 needs bucket")
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("set both access_key and secret_key, or neither")
+        return self
+
+
 class Site(_Strict):
     """A whole PACS site: the root of a blueprint.
 
@@ -436,6 +483,7 @@ class Site(_Strict):
         sites: Overlays by name, each merged over the base with ``--site NAME``: a mapping, or
             the path of a YAML file holding one.
         deploy: How services are installed on the machines.
+        state: Where the site's state and its lock live (default: a local file).
     """
 
     api_version: Literal["pacsinfra/v1"] = Field(alias="apiVersion")
@@ -451,6 +499,7 @@ class Site(_Strict):
     sites: dict[str, Any] = Field(default_factory=dict)  # overlays, merged by --site
     deploy: DeploySettings | None = None
     dr: DisasterRecovery | None = None  # backups for `pacsinfra dr rebuild`
+    state: StateSettings | None = None  # where state and lock live (default: a local file)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

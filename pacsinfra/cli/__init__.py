@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "destroy": "pacsinfra.cli.engine_cmds:destroy",
     "show": "pacsinfra.cli.engine_cmds:show",
     "refresh": "pacsinfra.cli.engine_cmds:refresh",
-    "state": "pacsinfra.cli.engine_cmds:state",
+    "state": "pacsinfra.cli.state_cmds:state",
     "force-unlock": "pacsinfra.cli.engine_cmds:force_unlock",
     "graph": "pacsinfra.cli.engine_cmds:graph",
     "archive": "pacsinfra.cli.archive_cmds:archive",

@@ -42,23 +42,36 @@ def blueprint_options(f: Any) -> Any:
     return f
 
 
+def _duration(ctx: Any, param: Any, value: Any) -> float:
+    """Click callback: ``--lock-timeout 120s`` / ``2m`` / ``30`` as seconds."""
+    from pacsinfra.state.location import parse_duration
+
+    return parse_duration(value if value is not None else 0, f"--{param.name.replace('_', '-')}")
+
+
+STATE_HELP = (
+    "Where the state lives: a file path, postgresql://USER@HOST:PORT/DB?schema=S or "
+    "s3://BUCKET/PREFIX?endpoint=URL&region=R (default: PACSINFRA_STATE, the blueprint's "
+    "state: section, else .pacsinfra/<site>[-<overlay>].state.json next to the blueprint)."
+)
+
+
+def state_option(f: Any) -> Any:
+    """--state URL."""
+    return click.option("--state", "state_path", metavar="URL", default=None, help=STATE_HELP)(f)
+
+
 def state_options(f: Any) -> Any:
     """--state, --lock-timeout."""
     f = click.option(
         "--lock-timeout",
-        type=float,
-        default=0.0,
+        default="0",
         show_default=True,
-        help="Seconds to wait for the state lock.",
+        metavar="DURATION",
+        callback=_duration,
+        help="How long to wait for the state lock: 120s, 2m (0: fail at once).",
     )(f)
-    f = click.option(
-        "--state",
-        "state_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="State file (default: .pacsinfra/<site>[-<overlay>].state.json next to the blueprint).",
-    )(f)
-    return f
+    return state_option(f)
 
 
 def _load(path: str, site: str | None, variables: Sequence[str], var_files: Sequence[str]) -> Any:
@@ -228,7 +241,9 @@ def apply(
         return
     bp = _load(source, site, variables, var_files)
     _print_warnings(bp)
-    with _engine(bp, state_path, lock_timeout, sink) as engine:
+    # One lock from the refresh that builds the plan to the last state write: a concurrent
+    # runner waits for it (--lock-timeout) instead of failing later on a stale plan.
+    with _engine(bp, state_path, lock_timeout, sink) as engine, engine.locked("apply"):
         p = engine.plan(targets=targets)
         if not json_mode:
             click.echo(render_plan(p))
@@ -288,17 +303,25 @@ def _store(
     var_files: Sequence[str],
     state_path: str | None,
 ) -> Any:
-    """The state store named by --state, or the default one of a blueprint."""
+    """The state store named by --state / PACSINFRA_STATE, or the one of a blueprint."""
     from pacsinfra.plan.desired import desired_site
-    from pacsinfra.state.local import LocalStateStore, default_state_path
+    from pacsinfra.state.select import choose_location, open_store
 
-    if state_path:
-        return LocalStateStore(state_path)
     if not blueprint:
-        raise UsageError("give the blueprint or --state PATH")
+        loc = choose_location(state_path)
+        if loc is None:
+            raise UsageError("give the blueprint or --state URL")
+        if loc.backend != "local":
+            raise UsageError(
+                f"state {loc.describe()} holds many sites: give the blueprint (and --site) "
+                "to say which"
+            )
+        return open_store(state_path, blueprint_path=Path.cwd() / "blueprint", name="",
+                          overlay=None)
     bp = _load(blueprint, site, variables, var_files)
     d = desired_site(bp.site, overlay=bp.site_name)
-    return LocalStateStore(default_state_path(Path(bp.path), d.name, d.overlay))
+    return open_store(state_path, blueprint_path=Path(bp.path), name=d.name, overlay=d.overlay,
+                      section=getattr(bp.site, "state", None))
 
 
 def _need_state(store: Any) -> Any:
@@ -311,9 +334,7 @@ def _need_state(store: Any) -> Any:
 @click.command()
 @click.argument("blueprint", required=False, type=click.Path())
 @blueprint_options
-@click.option(
-    "--state", "state_path", type=click.Path(dir_okay=False), default=None, help="State file."
-)
+@state_option
 @click.option("--json", "json_mode", is_flag=True, help="Print the state document as JSON.")
 def show(
     blueprint: str | None,
@@ -378,9 +399,7 @@ def state() -> None:
 @state.command("list")
 @click.argument("blueprint", required=False, type=click.Path())
 @blueprint_options
-@click.option(
-    "--state", "state_path", type=click.Path(dir_okay=False), default=None, help="State file."
-)
+@state_option
 def state_list(
     blueprint: str | None,
     site: str | None,
@@ -431,9 +450,7 @@ def state_rm(
 @click.argument("lock_id")
 @click.argument("blueprint", required=False, type=click.Path())
 @blueprint_options
-@click.option(
-    "--state", "state_path", type=click.Path(dir_okay=False), default=None, help="State file."
-)
+@state_option
 def force_unlock(
     lock_id: str,
     blueprint: str | None,
@@ -444,7 +461,21 @@ def force_unlock(
 ) -> None:
     """Remove a state lock left by a process that is gone (ID from the lock error)."""
     holder = _store(blueprint, site, variables, var_files, state_path).force_unlock(lock_id)
-    click.echo(f"Unlocked (was held by {holder.describe()}).")
+    click.echo(f"Unlocked (was held{_age(holder.created)} by {holder.describe()}).")
+
+
+def _age(created: str) -> str:
+    """`` for 3m12s`` since an ISO time ('' when it cannot be read)."""
+    import datetime as dt
+
+    try:
+        then = dt.datetime.fromisoformat(created)
+    except ValueError:
+        return ""
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=dt.UTC)
+    secs = max(0, int((dt.datetime.now(dt.UTC) - then).total_seconds()))
+    return f" for {secs // 60}m{secs % 60:02d}s"
 
 
 # -- graph ----------------------------------------------------------------------------------------

@@ -201,12 +201,17 @@ class LockInfo:
     pid: int
     created: str
     path: str
+    expires: str = ""  # a lease's end (remote backends); "" for a kernel lock
+    token: int = 0  # the lease's fencing token (remote backends)
+    cmdline: str = ""  # the holder's command line (remote backends)
 
     def describe(self) -> str:
         """One line naming the holder, for error messages."""
+        lease = f", lease until {self.expires}" if self.expires else ""
+        cmd = f", command {self.cmdline!r}" if self.cmdline else ""
         return (
             f"{self.user}@{self.host} pid {self.pid} since {self.created} "
-            f"(operation {self.operation}, lock id {self.id})"
+            f"(operation {self.operation}{cmd}{lease}, lock id {self.id})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +223,8 @@ class LockInfo:
             "pid": self.pid,
             "created": self.created,
             "path": self.path,
+            **({"expires": self.expires, "token": self.token, "cmdline": self.cmdline}
+               if self.expires else {}),
         }
 
 
