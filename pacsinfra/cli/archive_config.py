@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from pacsinfra.errors import UsageError
+from pacsinfra.errors import PacsinfraError, UsageError
 
 
 def _peer(text: str) -> tuple[str, dict[str, object]]:
@@ -62,3 +65,25 @@ def load_config(
             f"  {'.'.join(str(x) for x in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
         ]
         raise UsageError("invalid archive configuration:\n" + "\n".join(lines)) from exc
+
+
+@contextmanager
+def opened_index(config: Path | None, data: Path | None) -> Iterator[tuple[Any, Any]]:
+    """(the archive's config, its open index database) for a command that works on the
+    index of a running or stopped archive; closed afterwards."""
+    from pacsinfra.pacs.archive.config import ArchiveConfig
+    from pacsinfra.pacs.archive.db import open_database
+
+    cfg = load_config(config, None, None, data, (), None)
+    assert isinstance(cfg, ArchiveConfig)
+    data_dir = Path(cfg.data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"{data_dir}: no such data directory")
+    try:
+        db = open_database(cfg.index, data_dir)
+    except OSError as exc:
+        raise PacsinfraError(f"cannot open the archive index in {data_dir}: {exc}") from exc
+    try:
+        yield cfg, db
+    finally:
+        db.close()

@@ -12,36 +12,22 @@ from typing import Any
 
 import click
 
+from pacsinfra.cli.archive_config import opened_index
 from pacsinfra.errors import PacsinfraError, UsageError
 
 
 @contextmanager
 def _opened(config: Path | None, data: Path | None) -> Iterator[Any]:
     """The archive's rejections (index and tiers of ``config``), closed afterwards."""
-    from pacsinfra.cli.archive_config import load_config
-    from pacsinfra.pacs.archive.config import ArchiveConfig
-    from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.index import Index
     from pacsinfra.pacs.archive.objects import archive_tiers
     from pacsinfra.pacs.archive.rejection import Rejections
 
-    cfg = load_config(config, None, None, data, (), None)
-    assert isinstance(cfg, ArchiveConfig)
-    data_dir = Path(cfg.data_dir)
-    if not data_dir.is_dir():
-        raise UsageError(f"{data_dir}: no such data directory")
-    tiers = archive_tiers(cfg, data_dir)
-    try:
-        index = Index(open_database(cfg.index, data_dir))
-    except OSError as exc:
-        raise PacsinfraError(f"cannot open the archive index in {data_dir}: {exc}") from exc
-    try:
+    with opened_index(config, data) as (cfg, db):
         # a store of the same UID by a running archive is serialised by the index: the
         # rejection row goes in the transaction that puts the instance back
         one = threading.Lock()
-        yield Rejections(index, tiers, lambda uid: one)
-    finally:
-        index.close()
+        yield Rejections(Index(db), archive_tiers(cfg, Path(cfg.data_dir)), lambda uid: one)
 
 
 @click.group()

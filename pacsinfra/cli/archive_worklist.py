@@ -11,30 +11,17 @@ from typing import Any
 
 import click
 
-from pacsinfra.errors import PacsinfraError, UsageError
+from pacsinfra.cli.archive_config import opened_index
+from pacsinfra.errors import UsageError
 
 
 @contextmanager
 def _opened(config: Path | None, data: Path | None) -> Iterator[Any]:
     """The archive's worklist (the index of ``config``), closed afterwards."""
-    from pacsinfra.cli.archive_config import load_config
-    from pacsinfra.pacs.archive.config import ArchiveConfig
-    from pacsinfra.pacs.archive.db import open_database
     from pacsinfra.pacs.archive.worklist import Worklist
 
-    cfg = load_config(config, None, None, data, (), None)
-    assert isinstance(cfg, ArchiveConfig)
-    data_dir = Path(cfg.data_dir)
-    if not data_dir.is_dir():
-        raise UsageError(f"{data_dir}: no such data directory")
-    try:
-        db = open_database(cfg.index, data_dir)
-    except OSError as exc:
-        raise PacsinfraError(f"cannot open the archive index in {data_dir}: {exc}") from exc
-    try:
+    with opened_index(config, data) as (_, db):
         yield Worklist(db)
-    finally:
-        db.close()
 
 
 _CONFIG = click.option("--config", "config", type=click.Path(path_type=Path),

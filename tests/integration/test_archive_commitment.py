@@ -135,8 +135,11 @@ def test_report_on_the_same_association_lists_committed_and_missing(
         assert sorted(i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence) == sorted(uids)
         assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == [
             (missing, 0x0112)]
-        # delivered, so no longer pending
-        assert index_rows(tmp_path / "data", "SELECT COUNT(*) FROM commitment") == [(0,)]
+        # delivered, so no longer pending (the row goes once the requester's answer is in)
+        deadline = time.monotonic() + 10
+        while index_rows(tmp_path / "data", "SELECT COUNT(*) FROM commitment") != [(0,)]:
+            assert time.monotonic() < deadline, "the delivered request stayed pending"
+            time.sleep(0.05)
         # a wrong SOP class for a stored instance: class/instance conflict
         requester.got.clear()
         assert requester.request(arch.port, generate_uid(),

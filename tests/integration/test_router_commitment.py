@@ -117,7 +117,7 @@ def test_archive_commits_what_the_router_sent(tmp_path: Path) -> None:
         # each report delivered once, on the N-ACTION's association (when the router
         # still waits there, as it does on an idle machine) or on a new one
         wait_for(lambda: arch.logs().count("to ROUTER on ") == len(committed),
-                 10, "the archive logged each report as delivered")
+                 60, "the archive logged each report as delivered")
     finally:
         router.stop()
         assert arch.stop() == 0, arch.logs()

@@ -80,6 +80,10 @@ def request(dest: Destination, calling_ae: str, limits: Limits, txn: str,
         deadline = time.monotonic() + _WAIT_ON_ASSOCIATION_S
         while not got and assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.02)
+        if got:
+            # the handler ran; its N-EVENT-REPORT-RSP goes out right after it returns:
+            # releasing at once could leave the destination without its answer
+            time.sleep(0.2)
         return None
     finally:
         if assoc.is_established:
