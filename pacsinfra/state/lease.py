@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import re
 import shlex
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from pacsinfra.errors import StateLockedError
+from pacsinfra.state.store import LockInfo
 
 
 @dataclass(frozen=True)
@@ -94,3 +99,24 @@ class Heartbeat:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+
+
+def wait_for_lease(acquire: Callable[[], LockInfo | None],
+                   current: Callable[[], LockInfo | None], where: str, timeout: float,
+                   jitter: float = 0.2) -> LockInfo:
+    """Take a lease with ``acquire`` (None while another runner holds it), retrying with a
+    little random wait for up to ``timeout`` seconds; then StateLockedError naming the
+    holder that ``current`` reports and how to get past it."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        info = acquire()
+        if info is not None:
+            return info
+        if time.monotonic() >= deadline:
+            held = current()
+            who = held.describe() if held else "another runner"
+            hint = f"pacsinfra force-unlock {held.id}" if held else "pacsinfra force-unlock ID"
+            raise StateLockedError(
+                f"state {where} is locked by {who}; wait for it (--lock-timeout 2m), "
+                f"or let its lease run out if it was killed; if it hangs for good run: {hint}")
+        time.sleep(min(0.1 + random.random() * jitter, max(0.01, deadline - time.monotonic())))

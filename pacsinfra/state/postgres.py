@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import threading
 import time
 import uuid
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pacsinfra.errors import StateError, StateLockedError, UsageError
-from pacsinfra.state.lease import Heartbeat, Holder
+from pacsinfra.state.lease import Heartbeat, Holder, wait_for_lease
 from pacsinfra.state.store import LockInfo, State
 
 T = TypeVar("T")
@@ -323,21 +322,8 @@ class PostgresStateStore:
     def lock(self, operation: str, *, timeout: float = 0.0) -> Iterator[LockInfo]:
         """Hold this site's lease for the block (renewed by a heartbeat); wait up to ``timeout``."""
         holder = Holder.me()
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            info = self._acquire(operation, holder)
-            if info is not None:
-                break
-            if time.monotonic() >= deadline:
-                current = self.lock_info()
-                who = current.describe() if current else "another runner"
-                hint = f"pacsinfra force-unlock {current.id}" if current else \
-                    "pacsinfra force-unlock ID"
-                raise StateLockedError(
-                    f"state {self.describe()} is locked by {who}; wait for it (--lock-timeout 2m), "
-                    f"or let its lease run out if it was killed; if it hangs for good run: {hint}"
-                )
-            time.sleep(min(0.1 + random.random() * 0.2, max(0.01, deadline - time.monotonic())))
+        info = wait_for_lease(lambda: self._acquire(operation, holder), self.lock_info,
+                              self.describe(), timeout, jitter=0.2)
         beat = Heartbeat(lambda: self._beat(info), max(0.2, self.lease / 3)).start()
         self._held, self._heartbeat = info, beat
         try:
