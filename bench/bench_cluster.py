@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "tests"), str(REPO),
                 str(REPO / "bench")]
 
-from bench_archive import free_port, make_set, wait_port  # noqa: E402
+from bench_archive import free_port, make_set, send, wait_port  # noqa: E402
 from pg_fixture import PgCluster, start_cluster, stop_cluster  # noqa: E402
 
 ORTHANC_PG = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
@@ -116,21 +116,6 @@ def start_orthanc(work: Path, pg: PgCluster, database: str) -> Nodes:
                             stderr=open(work / "orthanc.log", "wb"))  # noqa: SIM115
     wait_port(port, timeout=120)
     return Nodes("ORTHANC", [port], [proc])
-
-
-def ingest(parts: list[Path], rcv: Nodes) -> float:
-    """storescu each part over its own association, all at once; seconds."""
-    env = dict(os.environ, TCP_NODELAY="1")
-    t0 = time.perf_counter()
-    procs = [subprocess.Popen(["/usr/bin/storescu", "+sd", "-aec", rcv.aet, "127.0.0.1",
-                               str(port), str(p)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-             for p, port in zip(parts, rcv.ports(len(parts)), strict=True)]
-    rcs = [p.wait() for p in procs]
-    dt = time.perf_counter() - t0
-    if any(rcs):
-        raise RuntimeError(f"storescu failed: {rcs}")
-    return dt
 
 
 def commit_cost(index_cfg: dict[str, Any], data_dir: Path, n: int, threads: int) -> float:
@@ -215,7 +200,7 @@ def main() -> int:
                 index = fresh_db(pg, db)
                 rcv = start_nodes(work, k, index) if k else start_orthanc(work, pg, db)
                 try:
-                    dt = ingest(parts, rcv)
+                    dt = send(parts, rcv, len(parts))  # type: ignore[arg-type]
                 finally:
                     rcv.stop()
                     shutil.rmtree(work, ignore_errors=True)
